@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+/// The shared start of every Tributary executable: parse the command line, and on a usage problem print one
+/// line (`edge-agent: error: ...`) and exit 2; `--help` and `--version` print and exit 0. After parsing, a
+/// `ConfigError` from loading the configuration also exits 2, any other start-up failure exits 1.
+public enum CommandLineEntry {
+    public static func main<Root: ParsableCommand>(_ root: Root.Type, arguments: [String]? = nil) async -> Never {
+        let name = Root.configuration.commandName ?? "tributary"
+        var command: any ParsableCommand
+        do {
+            command = try Root.parseAsRoot(arguments)
+        } catch {
+            let code = Root.exitCode(for: error)
+            if code == .success {
+                print(Root.fullMessage(for: error))
+                exit(0)
+            }
+            let message = Root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("\(name): error: \(message) (see \(name) --help)\n".utf8))
+            exit(2)
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            exit(0)
+        } catch let error as ConfigError {
+            FileHandle.standardError.write(Data("\(name): error: \(error)\n".utf8))
+            exit(2)
+        } catch let exitCode as ExitCode {
+            exit(exitCode.rawValue)
+        } catch {
+            // ArgumentParser's own errors can surface from run() too (help for a command group, ValidationError).
+            switch Root.exitCode(for: error) {
+            case .success:
+                print(Root.fullMessage(for: error))
+                exit(0)
+            case .validationFailure:
+                let message = Root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+                FileHandle.standardError.write(Data("\(name): error: \(message)\n".utf8))
+                exit(2)
+            default:
+                FileHandle.standardError.write(Data("\(name): error: \(error)\n".utf8))
+                exit(1)
+            }
+        }
+    }
+}
+
+/// Options every long-running Tributary process shares. `--set KEY=VALUE` reaches every configuration key,
+/// including those without a dedicated flag.
+public struct CommonOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("config"), help: ArgumentHelp("YAML configuration file.", valueName: "FILE"))
+    public var configFile: String?
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Set any configuration key (repeatable).", valueName: "KEY=VALUE"))
+    public var assignments: [String] = []
+
+    @Option(name: .customLong("http-listen"), help: ArgumentHelp("Serve /metrics, /health and /ready here (http.listen).", valueName: "HOST:PORT"))
+    public var httpListen: String?
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (log.level).", valueName: "LEVEL"))
+    public var logLevel: String?
+
+    @Flag(name: .customLong("check-config"), help: "Validate the configuration, print it and exit (0 if valid, 2 if not).")
+    public var checkConfig = false
+
+    public init() {}
+
+    /// `--set` assignments plus the shared flags, as configuration keys.
+    public func overrides() throws(ConfigError) -> [String: String] {
+        var result: [String: String] = [:]
+        for assignment in assignments {
+            guard let equals = assignment.firstIndex(of: "="), equals != assignment.startIndex else {
+                throw ConfigError(origin: "--set", "expected KEY=VALUE, got '\(assignment)'")
+            }
+            result[String(assignment[..<equals])] = String(assignment[assignment.index(after: equals)...])
+        }
+        if let httpListen { result["http.listen"] = httpListen }
+        if let logLevel { result["log.level"] = logLevel }
+        return result
+    }
+}
+
+extension ConfigKey {
+    /// Keys shared by every process.
+    public static let common: [ConfigKey] = [
+        ConfigKey("http.listen", default: "127.0.0.1:9100", help: "Address of the /metrics, /health and /ready endpoints."),
+        ConfigKey("log.level", default: "info", help: "Log level: trace, debug, info, notice, warning, error, critical."),
+    ]
+}
+
+extension ConfigValues {
+    public func logLevel() throws(ConfigError) -> Logger.Level {
+        let entry = raw("log.level")
+        let text = entry?.value ?? "info"
+        guard let level = Logger.Level(rawValue: text) else {
+            throw ConfigError(key: "log.level", origin: entry?.origin, "expected trace, debug, info, notice, warning, error or critical, got '\(text)'")
+        }
+        return level
+    }
+}
