@@ -1,0 +1,329 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+
+extension DiskBuffer {
+    /// What `open` found and repaired.
+    public struct RecoveryReport: Sendable, Hashable {
+        public enum LedgerState: Sendable, Hashable {
+            /// A new, empty buffer.
+            case created
+            /// The ledger was read and agrees with the data.
+            case loaded
+            /// Segments exist but the ledger does not: everything stored is replayed.
+            case missing
+            /// The ledger failed its checksum: everything stored is replayed.
+            case corrupt
+            /// The ledger acknowledges sequences beyond the last record on disk (the tail was damaged
+            /// after being acknowledged): nothing is replayed and no sequence is reused.
+            case aheadOfData
+        }
+
+        public var ledger: LedgerState
+        public var acknowledgedThrough: UInt64
+        /// The sequence the next append gets.
+        public var nextSequence: UInt64
+        public var segments: Int
+        /// Unacknowledged records found (older segments are counted from their names, not scanned).
+        public var records: UInt64
+        public var bytes: Int64
+        /// Bytes cut from the newest segment at the first torn record, bad checksum or wrong sequence.
+        public var truncatedBytes: Int64
+        /// Record frames found in the cut part, the damaged one included (a zero-filled tail counts 0).
+        public var truncatedRecords: Int
+        /// The segment that was cut, if any.
+        public var truncatedSegment: String?
+        /// Sequences that were handed out but are neither acknowledged nor on disk (lost).
+        public var missingSequences: [ClosedRange<UInt64>]
+
+        /// True if nothing was cut, lost or guessed.
+        public var isClean: Bool {
+            truncatedBytes == 0 && missingSequences.isEmpty && (ledger == .created || ledger == .loaded)
+        }
+    }
+}
+
+/// Reads a file through a 1 MiB window, so scans do one `pread` per MiB rather than per record.
+struct ChunkReader {
+    let handle: FileHandle
+    let limit: Int64
+    private var window: [UInt8] = []
+    private var windowStart: Int64 = 0
+    static let chunkSize = 1 << 20
+
+    init(handle: FileHandle, limit: Int64) {
+        self.handle = handle
+        self.limit = limit
+    }
+
+    /// Up to `count` bytes at `offset` (fewer at `limit`).
+    mutating func bytes(at offset: Int64, count: Int) throws(DiskBufferError) -> ArraySlice<UInt8> {
+        let wanted = Int(min(Int64(count), max(0, limit - offset)))
+        if offset >= windowStart, offset + Int64(wanted) <= windowStart + Int64(window.count) {
+            let start = Int(offset - windowStart)
+            return window[start..<(start + wanted)]
+        }
+        let size = Int(min(Int64(max(Self.chunkSize, wanted)), max(0, limit - offset)))
+        window = try handle.read(count: size, at: offset)
+        windowStart = offset
+        return window[0..<min(wanted, window.count)]
+    }
+
+    /// Decodes the record at `offset`: nil if the file ends inside it.
+    mutating func record(at offset: Int64, maxBodyBytes: Int) throws(DiskBufferError) -> RecordFormat.Decoded {
+        let header = try bytes(at: offset, count: RecordFormat.recordHeaderSize)
+        guard let (size, _) = RecordFormat.peekHeader(header) else {
+            return .incomplete(needed: RecordFormat.recordHeaderSize)
+        }
+        guard size - RecordFormat.recordHeaderSize <= maxBodyBytes else { return .badChecksum(size: RecordFormat.recordHeaderSize) }
+        return RecordFormat.decodeRecord(try bytes(at: offset, count: size), maxBodyBytes: maxBodyBytes)
+    }
+}
+
+enum Recovery {
+    struct Scan {
+        /// Offset just past the last good record (0 if even the header is bad).
+        var validEnd: Int64
+        var records: UInt64
+        var headerValid: Bool
+        var truncatedRecords: Int
+    }
+
+    /// Walks a segment from its header, checking every record's checksum and sequence.
+    static func scan(_ handle: FileHandle, first: UInt64, size: Int64, maxBodyBytes: Int) throws(DiskBufferError) -> Scan {
+        var reader = ChunkReader(handle: handle, limit: size)
+        let header = try reader.bytes(at: 0, count: RecordFormat.segmentHeaderSize)
+        guard RecordFormat.isValidSegmentHeader(header, firstSequence: first) else {
+            let fragments = try countFragments(&reader, from: 0, size: size, maxBodyBytes: maxBodyBytes)
+            return Scan(validEnd: 0, records: 0, headerValid: false, truncatedRecords: fragments)
+        }
+        var offset = Int64(RecordFormat.segmentHeaderSize)
+        var expected = first
+        while offset < size {
+            guard case .record(let sequence, _, let recordSize) = try reader.record(at: offset, maxBodyBytes: maxBodyBytes),
+                  sequence == expected
+            else { break }
+            offset += Int64(recordSize)
+            expected += 1
+        }
+        let fragments = offset < size ? try countFragments(&reader, from: offset, size: size, maxBodyBytes: maxBodyBytes) : 0
+        return Scan(validEnd: offset, records: expected - first, headerValid: true, truncatedRecords: fragments)
+    }
+
+    /// Estimates how many records a damaged region held by walking its length fields: stops at a
+    /// zeroed header (preallocated space) or a length that runs past the end.
+    static func countFragments(_ reader: inout ChunkReader, from start: Int64, size: Int64, maxBodyBytes: Int) throws(DiskBufferError) -> Int {
+        var offset = start == 0 ? Int64(RecordFormat.segmentHeaderSize) : start
+        if start == 0 {
+            // A bad segment header: count it as one fragment unless the file is all zeros.
+            let head = try reader.bytes(at: 0, count: RecordFormat.segmentHeaderSize)
+            if head.allSatisfy({ $0 == 0 }) { return 0 }
+        }
+        var count = 0
+        while offset < size {
+            let header = try reader.bytes(at: offset, count: RecordFormat.recordHeaderSize)
+            if header.allSatisfy({ $0 == 0 }) { break }
+            count += 1
+            guard let (recordSize, _) = RecordFormat.peekHeader(header),
+                  recordSize - RecordFormat.recordHeaderSize <= maxBodyBytes
+            else { break }
+            offset += Int64(recordSize)
+        }
+        return max(count, start == 0 ? 1 : 0)
+    }
+
+    static func open(_ configuration: DiskBuffer.Configuration, logger: Logger) throws(DiskBufferError) -> (DiskBuffer, DiskBuffer.RecoveryReport) {
+        try configuration.validate()
+        let directory = configuration.directory
+        try FileSystem.createDirectory(directory)
+        let lockDescriptor = try acquireLock(directory + "/" + RecordFormat.lockName)
+        do {
+            return try recover(configuration, logger: logger, lockDescriptor: lockDescriptor)
+        } catch {
+            _ = Glibc.close(lockDescriptor)
+            throw error
+        }
+    }
+
+    private static func acquireLock(_ path: String) throws(DiskBufferError) -> Int32 {
+        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw .system("open", errno: Glibc.errno, path: path) }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let error = Glibc.errno
+            _ = Glibc.close(descriptor)
+            if error == EWOULDBLOCK {
+                throw DiskBufferError(.directoryLocked, "another process has this buffer directory open", errno: error, path: path)
+            }
+            throw .system("flock", errno: error, path: path)
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(descriptor, 0)
+        _ = pid.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+        return descriptor
+    }
+
+    private static func recover(
+        _ configuration: DiskBuffer.Configuration, logger: Logger, lockDescriptor: Int32
+    ) throws(DiskBufferError) -> (DiskBuffer, DiskBuffer.RecoveryReport) {
+        let directory = configuration.directory
+        let metrics = DiskBufferMetrics()
+        let ledgerPath = directory + "/" + RecordFormat.ledgerName
+        try FileSystem.remove(ledgerPath + ".tmp")
+        let firsts = try FileSystem.listDirectory(directory)
+            .compactMap(RecordFormat.firstSequence(ofSegmentNamed:))
+            .filter { $0 > 0 && $0 < UInt64.max / 2 }
+            .sorted()
+        func path(_ first: UInt64) -> String { directory + "/" + RecordFormat.segmentName(firstSequence: first) }
+
+        var segments: [Segment] = []
+        var samples: [(sequence: UInt64, time: Double)] = []
+        for (index, first) in firsts.dropLast().enumerated() {
+            let bytes = FileSystem.fileSize(path(first)) ?? 0
+            segments.append(Segment(first: first, last: firsts[index + 1] - 1, bytes: bytes))
+        }
+
+        // Scan and repair the newest segment.
+        var truncatedBytes: Int64 = 0
+        var truncatedRecords = 0
+        var truncatedSegment: String?
+        var tail: FileHandle?
+        if let first = firsts.last {
+            let handle = try FileHandle.open(path(first), flags: O_RDWR)
+            let size = try handle.size()
+            let scan = try scan(handle, first: first, size: size, maxBodyBytes: configuration.maxRecordBodyBytes)
+            var validEnd = scan.validEnd
+            if validEnd < size || !scan.headerValid {
+                truncatedBytes = size - validEnd
+                truncatedRecords = scan.truncatedRecords
+                truncatedSegment = RecordFormat.segmentName(firstSequence: first)
+                try handle.truncate(to: validEnd)
+                if !scan.headerValid {
+                    try handle.write(RecordFormat.segmentHeader(firstSequence: first), at: 0)
+                    validEnd = Int64(RecordFormat.segmentHeaderSize)
+                }
+                try handle.syncData()
+                metrics.truncatedBytes.increment(by: truncatedBytes)
+                metrics.droppedCorrupt.increment(by: Int64(truncatedRecords))
+                logger.warning("buffer tail damaged: truncated", metadata: [
+                    "buffer.segment": "\(truncatedSegment ?? "")",
+                    "buffer.truncated_bytes": "\(truncatedBytes)",
+                    "buffer.truncated_records": "\(truncatedRecords)",
+                    "buffer.kept_records": "\(scan.records)",
+                ])
+            }
+            segments.append(Segment(first: first, last: first + scan.records - 1, bytes: validEnd))
+            tail = handle
+        }
+        for segment in segments {
+            if let time = FileHandle.modificationTime(path(segment.first)) { samples.append((segment.first, time)) }
+        }
+
+        // The ledger, checked against the data.
+        let dataNext = (segments.last?.last ?? 0) + 1
+        let oldest = segments.first?.first
+        var ledgerState: DiskBuffer.RecoveryReport.LedgerState
+        var acknowledged: UInt64
+        var ledgerNext: UInt64 = 1
+        switch try AtomicFile.read(ledgerPath) {
+        case nil:
+            ledgerState = segments.isEmpty ? .created : .missing
+            acknowledged = (oldest ?? 1) - 1
+        case let bytes?:
+            if let ledger = RecordFormat.decodeLedger(bytes) {
+                acknowledged = ledger.acknowledgedThrough
+                ledgerNext = ledger.nextSequence
+                ledgerState = acknowledged >= dataNext && !segments.isEmpty ? .aheadOfData : .loaded
+            } else {
+                ledgerState = .corrupt
+                acknowledged = (oldest ?? 1) - 1
+            }
+        }
+        if ledgerState == .missing || ledgerState == .corrupt {
+            logger.warning("buffer ledger unusable: replaying from the oldest segment", metadata: [
+                "buffer.ledger": "\(ledgerState)", "buffer.sequence": "\(acknowledged + 1)",
+            ])
+        }
+        let nextSequence = max(dataNext, ledgerNext, acknowledged + 1)
+
+        // Sequences handed out before but neither acknowledged nor on disk.
+        var missing: [ClosedRange<UInt64>] = []
+        if let oldest, oldest > acknowledged + 1 {
+            missing.append((acknowledged + 1)...(oldest - 1))
+        }
+        let lostTailStart = max(dataNext, acknowledged + 1)
+        if ledgerNext > lostTailStart { missing.append(lostTailStart...(ledgerNext - 1)) }
+        if !missing.isEmpty {
+            let count = missing.reduce(UInt64(0)) { $0 + $1.upperBound - $1.lowerBound + 1 }
+            metrics.droppedMissing.increment(by: Int64(count))
+            logger.warning("buffer records missing", metadata: [
+                "buffer.missing_records": "\(count)", "buffer.missing_ranges": "\(missing)",
+            ])
+        }
+
+        // The newest segment must be able to take `nextSequence` next; otherwise start a new one.
+        var active: FileHandle
+        if let tail, let last = segments.last, last.last + 1 == nextSequence {
+            active = tail
+        } else {
+            active = try FileHandle.open(path(nextSequence), flags: O_RDWR | O_CREAT | O_TRUNC)
+            try active.write(RecordFormat.segmentHeader(firstSequence: nextSequence), at: 0)
+            try active.syncData()
+            try FileSystem.syncDirectory(directory)
+            segments.append(Segment(first: nextSequence, last: nextSequence - 1, bytes: Int64(RecordFormat.segmentHeaderSize)))
+        }
+        let activeSize = segments[segments.count - 1].bytes
+
+        // Persist the reconciled ledger, then delete wholly acknowledged segments (never the newest).
+        var persisted = acknowledged
+        do {
+            try AtomicFile.write(
+                RecordFormat.encodeLedger(acknowledgedThrough: acknowledged, nextSequence: nextSequence), to: ledgerPath)
+        } catch {
+            persisted = 0
+            logger.warning("cannot write buffer ledger", metadata: ["buffer.error": "\(error)"])
+        }
+        while segments.count > 1, segments[0].last <= acknowledged {
+            try FileSystem.remove(path(segments[0].first))
+            segments.removeFirst()
+        }
+
+        let writtenThrough = nextSequence - 1
+        var state = State(
+            segments: segments,
+            diskBytes: segments.reduce(0) { $0 + $1.bytes },
+            writtenThrough: writtenThrough,
+            readableThrough: writtenThrough,
+            acknowledgedThrough: acknowledged,
+            persistedAcknowledgedThrough: persisted
+        )
+        state.samples = samples.sorted { $0.sequence < $1.sequence }
+        state.pruneSamples()
+        let core = Core(configuration: configuration, logger: logger, state: state, lockDescriptor: lockDescriptor)
+        let writer = Writer(
+            core: core, active: active, activeFirst: segments[segments.count - 1].first,
+            activeSize: activeSize, nextSequence: nextSequence)
+        try startThread(name: "buffer-writer") { writer.run() }
+
+        let stats = state.stats(now: Clock.wallSeconds())
+        let report = DiskBuffer.RecoveryReport(
+            ledger: ledgerState,
+            acknowledgedThrough: acknowledged,
+            nextSequence: nextSequence,
+            segments: segments.count,
+            records: stats.records,
+            bytes: stats.bytes,
+            truncatedBytes: truncatedBytes,
+            truncatedRecords: truncatedRecords,
+            truncatedSegment: truncatedSegment,
+            missingSequences: missing
+        )
+        logger.debug("buffer opened", metadata: [
+            "buffer.directory": "\(directory)", "buffer.records": "\(stats.records)",
+            "buffer.sequence": "\(nextSequence)", "buffer.acknowledged": "\(acknowledged)",
+        ])
+        return (DiskBuffer(core: core), report)
+    }
+}

@@ -1,0 +1,164 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+
+/// A segment as the buffer knows it. `last` is `first - 1` while the segment is empty.
+struct Segment: Sendable, Hashable {
+    var first: UInt64
+    var last: UInt64
+    /// File size in bytes, header included (for the newest segment: what the writer has written).
+    var bytes: Int64
+    /// Damage was found and counted while reading; `last` has been lowered to the last good record.
+    var damaged = false
+}
+
+struct PendingAppend {
+    var body: [UInt8]
+    var bodyState: UInt32
+    var continuation: CheckedContinuation<Result<UInt64, DiskBufferError>, Never>
+}
+
+struct Waiter {
+    var after: UInt64
+    var continuation: CheckedContinuation<Void, Never>
+}
+
+enum Lifecycle: Sendable {
+    case open
+    case closing
+    case closed
+}
+
+/// Everything shared between callers and the writer thread, guarded by `Core.lock`.
+struct State {
+    var segments: [Segment]
+    /// Sum of `segments[].bytes`.
+    var diskBytes: Int64
+    /// The last sequence handed to the kernel.
+    var writtenThrough: UInt64
+    /// The last sequence readers may see: synced (always, interval) or written (never).
+    var readableThrough: UInt64
+    var acknowledgedThrough: UInt64
+    var persistedAcknowledgedThrough: UInt64
+    var pending: [PendingAppend] = []
+    var pendingBytes: Int64 = 0
+    var lifecycle: Lifecycle = .open
+    var crash = false
+    var writerExited = false
+    var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    var waiters: [Int: Waiter] = [:]
+    var nextWaiterID = 0
+    /// (first sequence of a batch, wall time) at most one per second, for the oldest-age statistic.
+    var samples: [(sequence: UInt64, time: Double)] = []
+    /// Segment files removed from `segments` by drop-oldest, for the writer to unlink.
+    var unlinkQueue: [String] = []
+    var droppedRecords: UInt64 = 0
+    /// Where the last read stopped, so the next sequential read starts without a scan.
+    var readHint: (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?
+
+    func unacknowledged(in segment: Segment) -> UInt64 {
+        let start = max(segment.first, acknowledgedThrough + 1)
+        return segment.last >= start ? segment.last - start + 1 : 0
+    }
+
+    mutating func pruneSamples() {
+        let oldest = acknowledgedThrough + 1
+        var drop = 0
+        while drop + 1 < samples.count && samples[drop + 1].sequence <= oldest { drop += 1 }
+        if drop > 0 { samples.removeFirst(drop) }
+    }
+
+    func stats(now: Double) -> DiskBuffer.Stats {
+        var records: UInt64 = 0
+        for segment in segments { records += unacknowledged(in: segment) }
+        var age: Double?
+        if records > 0 {
+            let oldest = max(acknowledgedThrough + 1, segments.first?.first ?? 0)
+            if let sample = samples.last(where: { $0.sequence <= oldest }) ?? samples.first {
+                age = max(0, now - sample.time)
+            }
+        }
+        return DiskBuffer.Stats(
+            records: records,
+            bytes: diskBytes,
+            segments: segments.count,
+            oldestUnacknowledgedAgeSeconds: age,
+            lastSequence: writtenThrough,
+            acknowledgedThrough: acknowledgedThrough,
+            droppedRecords: droppedRecords
+        )
+    }
+}
+
+/// The buffer's shared parts: configuration, logger, metrics and the locked state.
+final class Core: Sendable {
+    let configuration: DiskBuffer.Configuration
+    let logger: Logger
+    let metrics = DiskBufferMetrics()
+    let lock: ConditionLock<State>
+    /// The flock'ed lock file; closed by the writer thread when it exits.
+    let lockDescriptor: Int32
+
+    init(configuration: DiskBuffer.Configuration, logger: Logger, state: State, lockDescriptor: Int32) {
+        self.configuration = configuration
+        self.logger = logger
+        self.lock = ConditionLock(state)
+        self.lockDescriptor = lockDescriptor
+    }
+
+    func segmentPath(_ first: UInt64) -> String {
+        configuration.directory + "/" + RecordFormat.segmentName(firstSequence: first)
+    }
+
+    /// Applies the size cap to a new record of `size` bytes; returns the refusal, if any. Called locked.
+    func admit(_ size: Int64, _ state: inout State) -> DiskBufferError? {
+        let limit = configuration.maxBytes
+        guard state.diskBytes + state.pendingBytes + size > limit else { return nil }
+        if configuration.overflowPolicy == .dropOldest {
+            while state.diskBytes + state.pendingBytes + size > limit, state.segments.count > 1 {
+                let segment = state.segments.removeFirst()
+                state.diskBytes -= segment.bytes
+                state.unlinkQueue.append(segmentPath(segment.first))
+                let lost = state.unacknowledged(in: segment)
+                if lost > 0 {
+                    state.droppedRecords += lost
+                    metrics.droppedOverflow.increment(by: Int64(lost))
+                    logger.warning("buffer full: dropped oldest segment", metadata: [
+                        "buffer.segment": "\(RecordFormat.segmentName(firstSequence: segment.first))",
+                        "buffer.dropped_records": "\(lost)",
+                        "buffer.first_sequence": "\(max(segment.first, state.acknowledgedThrough + 1))",
+                        "buffer.last_sequence": "\(segment.last)",
+                    ])
+                }
+                if state.readHint?.segmentFirst == segment.first { state.readHint = nil }
+            }
+            if state.diskBytes + state.pendingBytes + size <= limit { return nil }
+        }
+        return DiskBufferError(.bufferFull, "buffer.max_bytes (\(limit)) reached")
+    }
+
+    /// Stops the writer thread: gracefully (drain, sync, ledger) or as if the process crashed.
+    func stop(crash: Bool) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = lock.withLock { state -> Bool in
+                if state.writerExited { return true }
+                if state.lifecycle == .open { state.lifecycle = .closing }
+                if crash { state.crash = true }
+                state.stopWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() } else { lock.signal() }
+        }
+    }
+}
+
+extension DiskBuffer {
+    /// Test hook: stops the writer as a SIGKILL would (no final sync, no ledger write) and releases the
+    /// directory lock, so the directory can be reopened in the same process.
+    func simulateCrash() async {
+        await core.stop(crash: true)
+    }
+}

@@ -1,0 +1,206 @@
+// The edge agent's crash-safe disk buffer: an append-only segmented log of opaque records.
+//
+// # On-disk format (version 1; also in docs/disk-format.md)
+//
+// A buffer is one directory:
+//
+//     lock                          flock(LOCK_EX) held while open: one buffer per directory
+//     ledger                        28 bytes, replaced atomically (ledger.tmp, fsync, rename, fsync dir)
+//     00000000000000000001.seg      segments, named by their first sequence number (20 digits, so
+//     00000000000000004711.seg      `ls` order is sequence order)
+//
+// Segment = 16-byte header, then records back to back, no padding:
+//
+//     header: magic "TRBS" | version u32 = 1 | first sequence u64
+//     record: length u32 | crc32c u32 | sequence u64 | body (length bytes)
+//
+// All integers are little-endian. `length` is the body length. `crc32c` (Castagnoli) covers the body,
+// then the 4 length bytes, then the 8 sequence bytes. The body is opaque here (the agent stores the
+// encoded PUBLISH and its metadata).
+//
+// Ledger = magic "TRBL" | version u32 = 1 | acknowledged-through u64 | next sequence u64 | crc32c u32
+// of the preceding 24 bytes.
+//
+// # Invariants
+//
+// 1. Sequences start at 1, increase by exactly 1 from record to record across all segments, and are
+//    never reused: the ledger carries the next sequence, and the newest segment is never deleted (an
+//    empty newest segment's name is the next sequence).
+// 2. A segment holds exactly the sequences [its name, next segment's name - 1]; only the newest segment
+//    is written to. A segment is synced before the next one is created (policies always / interval).
+// 3. `append` returns a sequence only after its record was written to the file (and, with policy
+//    `always`, fdatasync'ed). Readers see only records that are durable under the policy.
+// 4. A segment is deleted only when all its records are acknowledged (after the ledger recording
+//    that is durable), or by the drop-oldest overflow policy (counted and logged). The newest segment
+//    is never deleted.
+// 5. Recovery scans the newest segment, keeps every record up to the first torn record, bad checksum,
+//    or unexpected sequence, and truncates the rest, reporting bytes and records cut. Damage in older
+//    segments is found when reading: the rest of that segment is skipped, counted and logged.
+// 6. A missing or corrupt ledger means "nothing acknowledged": the buffer replays from its oldest
+//    segment (duplicates upstream are removed by sequence number; loss is not acceptable).
+
+import Logging
+
+/// A crash-safe, append-only, segmented log of opaque records on local disk. See the format and
+/// invariants at the top of this file and in docs/disk-format.md.
+///
+/// Thread-safe: `append` may be called concurrently from many tasks or event loops; file writes and
+/// syncs run on one writer thread owned by the buffer, and many concurrent appends share one sync
+/// (group commit). `read` does blocking `pread`s of records that are normally in the page cache.
+public final class DiskBuffer: Sendable {
+    /// One stored record.
+    public struct Record: Sendable, Hashable {
+        public var sequence: UInt64
+        public var body: [UInt8]
+
+        public init(sequence: UInt64, body: [UInt8]) {
+            self.sequence = sequence
+            self.body = body
+        }
+    }
+
+    /// A point-in-time view of the buffer.
+    public struct Stats: Sendable, Hashable {
+        /// Records stored and not acknowledged.
+        public var records: UInt64
+        /// Total size of the segment files.
+        public var bytes: Int64
+        public var segments: Int
+        /// Age of the oldest unacknowledged record (1 s resolution), nil if there is none.
+        public var oldestUnacknowledgedAgeSeconds: Double?
+        /// The last sequence appended (0 if none ever was).
+        public var lastSequence: UInt64
+        public var acknowledgedThrough: UInt64
+        /// Records lost since open: drop-oldest overflow, damage found while reading, missing segments.
+        public var droppedRecords: UInt64
+    }
+
+    let core: Core
+
+    init(core: Core) {
+        self.core = core
+    }
+
+    deinit {
+        // Without `close`, the writer thread still finishes pending work, syncs and exits.
+        core.lock.withLock { state in
+            if state.lifecycle == .open { state.lifecycle = .closing }
+        }
+        core.lock.signal()
+    }
+
+    /// Opens (creating if needed) the buffer in `configuration.directory`, recovering from any crash.
+    /// Fails with ``DiskBufferError/Code/directoryLocked`` if another buffer has the directory open.
+    public static func open(
+        _ configuration: Configuration,
+        logger: Logger
+    ) throws(DiskBufferError) -> (DiskBuffer, RecoveryReport) {
+        try Recovery.open(configuration, logger: logger)
+    }
+
+    /// Stores `body` and returns its sequence once it is durable under the fsync policy.
+    ///
+    /// Fails with a ``DiskBufferError/Scope/record``-scoped error (`bufferFull`, `diskFull`,
+    /// `recordTooLarge`) when this record cannot be stored now: do not acknowledge it to the device.
+    public func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64 {
+        let configuration = core.configuration
+        guard body.count <= configuration.maxRecordBodyBytes else {
+            let error = DiskBufferError(
+                .recordTooLarge,
+                "record body of \(body.count) bytes exceeds the maximum of \(configuration.maxRecordBodyBytes)")
+            core.metrics.rejected(error)
+            throw error
+        }
+        let bodyState = RecordFormat.bodyState(body)
+        let size = Int64(RecordFormat.recordHeaderSize + body.count)
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<UInt64, DiskBufferError>, Never>) in
+            var wake = false
+            let refused: DiskBufferError? = core.lock.withLock { state in
+                guard state.lifecycle == .open else {
+                    return DiskBufferError(.closed, "the buffer is closed")
+                }
+                if let refusal = core.admit(size, &state) { return refusal }
+                wake = state.pending.isEmpty
+                state.pending.append(PendingAppend(body: body, bodyState: bodyState, continuation: continuation))
+                state.pendingBytes += size
+                return nil
+            }
+            if let refused {
+                core.metrics.rejected(refused)
+                continuation.resume(returning: .failure(refused))
+            } else if wake {
+                core.lock.signal()
+            }
+        }
+        return try result.get()
+    }
+
+    /// Records from `sequence` on (or from the oldest stored record, if that is later), in order, up to
+    /// `maxRecords` and about `maxBytes` of bodies (at least one record if any is available). Includes
+    /// records appended a moment ago once durable; skips records lost to overflow or damage. Returns an
+    /// empty array when nothing newer is available: then `waitForRecords(after:)`.
+    public func read(from sequence: UInt64, maxRecords: Int = 1024, maxBytes: Int = 1 << 20) throws(DiskBufferError) -> [Record] {
+        try core.read(from: sequence, maxRecords: maxRecords, maxBytes: maxBytes)
+    }
+
+    /// Returns when a record with a sequence greater than `sequence` is readable, when the buffer
+    /// closes, or when the task is cancelled.
+    public func waitForRecords(after sequence: UInt64) async {
+        let lock = core.lock
+        let ready = lock.withLock { state -> Bool in
+            state.readableThrough > sequence || state.lifecycle != .open
+        }
+        if ready { return }
+        let id = lock.withLock { state -> Int in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = lock.withLock { state -> Bool in
+                    if state.readableThrough > sequence || state.lifecycle != .open || Task.isCancelled {
+                        return true
+                    }
+                    state.waiters[id] = Waiter(after: sequence, continuation: continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let continuation = lock.withLock { $0.waiters.removeValue(forKey: id)?.continuation }
+            continuation?.resume()
+        }
+    }
+
+    /// Marks every record up to and including `sequence` as delivered upstream. Segments made wholly
+    /// acknowledged are deleted by the writer thread after the ledger is updated. The ledger is written
+    /// at most every `ledgerIntervalMilliseconds` otherwise, so after a crash recently acknowledged
+    /// records may be read again. Acknowledging an already acknowledged sequence does nothing.
+    public func acknowledge(through sequence: UInt64) throws(DiskBufferError) {
+        try core.lock.withLock { (state: inout State) throws(DiskBufferError) in
+            guard state.lifecycle == .open else { throw DiskBufferError(.closed, "the buffer is closed") }
+            guard sequence <= state.writtenThrough else {
+                throw DiskBufferError(.invalidSequence, "cannot acknowledge sequence \(sequence): the last appended is \(state.writtenThrough)")
+            }
+            guard sequence > state.acknowledgedThrough else { return }
+            state.acknowledgedThrough = sequence
+            state.pruneSamples()
+        }
+        core.lock.signal()
+    }
+
+    /// The acknowledged position (in memory; the ledger may lag by up to the ledger interval).
+    public var acknowledgedThrough: UInt64 {
+        core.lock.withLock { $0.acknowledgedThrough }
+    }
+
+    public var stats: Stats {
+        core.lock.withLock { $0.stats(now: Clock.wallSeconds()) }
+    }
+
+    /// Finishes pending appends, syncs, writes the ledger, releases the directory lock. Appends after
+    /// (or racing with) `close` fail with ``DiskBufferError/Code/closed``; `waitForRecords` returns.
+    public func close() async {
+        await core.stop(crash: false)
+    }
+}
