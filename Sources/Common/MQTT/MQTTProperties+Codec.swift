@@ -9,6 +9,7 @@ extension MQTTProperties {
         guard var block = buffer.readSlice(length: length) else {
             throw .malformed("property length exceeds the packet")
         }
+        let whole = block
         var properties = MQTTProperties()
         if length == 0 { return properties }
         var seen: UInt64 = 0
@@ -107,8 +108,8 @@ extension MQTTProperties {
                         userStart = start
                     } else if userEnd != start {
                         // Not contiguous with the earlier ones: keep them as values from here on.
-                        var array = UserPropertyStorage.materialize(block.getSlice(at: userStart, length: userEnd - userStart) ?? ByteBuffer())
-                        array.append(contentsOf: UserPropertyStorage.materialize(block.getSlice(at: start, length: block.readerIndex - start) ?? ByteBuffer()))
+                        var array = UserPropertyStorage.materialize(whole.getSlice(at: userStart, length: userEnd - userStart) ?? ByteBuffer())
+                        array.append(contentsOf: UserPropertyStorage.materialize(whole.getSlice(at: start, length: block.readerIndex - start) ?? ByteBuffer()))
                         userArray = array
                     }
                     userEnd = block.readerIndex
@@ -129,7 +130,7 @@ extension MQTTProperties {
         }
         if let userArray {
             properties.userPropertyStorage = .array(userArray)
-        } else if userStart >= 0, let wire = block.getSlice(at: userStart, length: userEnd - userStart) {
+        } else if userStart >= 0, let wire = whole.getSlice(at: userStart, length: userEnd - userStart) {
             properties.userPropertyStorage = .wire(wire)
         }
         if context == .connect, properties.authenticationData != nil, properties.authenticationMethod == nil {
