@@ -1,0 +1,133 @@
+import Foundation
+import Logging
+
+/// Cluster metadata and topic creation.
+///
+/// The calls block (up to their timeout) on the calling thread; from async code use the `async`
+/// variants, which run them on a dedicated thread.
+public final class KafkaAdmin: Sendable {
+    /// What `createTopics` did with a topic.
+    public enum TopicCreation: Sendable, Hashable {
+        case created
+        case alreadyExists
+    }
+
+    private let client: RDKafkaClient
+    private let logger: Logger
+
+    public init(configuration: KafkaConfiguration, logger: Logger = Logger(label: "tributary.kafka.admin")) throws(KafkaError) {
+        var events = RDKafkaClient.Events()
+        events.error = { error in
+            logger.debug("Kafka admin error", metadata: ["kafka.error": "\(error)"])
+        }
+        self.client = try RDKafkaClient.make(role: .admin, configuration: configuration, events: events, logger: logger)
+        self.logger = logger
+    }
+
+    deinit {
+        client.destroy()
+    }
+
+    /// Destroys the client; later calls throw `_DESTROY`. Idempotent.
+    public func close() {
+        client.destroy()
+    }
+
+    /// Brokers and all topics with their partition counts.
+    public func metadata(timeout: Duration = .seconds(10)) throws(KafkaError) -> KafkaClusterMetadata {
+        try client.metadata(timeout: timeout)
+    }
+
+    /// Creates `topics`. A topic that already exists counts as success (`.alreadyExists`; its
+    /// partitions and configs are not compared). If the cluster refuses any other topic, throws
+    /// one error naming every refused topic with the cluster's reason (the others may have been
+    /// created). Invalid specifications (name, partitions, replication factor) are refused before
+    /// anything is sent, because some clusters (Tansu) accept them.
+    @discardableResult
+    public func createTopics(_ topics: [KafkaTopicSpecification], timeout: Duration = .seconds(30)) throws(KafkaError) -> [String: TopicCreation] {
+        guard !topics.isEmpty else { return [:] }
+        for topic in topics {
+            if let problem = topic.validationProblem {
+                throw KafkaError.invalidArgument("topic \(topic.name): \(problem)")
+            }
+        }
+        let outcome = try client.createTopics(topics, timeout: timeout)
+        var result: [String: TopicCreation] = [:]
+        var refused: [(String, KafkaError)] = []
+        for topic in topics {
+            switch outcome[topic.name] {
+            case .some(.none):
+                result[topic.name] = .created
+            case .some(.some(let error)) where error.code == KafkaError.Code.topicAlreadyExists:
+                result[topic.name] = .alreadyExists
+            case .some(.some(let error)):
+                refused.append((topic.name, error))
+            case .none:
+                refused.append((topic.name, KafkaError(code: KafkaError.Code.fail, name: "_FAIL", message: "no result for this topic")))
+            }
+            if let created = result[topic.name] {
+                logger.debug("Kafka topic ensured", metadata: ["kafka.topic": "\(topic.name)", "kafka.outcome": "\(created)"])
+            }
+        }
+        if let first = refused.first?.1 {
+            let detail = refused.map { "\($0.0): \($0.1.name) (\($0.1.message))" }.joined(separator: "; ")
+            throw KafkaError(
+                code: first.code,
+                name: first.name,
+                message: "the cluster refused to create topics: \(detail)",
+                isFatal: false,
+                isRetriable: refused.allSatisfy { $0.1.isRetriable }
+            )
+        }
+        return result
+    }
+
+    /// Creates those of `topics` that the cluster does not report yet, then waits (up to
+    /// `timeout`) until Metadata lists all of them. Returns the names it created.
+    @discardableResult
+    public func ensureTopics(_ topics: [KafkaTopicSpecification], timeout: Duration = .seconds(30)) throws(KafkaError) -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        let existing = Set(try metadata(timeout: timeout).topics.filter { $0.error == nil }.map(\.name))
+        let missing = topics.filter { !existing.contains($0.name) }
+        let outcome = try createTopics(missing, timeout: timeout)
+        // Creation is asynchronous on Kafka: poll Metadata until every topic is listed.
+        while true {
+            let listed = try metadata(timeout: max(.milliseconds(100), deadline - .now))
+            if topics.allSatisfy({ listed.topic($0.name) != nil }) { break }
+            guard ContinuousClock.now < deadline else {
+                throw KafkaError(code: KafkaError.Code.timedOut, name: "_TIMED_OUT", message: "created topics did not appear in metadata", isRetriable: true)
+            }
+            Thread.sleep(forTimeInterval: 0.05)  // polling a condition with a deadline
+        }
+        return missing.map(\.name).filter { outcome[$0] == .created }
+    }
+
+    /// `metadata` on a dedicated thread.
+    public func metadata(timeout: Duration = .seconds(10)) async throws(KafkaError) -> KafkaClusterMetadata {
+        try await offload { () throws(KafkaError) in try self.metadata(timeout: timeout) }
+    }
+
+    /// `createTopics` on a dedicated thread.
+    @discardableResult
+    public func createTopics(_ topics: [KafkaTopicSpecification], timeout: Duration = .seconds(30)) async throws(KafkaError) -> [String: TopicCreation] {
+        try await offload { () throws(KafkaError) in try self.createTopics(topics, timeout: timeout) }
+    }
+
+    /// `ensureTopics` on a dedicated thread.
+    @discardableResult
+    public func ensureTopics(_ topics: [KafkaTopicSpecification], timeout: Duration = .seconds(30)) async throws(KafkaError) -> [String] {
+        try await offload { () throws(KafkaError) in try self.ensureTopics(topics, timeout: timeout) }
+    }
+}
+
+/// Runs a blocking call on a new thread and awaits its result.
+func offload<T: Sendable>(_ body: @escaping @Sendable () throws(KafkaError) -> T) async throws(KafkaError) -> T {
+    let result: Result<T, KafkaError> = await withCheckedContinuation { continuation in
+        let thread = Thread {
+            continuation.resume(returning: Result { () throws(KafkaError) in try body() })
+        }
+        thread.name = "tributary-kafka-admin"
+        thread.start()
+    }
+    return try result.get()
+}

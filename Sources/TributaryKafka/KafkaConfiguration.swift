@@ -1,0 +1,135 @@
+/// Configuration shared by `KafkaProducer`, `KafkaConsumer` and `KafkaAdmin`.
+///
+/// The typed fields are translated to librdkafka properties first; `properties` is applied last,
+/// verbatim, so anything librdkafka accepts (`topic.metadata.refresh.interval.ms`,
+/// `fetch.wait.max.ms`, `security.protocol`, ...) can be set or overridden there.
+///
+/// Keys (typed field → librdkafka property):
+/// - `bootstrapServers` → `bootstrap.servers` (comma-separated `host:port`)
+/// - `clientId` → `client.id`
+/// - `statisticsInterval` → `statistics.interval.ms` (statistics are off when `nil`)
+/// - Producer: `idempotent` → `enable.idempotence` + `acks=all`; `linger` → `linger.ms`;
+///   `maxQueuedMessages` → `queue.buffering.max.messages`; `deliveryTimeout` → `message.timeout.ms`.
+/// - Consumer: `fetchWaitMax` → `fetch.wait.max.ms`; `maxPrefetchKilobytes` →
+///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`;
+///   `enable.partition.eof=false`, `enable.auto.commit=false`, a private `group.id` (no group
+///   membership is used: partitions are assigned manually).
+public struct KafkaConfiguration: Sendable {
+    public var bootstrapServers: String
+    public var clientId: String
+    /// librdkafka properties applied verbatim after the typed fields.
+    public var properties: [String: String]
+    /// How often librdkafka emits statistics (delivered to the `statistics` callback of the
+    /// producer or consumer); `nil` disables them.
+    public var statisticsInterval: Duration?
+    /// Longest blocking wait of one poll call on the dedicated thread. It bounds how long
+    /// `shutdown()`/`close()` wait for the thread to notice; it is not a sleep (polls return as
+    /// soon as an event arrives).
+    public var pollTimeout: Duration
+
+    // MARK: Producer
+
+    /// Idempotent producer (`enable.idempotence=true`, `acks=all`). Default `true`.
+    public var idempotent: Bool
+    /// How long the producer waits to batch messages (`linger.ms`). Default 5 ms.
+    public var linger: Duration
+    /// Bound of the producer's local queue (`queue.buffering.max.messages`). When it is full,
+    /// `KafkaProducer.send` throws `_QUEUE_FULL` (retriable) at once instead of buffering more.
+    public var maxQueuedMessages: Int
+    /// `message.timeout.ms`: a message not acknowledged within this time fails with
+    /// `_MSG_TIMED_OUT`. Default 30 s.
+    public var deliveryTimeout: Duration
+    /// If messages are in flight and no delivery succeeded for this long, the producer is
+    /// considered wedged (e.g. an idempotent producer whose cluster lost its state) and is
+    /// recreated. `nil` disables this watchdog. Default 15 s; keep it below `deliveryTimeout`.
+    public var stallTimeout: Duration?
+    /// This many consecutive delivery failures with producer-state errors (`UNKNOWN_PRODUCER_ID`,
+    /// `OUT_OF_ORDER_SEQUENCE_NUMBER`, `INVALID_PRODUCER_EPOCH`) or `_MSG_TIMED_OUT` recreate the
+    /// producer. Default 3.
+    public var recreateAfterConsecutiveFailures: Int
+    /// How long shutting down (or releasing) a producer waits for queued messages.
+    public var shutdownFlushTimeout: Duration
+
+    // MARK: Consumer
+
+    /// Most records handed to the consumer's handler in one batch.
+    public var maxBatchSize: Int
+    /// `fetch.wait.max.ms`. Tansu does not answer a waiting fetch early, so keep this small.
+    public var fetchWaitMax: Duration
+    /// `queued.max.messages.kbytes`: bound of librdkafka's prefetch queue (per consumer).
+    public var maxPrefetchKilobytes: Int
+    /// `queued.min.messages`: librdkafka prefetches until this many messages are queued per partition.
+    public var maxPrefetchMessages: Int
+
+    public init(
+        bootstrapServers: String,
+        clientId: String = "tributary",
+        properties: [String: String] = [:],
+        statisticsInterval: Duration? = nil
+    ) {
+        self.bootstrapServers = bootstrapServers
+        self.clientId = clientId
+        self.properties = properties
+        self.statisticsInterval = statisticsInterval
+        self.pollTimeout = .milliseconds(100)
+        self.idempotent = true
+        self.linger = .milliseconds(5)
+        self.maxQueuedMessages = 100_000
+        self.deliveryTimeout = .seconds(30)
+        self.stallTimeout = .seconds(15)
+        self.recreateAfterConsecutiveFailures = 3
+        self.shutdownFlushTimeout = .seconds(5)
+        self.maxBatchSize = 500
+        self.fetchWaitMax = .milliseconds(50)
+        self.maxPrefetchKilobytes = 16_384
+        self.maxPrefetchMessages = 10_000
+    }
+
+    enum Role { case producer, consumer, admin }
+
+    /// The librdkafka properties for `role`, typed fields first, then `properties`.
+    func librdkafkaProperties(for role: Role) -> [(String, String)] {
+        var result: [(String, String)] = [
+            ("bootstrap.servers", bootstrapServers),
+            ("client.id", clientId),
+        ]
+        if let statisticsInterval, role != .admin {
+            result.append(("statistics.interval.ms", String(statisticsInterval.milliseconds)))
+        }
+        switch role {
+        case .producer:
+            if idempotent {
+                result.append(("enable.idempotence", "true"))
+                result.append(("acks", "all"))
+            }
+            result.append(("linger.ms", String(linger.milliseconds)))
+            result.append(("queue.buffering.max.messages", String(maxQueuedMessages)))
+            result.append(("message.timeout.ms", String(deliveryTimeout.milliseconds)))
+        case .consumer:
+            result.append(("group.id", "tributary-manual-assign-\(clientId)"))
+            result.append(("enable.auto.commit", "false"))
+            result.append(("enable.auto.offset.store", "false"))
+            result.append(("enable.partition.eof", "false"))
+            result.append(("fetch.wait.max.ms", String(fetchWaitMax.milliseconds)))
+            result.append(("queued.max.messages.kbytes", String(maxPrefetchKilobytes)))
+            result.append(("queued.min.messages", String(maxPrefetchMessages)))
+        case .admin:
+            break
+        }
+        for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
+            result.append((key, value))
+        }
+        return result
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, clamped to `Int32` (librdkafka takes `int` timeouts), never negative.
+    var milliseconds: Int32 {
+        let (seconds, attoseconds) = components
+        let ms = seconds.multipliedReportingOverflow(by: 1000)
+        if ms.overflow { return seconds < 0 ? 0 : .max }
+        let total = ms.partialValue + attoseconds / 1_000_000_000_000_000
+        return Int32(clamping: max(0, total))
+    }
+}

@@ -1,0 +1,130 @@
+import Logging
+import Synchronization
+
+/// A consumer of manually assigned partitions (no consumer group, no offset commits).
+///
+/// - **Delivery**: a dedicated thread polls librdkafka and calls `handler` with batches of up to
+///   `maxBatchSize` records, in offset order per partition. It waits for the first record of a
+///   batch (at most `pollTimeout`, returning as soon as one arrives) and then takes only what is
+///   already buffered, so batches never wait to fill up.
+/// - **Backpressure**: `handler` runs on the poll thread and nothing is polled while it runs. If
+///   it is slow, librdkafka's prefetch queue fills up to `maxPrefetchKilobytes` /
+///   `maxPrefetchMessages` and fetching stops: memory stays bounded. `pause` / `resume` stop and
+///   restart fetching of partitions explicitly.
+/// - **End of log**: `highWatermark` returns the value cached from Fetch responses
+///   (`rd_kafka_get_watermark_offsets`), not a ListOffsets query
+///   (`rd_kafka_query_watermark_offsets`): Tansu answers ListOffsets "latest" wrongly, while the
+///   high watermark in its Fetch responses is right. The cached value is `nil` until the first
+///   fetch of that partition has been answered.
+/// - **Closing**: `close()` may be called at any time, from any thread, several times; after it
+///   returns (when not called from `handler`) the handler is not called again. Releasing the last
+///   reference closes in the background.
+public final class KafkaConsumer: Sendable {
+    private let core: Core
+
+    /// Creates the consumer and starts its poll thread; nothing is consumed until `assign`.
+    /// - Parameters:
+    ///   - statistics: called on the poll thread every `statisticsInterval` (if set).
+    ///   - errors: consumer errors not tied to a record (e.g. a partition that does not exist),
+    ///     called on the poll thread.
+    ///   - handler: receives each batch on the poll thread.
+    public init(
+        configuration: KafkaConfiguration,
+        logger: Logger = Logger(label: "tributary.kafka.consumer"),
+        statistics: (@Sendable (KafkaStatistics) -> Void)? = nil,
+        errors: (@Sendable (KafkaError) -> Void)? = nil,
+        handler: @escaping @Sendable ([KafkaRecord]) -> Void
+    ) throws(KafkaError) {
+        var events = RDKafkaClient.Events()
+        events.error = { error in
+            logger.debug("Kafka consumer error", metadata: ["kafka.error": "\(error)"])
+            errors?(error)
+        }
+        if let statistics {
+            events.statistics = { json in
+                if let parsed = KafkaStatistics(json: json) { statistics(parsed) }
+            }
+        }
+        let client = try RDKafkaClient.make(role: .consumer, configuration: configuration, events: events, logger: logger)
+        core = Core(client: client, configuration: configuration, logger: logger, handler: handler)
+        core.start()
+    }
+
+    deinit {
+        core.beginClose()
+    }
+
+    /// Consumes exactly these partitions from these offsets, replacing any previous assignment.
+    public func assign(_ assignments: [KafkaPartitionAssignment]) throws(KafkaError) {
+        try core.client.assign(assignments)
+    }
+
+    /// Assigns every partition `0..<partitionCount` of `topic` from `offset`.
+    public func assign(topic: String, partitionCount: Int32, from offset: KafkaOffset) throws(KafkaError) {
+        try assign((0..<partitionCount).map { KafkaPartitionAssignment(topic: topic, partition: $0, offset: offset) })
+    }
+
+    /// Stops fetching `partitions` (all assigned ones if `nil`); records already buffered may
+    /// still be delivered.
+    public func pause(_ partitions: [KafkaTopicPartition]? = nil) throws(KafkaError) {
+        try core.client.setPaused(true, partitions: partitions)
+    }
+
+    /// Resumes fetching `partitions` (all assigned ones if `nil`).
+    public func resume(_ partitions: [KafkaTopicPartition]? = nil) throws(KafkaError) {
+        try core.client.setPaused(false, partitions: partitions)
+    }
+
+    /// The partition's high watermark (offset of the next record to be written) as of the last
+    /// Fetch response, or `nil` before the first one (see the type's documentation for why this
+    /// is not a ListOffsets query).
+    public func highWatermark(topic: String, partition: Int32) -> Int64? {
+        core.client.cachedWatermarks(topic: topic, partition: partition)?.high
+    }
+
+    /// Stops polling and destroys the client. Idempotent; safe from any thread. From `handler`
+    /// it returns at once and the poll thread stops after the handler returns.
+    public func close() {
+        core.beginClose()
+        core.thread.join()
+    }
+}
+
+extension KafkaConsumer {
+    final class Core: Sendable {
+        let client: RDKafkaClient
+        let configuration: KafkaConfiguration
+        let logger: Logger
+        let handler: @Sendable ([KafkaRecord]) -> Void
+        let closing = Atomic<Bool>(false)
+        let thread = KafkaPollThread(name: "tributary-kafka-consumer")
+
+        init(client: RDKafkaClient, configuration: KafkaConfiguration, logger: Logger, handler: @escaping @Sendable ([KafkaRecord]) -> Void) {
+            self.client = client
+            self.configuration = configuration
+            self.logger = logger
+            self.handler = handler
+        }
+
+        func start() {
+            thread.start { [self] in run() }
+        }
+
+        func beginClose() {
+            guard closing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+            client.wakeUp()
+        }
+
+        private func run() {
+            let batchSize = max(1, configuration.maxBatchSize)
+            while !closing.load(ordering: .acquiring) {
+                let records = client.consumerPoll(timeout: configuration.pollTimeout, maxCount: batchSize)
+                if !records.isEmpty, !closing.load(ordering: .acquiring) {
+                    handler(records)
+                }
+            }
+            client.destroy()
+            logger.debug("Kafka consumer closed")
+        }
+    }
+}

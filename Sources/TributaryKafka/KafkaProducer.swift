@@ -1,0 +1,440 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// An idempotent Kafka producer that completes every message exactly once.
+///
+/// - **Delivery**: `send` enqueues and returns at once; the completion runs exactly once, on the
+///   producer's poll thread, with the delivery report (topic, partition, offset) or an error.
+///   Success means the cluster acknowledged the record (`acks=all` by default). Keep completions
+///   short: hop to your own executor.
+/// - **Bounded**: at most `KafkaConfiguration.maxQueuedMessages` messages are queued; beyond that
+///   `send` throws `_QUEUE_FULL` (retriable) without enqueuing, so the caller applies
+///   backpressure (e.g. stops reading its socket) instead of buffering.
+/// - **Thread**: a dedicated thread blocks in `rd_kafka_poll` (up to `pollTimeout`, returning as
+///   soon as an event arrives) and serves delivery reports, errors and statistics.
+/// - **Fatal errors**: librdkafka's fatal errors (e.g. a fenced idempotent producer),
+///   `recreateAfterConsecutiveFailures` delivery failures in a row with producer-state errors
+///   (`UNKNOWN_PRODUCER_ID`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, `INVALID_PRODUCER_EPOCH`) or
+///   `_MSG_TIMED_OUT`, or no successful delivery for `stallTimeout` while messages are in flight
+///   (an idempotent producer whose cluster lost its state never delivers again) make the poll
+///   thread recreate the producer: sends are refused with `_STATE` (retriable) for the moment,
+///   every message still in the old instance is failed once with a fatal, retriable
+///   `KafkaError` (it may or may not be in Kafka; it is never reported as delivered), the old
+///   `rd_kafka_t` is destroyed, a new one is created, `producerRecreations` is incremented and
+///   `onRecreated` is called.
+/// - **Shutdown**: `shutdown()` flushes for up to `shutdownFlushTimeout`, fails what is left with
+///   a retriable `_DESTROY` error, and destroys the client; it is idempotent. Releasing the last
+///   reference without `shutdown()` does the same in the background.
+public final class KafkaProducer: Sendable {
+    private let core: Core
+
+    /// Creates the producer and starts its poll thread.
+    /// - Parameters:
+    ///   - statistics: called on the poll thread every `statisticsInterval` (if set).
+    ///   - onRecreated: called on the poll thread after the producer was recreated, with the cause.
+    public init(
+        configuration: KafkaConfiguration,
+        logger: Logger = Logger(label: "tributary.kafka.producer"),
+        statistics: (@Sendable (KafkaStatistics) -> Void)? = nil,
+        onRecreated: (@Sendable (KafkaError) -> Void)? = nil
+    ) throws(KafkaError) {
+        core = try Core(configuration: configuration, logger: logger, statistics: statistics, onRecreated: onRecreated)
+        core.start()
+    }
+
+    deinit {
+        core.beginShutdown()
+    }
+
+    /// Enqueues `message`. If this returns normally, `completion` will be called exactly once (on
+    /// the poll thread). If it throws (`_QUEUE_FULL`, `_STATE` while recreating, `_DESTROY` after
+    /// shutdown, invalid arguments), the message was not enqueued and `completion` is never called.
+    public func send(
+        _ message: KafkaOutgoingMessage,
+        completion: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void
+    ) throws(KafkaError) {
+        try core.send(message, completion: completion)
+    }
+
+    /// Enqueues `message` and waits for its delivery report.
+    public func send(_ message: KafkaOutgoingMessage) async throws(KafkaError) -> KafkaDeliveryReport {
+        let result: Result<KafkaDeliveryReport, KafkaError> = await withCheckedContinuation { continuation in
+            do throws(KafkaError) {
+                try core.send(message) { continuation.resume(returning: $0) }
+            } catch {
+                continuation.resume(returning: .failure(error))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Sends lingering messages now and blocks until every message enqueued so far has been
+    /// reported or `timeout` has passed (`_TIMED_OUT`). Blocking: call it off event loops.
+    /// Completions may run on the calling thread.
+    public func flush(timeout: Duration) throws(KafkaError) {
+        try core.flush(timeout: timeout)
+    }
+
+    /// Flushes (up to `shutdownFlushTimeout`), fails what is left with a retriable `_DESTROY`
+    /// error, destroys the client and waits for the poll thread. Idempotent. Called from a
+    /// completion handler it does not wait (the poll thread finishes after the handler returns).
+    public func shutdown() {
+        core.beginShutdown()
+        core.thread.join()
+    }
+
+    /// How many times the producer was recreated after a fatal error or stall.
+    public var producerRecreations: Int {
+        core.state.withLock { $0.recreations }
+    }
+
+    /// Messages enqueued whose completion has not run yet.
+    public var inFlightCount: Int {
+        core.state.withLock { $0.generation?.tracker.count ?? 0 }
+    }
+}
+
+extension KafkaProducer {
+    /// The per-message box carried through librdkafka as the message opaque (retained once by
+    /// `send`, released once when the message is reported or swept).
+    final class DeliveryBox: Sendable {
+        let id: UInt64
+        let completion: @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void
+
+        init(id: UInt64, completion: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) {
+            self.id = id
+            self.completion = completion
+        }
+    }
+
+    /// The messages of one `rd_kafka_t`. Being in `pending` means "holds the +1 retain of the
+    /// opaque and has not been completed"; whoever removes an entry completes it, so each message
+    /// completes exactly once.
+    final class DeliveryTracker: Sendable {
+        struct State {
+            var pending: [UInt64: DeliveryBox] = [:]
+            /// Time of the last successful delivery, or when `pending` last became non-empty.
+            var lastProgress = ContinuousClock.now
+            var consecutiveFailures = 0
+            /// Why this instance must be recreated, once known.
+            var recreationCause: KafkaError?
+            /// Once set, failures are reported with this error instead of their own.
+            var failureOverride: KafkaError?
+        }
+
+        let state = Mutex(State())
+        let failureThreshold: Int
+
+        init(failureThreshold: Int) {
+            self.failureThreshold = max(1, failureThreshold)
+        }
+
+        var count: Int { state.withLock { $0.pending.count } }
+
+        func add(_ box: DeliveryBox) {
+            state.withLock {
+                if $0.pending.isEmpty { $0.lastProgress = .now }
+                $0.pending[box.id] = box
+            }
+        }
+
+        /// Removes `id` if still pending; true if the caller now owns completing it.
+        func remove(_ id: UInt64) -> Bool {
+            state.withLock { $0.pending.removeValue(forKey: id) != nil }
+        }
+
+        /// Records a cause for recreation (the first one wins) and reports later failures with it.
+        func markFatal(_ cause: KafkaError) {
+            state.withLock {
+                if $0.recreationCause == nil { $0.recreationCause = cause }
+                if $0.failureOverride == nil { $0.failureOverride = .producerRecreated(cause: cause) }
+            }
+        }
+
+        func overrideFailures(with error: KafkaError) {
+            state.withLock { $0.failureOverride = error }
+        }
+
+        /// The delivery-report callback (poll thread, or a thread in `flush`).
+        func deliveryReport(_ opaque: UnsafeMutableRawPointer?, _ result: Result<KafkaDeliveryReport, KafkaError>) {
+            guard let opaque else { return }
+            let unmanaged = Unmanaged<DeliveryBox>.fromOpaque(opaque)
+            // Safe: the box is retained until it is removed from `pending` below or swept, and
+            // sweeping happens only after rd_kafka_destroy, when no report can arrive.
+            let id = unmanaged.takeUnretainedValue().id
+            let outcome: Result<KafkaDeliveryReport, KafkaError>? = state.withLock { state in
+                guard state.pending.removeValue(forKey: id) != nil else { return nil }
+                switch result {
+                case .success:
+                    state.lastProgress = .now
+                    state.consecutiveFailures = 0
+                    return result
+                case .failure(let error):
+                    if KafkaError.producerStateCodes.contains(error.code) || error.code == KafkaError.Code.msgTimedOut {
+                        state.consecutiveFailures += 1
+                        if state.consecutiveFailures >= failureThreshold, state.recreationCause == nil {
+                            state.recreationCause = error
+                            state.failureOverride = .producerRecreated(cause: error)
+                        }
+                    }
+                    if error.isFatal, state.recreationCause == nil {
+                        state.recreationCause = error
+                        state.failureOverride = .producerRecreated(cause: error)
+                    }
+                    return .failure(state.failureOverride ?? error)
+                }
+            }
+            guard let outcome else { return }
+            unmanaged.takeRetainedValue().completion(outcome)
+        }
+
+        /// Why this instance must be recreated now, if it must: a recorded cause, or messages
+        /// pending with no progress for `stallTimeout`.
+        func recreationCause(stallTimeout: Duration?) -> KafkaError? {
+            state.withLock { state in
+                if let cause = state.recreationCause { return cause }
+                guard let stallTimeout, !state.pending.isEmpty else { return nil }
+                let waited = ContinuousClock.now - state.lastProgress
+                guard waited > stallTimeout else { return nil }
+                let cause = KafkaError(
+                    code: KafkaError.Code.msgTimedOut,
+                    name: "_MSG_TIMED_OUT",
+                    message: "\(state.pending.count) messages in flight and no delivery for \(waited)",
+                    isFatal: false,
+                    isRetriable: true
+                )
+                state.recreationCause = cause
+                state.failureOverride = .producerRecreated(cause: cause)
+                return cause
+            }
+        }
+
+        /// Completes every message still pending with `error` and releases its retain. Only after
+        /// the `rd_kafka_t` was destroyed.
+        func sweep(_ error: KafkaError) -> Int {
+            let boxes = state.withLock { state in
+                defer { state.pending.removeAll() }
+                return Array(state.pending.values)
+            }
+            for box in boxes {
+                Unmanaged.passUnretained(box).release()
+                box.completion(.failure(error))
+            }
+            return boxes.count
+        }
+    }
+
+    /// One `rd_kafka_t` and its messages.
+    final class Generation: Sendable {
+        let number: Int
+        let client: RDKafkaClient
+        let tracker: DeliveryTracker
+
+        init(number: Int, client: RDKafkaClient, tracker: DeliveryTracker) {
+            self.number = number
+            self.client = client
+            self.tracker = tracker
+        }
+    }
+
+    final class Core: Sendable {
+        enum Phase { case running, closing, closed }
+
+        struct State {
+            var phase = Phase.running
+            var generation: Generation?
+            var generationCount = 0
+            var recreations = 0
+            var nextID: UInt64 = 0
+        }
+
+        let configuration: KafkaConfiguration
+        let logger: Logger
+        let statistics: (@Sendable (KafkaStatistics) -> Void)?
+        let onRecreated: (@Sendable (KafkaError) -> Void)?
+        let state = Mutex(State())
+        let thread = KafkaPollThread(name: "tributary-kafka-producer")
+        /// Wakes the poll thread from a retry back-off when shutting down.
+        private let wake = DispatchSemaphore(value: 0)
+
+        init(
+            configuration: KafkaConfiguration,
+            logger: Logger,
+            statistics: (@Sendable (KafkaStatistics) -> Void)?,
+            onRecreated: (@Sendable (KafkaError) -> Void)?
+        ) throws(KafkaError) {
+            self.configuration = configuration
+            self.logger = logger
+            self.statistics = statistics
+            self.onRecreated = onRecreated
+            let generation = try makeGeneration(number: 1)
+            state.withLock {
+                $0.generation = generation
+                $0.generationCount = 1
+            }
+        }
+
+        func makeGeneration(number: Int) throws(KafkaError) -> Generation {
+            let tracker = DeliveryTracker(failureThreshold: configuration.recreateAfterConsecutiveFailures)
+            let logger = logger
+            var events = RDKafkaClient.Events()
+            events.deliveryReport = { tracker.deliveryReport($0, $1) }
+            events.error = { error in
+                if error.isFatal { tracker.markFatal(error) }
+                logger.debug("Kafka producer error", metadata: ["kafka.error": "\(error)", "kafka.fatal": "\(error.isFatal)"])
+            }
+            if let statistics {
+                events.statistics = { json in
+                    if let parsed = KafkaStatistics(json: json) { statistics(parsed) }
+                }
+            }
+            let client = try RDKafkaClient.make(role: .producer, configuration: configuration, events: events, logger: logger)
+            return Generation(number: number, client: client, tracker: tracker)
+        }
+
+        func start() {
+            thread.start { [self] in run() }
+        }
+
+        func send(
+            _ message: KafkaOutgoingMessage,
+            completion: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void
+        ) throws(KafkaError) {
+            let (generation, id) = try state.withLock { state throws(KafkaError) -> (Generation, UInt64) in
+                guard state.phase == .running else { throw KafkaError.shutdown("the producer is shut down") }
+                guard let generation = state.generation else { throw KafkaError.producerRecreating }
+                state.nextID += 1
+                return (generation, state.nextID)
+            }
+            let box = DeliveryBox(id: id, completion: completion)
+            let opaque = Unmanaged.passRetained(box).toOpaque()
+            generation.tracker.add(box)
+            do {
+                try generation.client.produce(message, opaque: opaque)
+            } catch {
+                // Not enqueued. Unless a concurrent sweep already completed it, undo and throw.
+                guard generation.tracker.remove(id) else { return }
+                Unmanaged<DeliveryBox>.fromOpaque(opaque).release()
+                if error.code == KafkaError.Code.fatal || error.isFatal {
+                    generation.tracker.markFatal(error)
+                }
+                if error.code == KafkaError.Code.destroy {
+                    throw state.withLock { $0.phase == .running } ? KafkaError.producerRecreating : error
+                }
+                throw error
+            }
+        }
+
+        func flush(timeout: Duration) throws(KafkaError) {
+            guard let generation = state.withLock({ $0.generation }) else { return }
+            if let error = generation.client.flush(timeout: timeout) { throw error }
+        }
+
+        func beginShutdown() {
+            let generation: Generation? = state.withLock { state in
+                guard state.phase == .running else { return nil }
+                state.phase = .closing
+                return state.generation
+            }
+            generation?.client.wakeUp()
+            wake.signal()
+        }
+
+        // MARK: Poll thread
+
+        private func run() {
+            while true {
+                let (phase, current) = state.withLock { ($0.phase, $0.generation) }
+                guard phase == .running else { break }
+                guard let generation = current else {
+                    installNewGeneration()
+                    continue
+                }
+                generation.client.poll(timeout: configuration.pollTimeout)
+                if let cause = generation.tracker.recreationCause(stallTimeout: configuration.stallTimeout) {
+                    recreate(generation, cause: cause)
+                }
+            }
+            finishShutdown()
+        }
+
+        /// Fails everything in `old`, destroys it and installs a new instance.
+        private func recreate(_ old: Generation, cause: KafkaError) {
+            state.withLock { if $0.generation === old { $0.generation = nil } }
+            let failure = KafkaError.producerRecreated(cause: cause)
+            let failed = retire(old, failure: failure, flushFirst: nil)
+            let recreations = state.withLock {
+                $0.recreations += 1
+                return $0.recreations
+            }
+            logger.debug(
+                "Kafka producer recreated",
+                metadata: [
+                    "kafka.error": "\(cause)",
+                    "kafka.failed_messages": "\(failed)",
+                    "kafka.recreations": "\(recreations)",
+                    "kafka.generation": "\(old.number)",
+                ]
+            )
+            installNewGeneration()
+            onRecreated?(cause)
+        }
+
+        /// Creates and installs a new instance; on failure backs off (interruptible by shutdown).
+        private func installNewGeneration() {
+            let number = state.withLock {
+                $0.generationCount += 1
+                return $0.generationCount
+            }
+            do {
+                let generation = try makeGeneration(number: number)
+                let installed = state.withLock { state in
+                    guard state.phase == .running else { return false }
+                    state.generation = generation
+                    return true
+                }
+                if !installed { generation.client.destroy() }
+            } catch {
+                logger.debug("Kafka producer creation failed", metadata: ["kafka.error": "\(error)"])
+                _ = wake.wait(timeout: .now() + 1)
+            }
+        }
+
+        /// Optionally flushes, then purges `generation`, serves the purge reports, destroys it and
+        /// completes anything left. Returns how many messages failed in the sweep and purge.
+        @discardableResult
+        private func retire(_ generation: Generation, failure: KafkaError, flushFirst: Duration?) -> Int {
+            if let flushFirst, let error = generation.client.flush(timeout: flushFirst) {
+                logger.debug("Kafka producer flush incomplete", metadata: ["kafka.error": "\(error)"])
+            }
+            let before = generation.tracker.count
+            generation.tracker.overrideFailures(with: failure)
+            generation.client.purge()
+            // Serve the purge reports; each poll returns as soon as reports are available.
+            let deadline = ContinuousClock.now + .seconds(2)
+            while generation.tracker.count > 0, ContinuousClock.now < deadline {
+                generation.client.poll(timeout: .milliseconds(50))
+            }
+            generation.client.destroy()
+            _ = generation.tracker.sweep(failure)
+            return before
+        }
+
+        private func finishShutdown() {
+            let generation = state.withLock { state in
+                defer { state.generation = nil }
+                return state.generation
+            }
+            if let generation {
+                retire(
+                    generation,
+                    failure: .shutdown("the producer was shut down before the message was acknowledged"),
+                    flushFirst: configuration.shutdownFlushTimeout
+                )
+            }
+            state.withLock { $0.phase = .closed }
+            logger.debug("Kafka producer shut down")
+        }
+    }
+}
