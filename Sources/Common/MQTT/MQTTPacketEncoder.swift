@@ -37,3 +37,36 @@ public final class MQTTPacketEncoder: MessageToByteEncoder {
 
 @available(*, unavailable)
 extension MQTTPacketEncoder: Sendable {}
+
+/// An outbound handler around `MQTTPacketEncoder` that fails only the write whose packet cannot be encoded
+/// (e.g. larger than the peer's Maximum Packet Size, which MQTT 5 says to drop) and stays usable.
+/// `MessageToByteHandler(MQTTPacketEncoder())` also works, but NIO puts it into a permanent error state on the
+/// first encoding error.
+public final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
+    public typealias OutboundIn = MQTTPacket
+    public typealias OutboundOut = ByteBuffer
+
+    public let encoder: MQTTPacketEncoder
+
+    public init(encoder: MQTTPacketEncoder) {
+        self.encoder = encoder
+    }
+
+    public convenience init(versionBox: MQTTVersionBox, maximumPacketSize: Int = MQTTPacket.protocolMaximumPacketSize) {
+        self.init(encoder: MQTTPacketEncoder(versionBox: versionBox, maximumPacketSize: maximumPacketSize))
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let packet = Self.unwrapOutboundIn(data)
+        var out = context.channel.allocator.buffer(capacity: 64)
+        do {
+            try encoder.encode(data: packet, out: &out)
+            context.write(Self.wrapOutboundOut(out), promise: promise)
+        } catch {
+            promise?.fail(error)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension MQTTPacketEncoderHandler: Sendable {}
