@@ -16,11 +16,7 @@ public final class KafkaAdmin: Sendable {
     private let logger: Logger
 
     public init(configuration: KafkaConfiguration, logger: Logger = Logger(label: "tributary.kafka.admin")) throws(KafkaError) {
-        var events = RDKafkaClient.Events()
-        events.error = { error in
-            logger.debug("Kafka admin error", metadata: ["kafka.error": "\(error)"])
-        }
-        self.client = try RDKafkaClient.make(role: .admin, configuration: configuration, events: events, logger: logger)
+        self.client = try RDKafkaClient.make(role: .admin, configuration: configuration, events: RDKafkaClient.Events(), logger: logger)
         self.logger = logger
     }
 

@@ -36,10 +36,7 @@ public final class KafkaConsumer: Sendable {
         handler: @escaping @Sendable ([KafkaRecord]) -> Void
     ) throws(KafkaError) {
         var events = RDKafkaClient.Events()
-        events.error = { error in
-            logger.debug("Kafka consumer error", metadata: ["kafka.error": "\(error)"])
-            errors?(error)
-        }
+        events.error = { error in errors?(error) }
         if let statistics {
             events.statistics = { json in
                 if let parsed = KafkaStatistics(json: json) { statistics(parsed) }

@@ -89,6 +89,15 @@ public final class KafkaProducer: Sendable {
         core.state.withLock { $0.recreations }
     }
 
+    /// Makes librdkafka raise a fabricated fatal error (`rd_kafka_test_fatal_error`) in the current
+    /// instance, so tests can exercise the recreation path; real fatal errors (a fenced producer)
+    /// cannot be provoked on demand. Returns false if there is no instance or one was raised already.
+    @_spi(Testing)
+    public func triggerFatalErrorForTesting(code: Int32 = KafkaError.Code.outOfOrderSequenceNumber) -> Bool {
+        guard let generation = core.state.withLock({ $0.generation }) else { return false }
+        return generation.client.triggerTestFatalError(code: code, reason: "triggered by a test")
+    }
+
     /// Messages enqueued whose completion has not run yet.
     public var inFlightCount: Int {
         core.state.withLock { $0.generation?.tracker.count ?? 0 }
@@ -282,7 +291,6 @@ extension KafkaProducer {
             events.deliveryReport = { tracker.deliveryReport($0, $1) }
             events.error = { error in
                 if error.isFatal { tracker.markFatal(error) }
-                logger.debug("Kafka producer error", metadata: ["kafka.error": "\(error)", "kafka.fatal": "\(error.isFatal)"])
             }
             if let statistics {
                 events.statistics = { json in

@@ -263,6 +263,12 @@ final class RDKafkaClient: @unchecked Sendable {
         (try? withHandle { rd_kafka_outq_len($0) }) ?? 0
     }
 
+    /// Makes librdkafka raise a fabricated fatal error (`rd_kafka_test_fatal_error`), to test
+    /// fatal-error handling; real fatal errors cannot be provoked on demand.
+    func triggerTestFatalError(code: Int32, reason: String) -> Bool {
+        (try? withHandle { rd_kafka_test_fatal_error($0, rd_kafka_resp_err_t(code), reason) == RD_KAFKA_RESP_ERR_NO_ERROR }) ?? false
+    }
+
     // MARK: Consumer
 
     /// Replaces the assignment (`rd_kafka_assign`): no consumer group is joined.
@@ -318,9 +324,14 @@ final class RDKafkaClient: @unchecked Sendable {
                     records.append(Self.makeRecord(message))
                 } else if message.pointee.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
                     var error = Self.makeError(message.pointee.err, message: "consume")
-                    if let topic = message.pointee.rkt.map({ String(cString: rd_kafka_topic_name($0)) }) {
+                    let topic = message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+                    if !topic.isEmpty {
                         error.message = "\(topic)[\(message.pointee.partition)]: \(error.message)"
                     }
+                    context.logger.debug(
+                        "Kafka consumer error",
+                        metadata: ["kafka.topic": "\(topic)", "kafka.partition": "\(message.pointee.partition)", "kafka.error": "\(error)"]
+                    )
                     context.events.error(error)
                 }
             }
@@ -538,7 +549,12 @@ private func rdDeliveryReportCallback(_ rk: OpaquePointer?, _ message: UnsafePoi
     if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
         result = .success(KafkaDeliveryReport(topic: topic, partition: m.partition, offset: m.offset))
     } else {
-        result = .failure(RDKafkaClient.makeError(m.err, message: "delivery to \(topic)[\(m.partition)]"))
+        let error = RDKafkaClient.makeError(m.err, message: "delivery to \(topic)[\(m.partition)]")
+        context.logger.trace(
+            "Kafka delivery failed",
+            metadata: ["kafka.topic": "\(topic)", "kafka.partition": "\(m.partition)", "kafka.error": "\(error)"]
+        )
+        result = .failure(error)
     }
     context.events.deliveryReport(m._private, result)
 }
@@ -559,6 +575,10 @@ private func rdErrorCallback(_ rk: OpaquePointer?, _ code: Int32, _ reason: Unsa
             isRetriable: false
         )
     }
+    context.logger.debug(
+        "Kafka client error",
+        metadata: ["kafka.client": "\(rk.map { String(cString: rd_kafka_name($0)) } ?? "")", "kafka.error": "\(error)"]
+    )
     context.events.error(error)
 }
 

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import TestSupport
 import Testing
-import TributaryKafka
+@_spi(Testing) import TributaryKafka
 
 /// The fatal-error policy of `KafkaProducer`: Tansu's memory engine forgets everything on restart,
 /// so an idempotent producer never delivers again; the producer must recreate itself, complete
@@ -10,6 +10,64 @@ import TributaryKafka
 /// deliver new messages after the restart.
 @Suite("Kafka producer recovery", .serialized)
 struct KafkaProducerRecoveryTests {
+    /// A fatal error raised by librdkafka (fabricated with rd_kafka_test_fatal_error, as a fenced
+    /// producer cannot be provoked on demand): every queued message fails once with a fatal,
+    /// retriable error, none of them reaches the log, the producer recreates itself and new sends
+    /// succeed.
+    @Test func fatalErrorFailsQueuedMessagesOnceAndRecreates() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            var configuration = KafkaTest.configuration(tansu)
+            configuration.linger = .milliseconds(500)  // keep messages queued when the error hits
+            let admin = try KafkaAdmin(configuration: configuration)
+            defer { admin.close() }
+            try await admin.ensureTopics([KafkaTopicSpecification(name: "fenced", partitions: 2)])
+            let recreated = Mutex<[KafkaError]>([])
+            let producer = try KafkaProducer(
+                configuration: configuration, logger: KafkaTest.logger,
+                onRecreated: { cause in recreated.withLock { $0.append(cause) } }
+            )
+            defer { producer.shutdown() }
+            _ = try await producer.send(KafkaOutgoingMessage(topic: "fenced", value: KafkaTest.bytes("before")))
+
+            let ledger = CompletionLedger()
+            for i in 0..<100 {
+                try producer.send(KafkaOutgoingMessage(topic: "fenced", value: KafkaTest.bytes("queued-\(i)")), completion: ledger.completion(i))
+            }
+            #expect(producer.triggerFatalErrorForTesting())
+            try await KafkaTest.waitUntil(timeout: .seconds(10), "completions after the fatal error") { ledger.pending == 0 }
+            try await KafkaTest.waitUntil(timeout: .seconds(10), "recreation") { producer.producerRecreations == 1 }
+            for (id, entry) in ledger.snapshot {
+                #expect(entry.calls == 1, "message \(id)")
+                guard case .failure(let error) = entry.result else {
+                    Issue.record("message \(id) reported delivered although it was queued when the producer failed")
+                    continue
+                }
+                #expect(error.isFatal && error.isRetriable && error.code == KafkaError.Code.fatal, "\(error)")
+            }
+            let cause = try #require(recreated.withLock { $0.first })
+            #expect(cause.isFatal)
+            #expect(cause.code == KafkaError.Code.outOfOrderSequenceNumber, "\(cause)")
+
+            let report = try await producer.send(KafkaOutgoingMessage(topic: "fenced", value: KafkaTest.bytes("after")))
+            let collector = RecordCollector()
+            let consumer = try KafkaConsumer(configuration: configuration, handler: collector.handler)
+            defer { consumer.close() }
+            try consumer.assign(topic: "fenced", partitionCount: 2, from: .beginning)
+            let records = try await collector.waitFor(count: 2)
+            #expect(Set(records.compactMap(\.value)) == [KafkaTest.bytes("before"), KafkaTest.bytes("after")])
+            #expect(records.contains { $0.partition == report.partition && $0.offset == report.offset })
+            // Nothing else arrives (the failed messages were never written).
+            for partition in Int32(0)..<2 {
+                try await KafkaTest.waitUntil(timeout: .seconds(5), "high watermark of partition \(partition)") {
+                    consumer.highWatermark(topic: "fenced", partition: partition) != nil
+                }
+            }
+            let total = (Int32(0)..<2).compactMap { consumer.highWatermark(topic: "fenced", partition: $0) }.reduce(0, +)
+            #expect(total == 2)
+        }
+    }
+
     @Test func producerRecreatesItselfWhenTansuRestartsUnderLoad() async throws {
         try await withProcesses { scope in
             let port = try FreePort.next()
