@@ -1,16 +1,73 @@
 import Common
 import Logging
+import NIOCore
 import ServiceLifecycle
+import TributaryKafka
 
 /// Composes a broker node's services. Shared by `main` and the tests.
 enum CloudBroker {
+    /// The services of one node and the parts tests look at.
+    struct Node: Sendable {
+        var listener: MQTTListener
+        var kafka: KafkaLink
+        var http: ObservabilityServer
+        var producer: KafkaProducer
+        var registry: SessionRegistry
+        var retained: RetainedStore
+
+        var services: [any Service] { [kafka, listener, http] }
+    }
+
+    static func build(configuration: CloudBrokerConfiguration, logger: Logger) throws -> Node {
+        var kafka = KafkaConfiguration(bootstrapServers: configuration.kafkaBootstrapServers, clientId: "tributary-broker-\(configuration.nodeId)")
+        kafka.linger = configuration.linger
+        kafka.deliveryTimeout = configuration.deliveryTimeout
+        kafka.maxQueuedMessages = configuration.maxQueuedMessages
+        kafka.fetchWaitMax = configuration.fetchWaitMax
+        kafka.stallTimeout = min(.seconds(15), configuration.deliveryTimeout / 2)
+        let producer = try KafkaProducer(configuration: kafka, logger: logger, onRecreated: { cause in
+            BrokerMetrics.producerRecreations.increment()
+            logger.warning("Kafka producer recreated", metadata: ["kafka.error": "\(cause)"])
+        })
+        let retained = RetainedStore(defaultQoS: configuration.defaultQoS)
+        let publisher = Publisher(
+            producer: producer,
+            mapping: TopicMapping(rules: configuration.topicRules, defaultTopic: configuration.messagesTopic),
+            retainedTopic: configuration.retainedTopic, retained: retained, deliveryTimeout: configuration.deliveryTimeout,
+            defaultQoS: configuration.defaultQoS, logger: logger)
+        let willLoop = NIOSingletons.posixEventLoopGroup.next()
+        let registry = SessionRegistry(store: InMemorySessionStore(), limits: configuration.limits, logger: logger) { will, clientId in
+            let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
+            publisher.publish(publish, clientId: clientId, eventLoop: willLoop, blocked: { _ in }, completion: { _ in })
+        }
+        let broker = BrokerContext(registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger)
+        let replication = Int16(configuration.replicationFactor)
+        var topics = configuration.messagesTopics.map {
+            KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)
+        }
+        topics.append(.compacted(name: configuration.retainedTopic, partitions: Int32(configuration.retainedPartitions), replicationFactor: replication))
+        let link = KafkaLink(
+            settings: .init(
+                kafka: kafka, messagesTopics: configuration.messagesTopics, retainedTopic: configuration.retainedTopic, topics: topics,
+                defaultQoS: configuration.defaultQoS),
+            registry: registry, retained: retained, logger: logger)
+        let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
+        let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
+            link.readiness()
+        }
+        return Node(listener: listener, kafka: link, http: http, producer: producer, registry: registry, retained: retained)
+    }
+
     static func run(configuration: CloudBrokerConfiguration) async throws {
         let logger = Logger(label: "tributary.cloud-broker")
-        let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
-            "the MQTT broker core is not built yet (issue 6)"
-        }
-        let group = ServiceGroup(services: [http], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        logger.warning("cloud-broker core not implemented yet: serving only /metrics, /health, /ready")
+        let node = try build(configuration: configuration, logger: logger)
+        defer { node.producer.shutdown() }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: node.services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        logger.info("cloud-broker starting", metadata: ["node_id": "\(configuration.nodeId)", "kafka.bootstrap_servers": "\(configuration.kafkaBootstrapServers)"])
         try await group.run()
     }
 }

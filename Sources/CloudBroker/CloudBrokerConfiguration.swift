@@ -1,13 +1,31 @@
 import Common
 
-/// Everything a broker node is told at start-up. Each key is documented in `keys`; see docs/ for examples.
+/// Everything a broker node is told at start-up. Each key is documented in `keys`; see docs/broker.md.
 struct CloudBrokerConfiguration: Sendable {
     static let keys: [ConfigKey] = ConfigKey.common + [
         ConfigKey("node_id", help: "Unique id of this node in the cluster; appears in session ownership records."),
         ConfigKey("mqtt.listen", default: "0.0.0.0:1883", help: "MQTT over TCP listener."),
+        ConfigKey("mqtt.max_packet_size", default: "1MiB", help: "Largest MQTT packet accepted from a client (announced to MQTT 5 clients); larger ones close the connection with 0x95."),
+        ConfigKey("mqtt.receive_maximum", default: "256", help: "QoS 1/2 publishes of one client waiting for Kafka at once (MQTT 5 Receive Maximum; for 3.1.1 the socket is simply not read beyond it)."),
+        ConfigKey("mqtt.max_inflight_outbound", default: "64", help: "QoS 1/2 messages sent to one client and not yet acknowledged (lowered to the client's Receive Maximum)."),
+        ConfigKey("mqtt.session_queue_limit", default: "1000", help: "Messages queued for one session beyond the in-flight window; beyond it messages are dropped and counted."),
+        ConfigKey("mqtt.topic_alias_maximum", default: "64", help: "Topic aliases an MQTT 5 client may use towards the broker (0 disables them)."),
+        ConfigKey("mqtt.max_keep_alive", default: "0", help: "Longest keep-alive accepted in seconds; a larger (or zero) one is replaced by this via Server Keep Alive for MQTT 5 clients. 0 = accept the client's."),
+        ConfigKey("mqtt.max_session_expiry", default: "86400", help: "Longest session expiry interval granted, in seconds (MQTT 3.1.1 persistent sessions get this)."),
+        ConfigKey("mqtt.connect_timeout", default: "10s", help: "A connection that sends no CONNECT within this time is closed."),
+        ConfigKey("mqtt.retain_available", default: "true", help: "Whether retained messages are supported."),
         ConfigKey("kafka.bootstrap_servers", help: "Comma-separated Kafka bootstrap servers, HOST:PORT."),
-        ConfigKey("kafka.messages_topic", default: "mqtt.messages", help: "Kafka topic receiving published messages."),
-        ConfigKey("kafka.messages_partitions", default: "6", help: "Partitions of the messages topic when the broker creates it."),
+        ConfigKey("kafka.messages_topic", default: "mqtt.messages", help: "Kafka topic receiving published messages when no rule matches."),
+        ConfigKey("kafka.messages_partitions", default: "6", help: "Partitions of the messages topics when the broker creates them."),
+        ConfigKey("kafka.retained_topic", default: "mqtt.retained", help: "Compacted Kafka topic holding retained messages (key = MQTT topic, tombstone clears)."),
+        ConfigKey("kafka.retained_partitions", default: "3", help: "Partitions of the retained topic when the broker creates it."),
+        ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
+        ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
+        ConfigKey("kafka.linger", default: "5ms", help: "librdkafka linger.ms: how long the producer waits to batch publishes."),
+        ConfigKey("kafka.delivery_timeout", default: "30s", help: "A publish not acknowledged by Kafka within this time fails (MQTT 5 clients get reason 0x80, 3.1.1 clients are disconnected)."),
+        ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
+        ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),
+        ConfigKey("kafka.default_qos", default: "1", help: "QoS of Kafka records that carry no mqtt.qos header (produced by other clients), before the subscription's QoS caps it."),
     ]
 
     var nodeId: String
@@ -16,6 +34,16 @@ struct CloudBrokerConfiguration: Sendable {
     var kafkaBootstrapServers: String
     var messagesTopic: String
     var messagesPartitions: Int
+    var retainedTopic: String
+    var retainedPartitions: Int
+    var replicationFactor: Int
+    var topicRules: [TopicRule]
+    var linger: Duration
+    var deliveryTimeout: Duration
+    var maxQueuedMessages: Int
+    var fetchWaitMax: Duration
+    var defaultQoS: MQTTQoS
+    var limits: BrokerLimits
 
     init(_ values: ConfigValues) throws(ConfigError) {
         nodeId = try values.string("node_id")
@@ -31,5 +59,59 @@ struct CloudBrokerConfiguration: Sendable {
         }
         messagesTopic = try values.string("kafka.messages_topic")
         messagesPartitions = try values.int("kafka.messages_partitions", range: 1...10_000)
+        retainedTopic = try values.string("kafka.retained_topic")
+        retainedPartitions = try values.int("kafka.retained_partitions", range: 1...10_000)
+        replicationFactor = try values.int("kafka.replication_factor", range: 1...100)
+        topicRules = []
+        for text in values.list("kafka.topic_rules") {
+            do {
+                topicRules.append(try TopicRule(parsing: text))
+            } catch {
+                throw ConfigError(key: "kafka.topic_rules", origin: values.raw("kafka.topic_rules")?.origin, "\(error)")
+            }
+        }
+        linger = try values.duration("kafka.linger")
+        deliveryTimeout = try values.duration("kafka.delivery_timeout")
+        maxQueuedMessages = try values.int("kafka.max_queued_messages", range: 1...10_000_000)
+        fetchWaitMax = try values.duration("kafka.fetch_wait_max")
+        guard let qos = MQTTQoS(rawValue: UInt8(try values.int("kafka.default_qos", range: 0...2))) else {
+            throw ConfigError(key: "kafka.default_qos", "expected 0, 1 or 2")
+        }
+        defaultQoS = qos
+        limits = BrokerLimits(
+            maximumPacketSize: try values.bytes("mqtt.max_packet_size"),
+            receiveMaximum: try values.int("mqtt.receive_maximum", range: 1...65_535),
+            maxInflightOutbound: try values.int("mqtt.max_inflight_outbound", range: 1...65_535),
+            sessionQueueLimit: try values.int("mqtt.session_queue_limit", range: 0...10_000_000),
+            topicAliasMaximum: try values.int("mqtt.topic_alias_maximum", range: 0...65_535),
+            maxKeepAlive: try values.int("mqtt.max_keep_alive", range: 0...65_535),
+            maxSessionExpiry: UInt32(try values.int("mqtt.max_session_expiry", range: 0...Int(UInt32.max))),
+            connectTimeout: try values.duration("mqtt.connect_timeout"),
+            retainAvailable: try values.bool("mqtt.retain_available")
+        )
+        guard (5...MQTTPacket.protocolMaximumPacketSize).contains(limits.maximumPacketSize) else {
+            throw ConfigError(key: "mqtt.max_packet_size", "must be between 5 bytes and 256MiB")
+        }
     }
+
+    /// The topics this node writes and consumes (messages topics from the rules, then the retained topic).
+    var messagesTopics: [String] {
+        var topics = [messagesTopic]
+        for rule in topicRules where !topics.contains(rule.kafkaTopic) { topics.append(rule.kafkaTopic) }
+        return topics
+    }
+}
+
+/// The protocol limits a node applies to every connection (from `mqtt.*` keys).
+struct BrokerLimits: Sendable, Equatable {
+    var maximumPacketSize: Int = 1 << 20
+    var receiveMaximum: Int = 256
+    var maxInflightOutbound: Int = 64
+    var sessionQueueLimit: Int = 1000
+    var topicAliasMaximum: Int = 64
+    /// 0: accept the client's keep-alive.
+    var maxKeepAlive: Int = 0
+    var maxSessionExpiry: UInt32 = 86_400
+    var connectTimeout: Duration = .seconds(10)
+    var retainAvailable: Bool = true
 }

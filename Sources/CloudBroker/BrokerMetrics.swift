@@ -1,0 +1,61 @@
+import Common
+import CoreMetrics
+import Metrics
+import Synchronization
+
+/// Every metric the broker exports, declared once (names snake_case with units, prefix `tributary_broker_`).
+/// Metric handles are created once here; label values are from fixed sets.
+enum BrokerMetrics {
+    enum Name {
+        static let connections = "tributary_broker_connections"
+        static let connectionsTotal = "tributary_broker_connections_total"
+        static let packetsReceived = "tributary_broker_packets_received_total"
+        static let packetsSent = "tributary_broker_packets_sent_total"
+        static let publishesReceived = "tributary_broker_publishes_received_total"
+        static let messagesDelivered = "tributary_broker_messages_delivered_total"
+        static let messagesDropped = "tributary_broker_messages_dropped_total"
+        static let kafkaDelivery = "tributary_broker_kafka_delivery_seconds"
+        static let kafkaErrors = "tributary_broker_kafka_errors_total"
+        static let kafkaInflight = "tributary_broker_kafka_inflight_messages"
+        static let kafkaRecordsConsumed = "tributary_broker_kafka_records_consumed_total"
+        static let producerRecreations = "tributary_broker_kafka_producer_recreations_total"
+        static let bytesReceived = "tributary_broker_bytes_received_total"
+        static let bytesSent = "tributary_broker_bytes_sent_total"
+        static let sessions = "tributary_broker_sessions"
+        static let sessionQueuedMessages = "tributary_broker_session_queued_messages"
+        static let retainedMessages = "tributary_broker_retained_messages"
+        static let willsPublished = "tributary_broker_wills_published_total"
+        static let protocolErrors = "tributary_broker_protocol_errors_total"
+    }
+
+    static let connections = Gauge(label: Name.connections)
+    private static let openConnections = Atomic<Int>(0)
+    static func connectionOpened() { connections.record(openConnections.add(1, ordering: .relaxed).newValue) }
+    static func connectionClosed() { connections.record(openConnections.subtract(1, ordering: .relaxed).newValue) }
+    static let connectionsTotal = Counter(label: Name.connectionsTotal)
+    static let packetsReceived: [MQTTPacketType: Counter] = Dictionary(
+        uniqueKeysWithValues: MQTTPacketType.allCases.map { ($0, Counter(label: Name.packetsReceived, dimensions: [("type", "\($0)")])) })
+    static let packetsSent: [MQTTPacketType: Counter] = Dictionary(
+        uniqueKeysWithValues: MQTTPacketType.allCases.map { ($0, Counter(label: Name.packetsSent, dimensions: [("type", "\($0)")])) })
+    static let publishesReceived = MQTTQoS.allCases.map { Counter(label: Name.publishesReceived, dimensions: [("qos", "\($0.rawValue)")]) }
+    static let messagesDelivered = MQTTQoS.allCases.map { Counter(label: Name.messagesDelivered, dimensions: [("qos", "\($0.rawValue)")]) }
+    static let messagesDroppedQueueFull = MQTTQoS.allCases.map {
+        Counter(label: Name.messagesDropped, dimensions: [("qos", "\($0.rawValue)"), ("reason", "queue_full")])
+    }
+    static let messagesDroppedProducerFull = Counter(label: Name.messagesDropped, dimensions: [("qos", "0"), ("reason", "kafka_queue_full")])
+    static let kafkaDelivery = Metrics.Timer(label: Name.kafkaDelivery)
+    static let kafkaInflight = Gauge(label: Name.kafkaInflight)
+    static let kafkaRecordsConsumed = Counter(label: Name.kafkaRecordsConsumed)
+    static let producerRecreations = Counter(label: Name.producerRecreations)
+    static let bytesReceived = Counter(label: Name.bytesReceived)
+    static let bytesSent = Counter(label: Name.bytesSent)
+    static let sessions = Gauge(label: Name.sessions)
+    static let sessionQueuedMessages = Gauge(label: Name.sessionQueuedMessages)
+    static let retainedMessages = Gauge(label: Name.retainedMessages)
+    static let willsPublished = Counter(label: Name.willsPublished)
+    static let protocolErrors = Counter(label: Name.protocolErrors)
+
+    static func kafkaError(_ name: String) -> Counter {
+        Counter(label: Name.kafkaErrors, dimensions: [("error", name)])
+    }
+}

@@ -1,0 +1,171 @@
+import Common
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TributaryKafka
+
+/// The node's side of Kafka other than producing: creates the topics, consumes the messages topics (all
+/// partitions, manual assignment, from the end at start-up) into the `SessionRegistry` and the retained
+/// topic (from the beginning) into the `RetainedStore`, and watches Metadata once a second for `/ready`.
+///
+/// When Metadata shows a topic missing (a Kafka that lost its data) the topics are created again, and
+/// when a partition count changes the consumers are assigned again (new partitions from offset 0).
+final class KafkaLink: Service, Sendable {
+    struct Settings: Sendable {
+        var kafka: KafkaConfiguration
+        var messagesTopics: [String]
+        var retainedTopic: String
+        var topics: [KafkaTopicSpecification]
+        var defaultQoS: MQTTQoS
+        var checkInterval: Duration = .seconds(1)
+    }
+
+    private struct State {
+        var ready = false
+        var reason = "Kafka metadata not fetched yet"
+        var partitions: [String: Int32] = [:]
+        /// Per partition: records older than the node's start are skipped until a newer one was seen
+        /// (Tansu resolves "end" to the start of its last batch).
+        var live: Set<KafkaTopicPartition> = []
+    }
+
+    private let settings: Settings
+    private let registry: SessionRegistry
+    private let retained: RetainedStore
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let startedAtMilliseconds = Int64(Date().timeIntervalSince1970 * 1000)
+
+    init(settings: Settings, registry: SessionRegistry, retained: RetainedStore, logger: Logger) {
+        self.settings = settings
+        self.registry = registry
+        self.retained = retained
+        self.logger = logger
+    }
+
+    /// nil when Kafka metadata was reachable at the last check, else why not.
+    func readiness() -> String? {
+        state.withLock { $0.ready ? nil : $0.reason }
+    }
+
+    /// Creates missing topics; throws `BrokerError(.kafkaTopics)` if the cluster refuses one, retries
+    /// while Kafka is unreachable.
+    static func ensureTopics(admin: KafkaAdmin, topics: [KafkaTopicSpecification], logger: Logger) async throws {
+        while true {
+            do {
+                let created = try await admin.ensureTopics(topics, timeout: .seconds(10))
+                for name in created { logger.info("created Kafka topic", metadata: ["kafka.topic": "\(name)"]) }
+                return
+            } catch {
+                if !error.isRetriable && error.code != KafkaError.Code.transport && error.code != KafkaError.Code.allBrokersDown {
+                    throw BrokerError(.kafkaTopics, "cannot create the Kafka topics: \(error.message)")
+                }
+                logger.warning("Kafka not reachable for topic creation; retrying", metadata: ["kafka.error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))  // retry back-off
+            }
+        }
+    }
+
+    func run() async throws {
+        var consumerConfiguration = settings.kafka
+        consumerConfiguration.properties["auto.offset.reset"] = "earliest"
+        consumerConfiguration.properties["topic.metadata.refresh.interval.ms"] = consumerConfiguration.properties["topic.metadata.refresh.interval.ms"] ?? "5000"
+        let admin = try KafkaAdmin(configuration: settings.kafka, logger: logger)
+        defer { admin.close() }
+        try await Self.ensureTopics(admin: admin, topics: settings.topics, logger: logger)
+        let defaultQoS = settings.defaultQoS
+        let registry = self.registry
+        let retained = self.retained
+        let messages = try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { [self] records in
+            BrokerMetrics.kafkaRecordsConsumed.increment(by: records.count)
+            for record in records where isLive(record) {
+                if let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) {
+                    registry.route(message)
+                }
+            }
+        }
+        let retainedConsumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
+            for record in records { retained.apply(record) }
+            BrokerMetrics.retainedMessages.record(retained.count)
+        }
+        defer {
+            messages.close()
+            retainedConsumer.close()
+        }
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.check(admin: admin, messages: messages, retainedConsumer: retainedConsumer)
+                registry.sweepExpiredSessions()
+                let stats = registry.store.statistics()
+                BrokerMetrics.sessions.record(stats.sessions + registry.onlineCount)
+                BrokerMetrics.sessionQueuedMessages.record(stats.queuedMessages)
+                try? await Task.sleep(for: self.settings.checkInterval)  // periodic health check
+            }
+        }
+    }
+
+    private func isLive(_ record: KafkaRecord) -> Bool {
+        let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+        return state.withLock { state in
+            if state.live.contains(partition) { return true }
+            if let timestamp = record.timestampMilliseconds, timestamp < startedAtMilliseconds - 1000 { return false }
+            state.live.insert(partition)
+            return true
+        }
+    }
+
+    private func check(admin: KafkaAdmin, messages: KafkaConsumer, retainedConsumer: KafkaConsumer) async {
+        let metadata: KafkaClusterMetadata
+        do {
+            metadata = try await admin.metadata(timeout: .seconds(2))
+        } catch {
+            state.withLock {
+                $0.ready = false
+                $0.reason = "Kafka metadata unreachable: \(error.name)"
+            }
+            return
+        }
+        let missing = settings.topics.filter { metadata.topic($0.name) == nil }
+        if !missing.isEmpty {
+            logger.warning("Kafka topics missing; creating them", metadata: ["kafka.topic": "\(missing.map(\.name))"])
+            state.withLock {
+                $0.ready = false
+                $0.reason = "Kafka topics missing: \(missing.map(\.name).joined(separator: ", "))"
+            }
+            _ = try? await admin.createTopics(missing, timeout: .seconds(5))
+            return
+        }
+        var changed: [(String, Int32)] = []
+        state.withLock { state in
+            state.ready = true
+            for spec in settings.topics {
+                let count = metadata.topic(spec.name)?.partitionCount ?? 0
+                if state.partitions[spec.name] != count {
+                    changed.append((spec.name, count))
+                    state.partitions[spec.name] = count
+                }
+            }
+        }
+        guard !changed.isEmpty else { return }
+        let first = changed.count == settings.topics.count
+        do {
+            let counts = state.withLock { $0.partitions }
+            var assignments: [KafkaPartitionAssignment] = []
+            for topic in settings.messagesTopics {
+                // At start-up subscribers get what is produced from now on; a topic that was recreated is
+                // read from its start.
+                let offset: KafkaOffset = first ? .end : .beginning
+                for partition in 0..<(counts[topic] ?? 0) {
+                    assignments.append(KafkaPartitionAssignment(topic: topic, partition: partition, offset: offset))
+                }
+            }
+            try messages.assign(assignments)
+            try retainedConsumer.assign(topic: settings.retainedTopic, partitionCount: counts[settings.retainedTopic] ?? 0, from: .beginning)
+            logger.info("assigned Kafka partitions", metadata: ["kafka.topic": "\(changed.map(\.0))"])
+        } catch {
+            logger.error("cannot assign Kafka partitions", metadata: ["kafka.error": "\(error)"])
+            state.withLock { state in for (name, _) in changed { state.partitions[name] = nil } }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+import Common
+import Foundation
+import NIOCore
+
+extension MQTTServerConnection {
+    /// The protocol logic of one client connection (MQTT 3.1.1 and 5.0, server side), without IO.
+    ///
+    /// Events go in (`connectReceived`, `packetReceived`, `deliveryCompleted`, `deliver`, timers); actions
+    /// come out. The channel handler performs them in order. Invariants:
+    /// - A QoS 1/2 publish is acknowledged only after `deliveryCompleted(.success)` for it (G3), and
+    ///   acknowledgements go out in the order the publishes arrived (MQTT 3.1.1 section 4.6).
+    /// - At most `receiveMaximum` publishes wait for Kafka: reaching it emits `.pauseReading`.
+    /// - After `.close` no other packet is sent.
+    struct StateMachine {
+        enum Action {
+            case send(MQTTPacket)
+            /// Look up or create the session, take over any connection of the same client, then call
+            /// `sessionAttached`.
+            case attachSession(SessionRequest)
+            /// Produce the publish (topic resolved) to Kafka and call `deliveryCompleted(token:...)`.
+            case produce(token: UInt64, publish: MQTTPublish)
+            /// Add these to the broker's subscription index.
+            case registerSubscriptions([SubscriptionOptions])
+            /// Deliver the retained messages matching this new subscription.
+            case sendRetained(SubscriptionOptions)
+            case unregisterSubscriptions([MQTTTopicFilter])
+            case pauseReading
+            case resumeReading
+            /// Check keep-alive every this often from now on.
+            case scheduleKeepAlive(Duration)
+            /// A message for the client was dropped (queue full or expired).
+            case dropped(qos: MQTTQoS)
+            /// Close the connection once what was sent is flushed.
+            case close
+        }
+
+        struct SessionRequest: Sendable, Equatable {
+            var clientId: String
+            var cleanStart: Bool
+            var expiryInterval: UInt32
+        }
+
+        /// Why the connection ended, deciding the will.
+        enum Ending: Equatable {
+            case open
+            case normal
+            case normalWithWill
+            case abnormal
+        }
+
+        struct PendingPublish {
+            var token: UInt64
+            var packetId: UInt16
+            var qos: MQTTQoS
+            var outcome: DeliveryOutcome?
+        }
+
+        enum DeliveryOutcome: Equatable {
+            case delivered
+            case failed(reason: String)
+        }
+
+        struct Connected {
+            var version: MQTTProtocolVersion
+            var clientId: String
+            var keepAlive: UInt16
+            var will: MQTTWill?
+            var session: SessionState
+            var clientReceiveMaximum: Int
+            var requestedExpiry: UInt32 = 0
+            var topicAliases: [UInt16: String] = [:]
+            var pending: [PendingPublish] = []
+            var attached = false
+            var writable = true
+            var readingPaused = false
+            var lastPacket: NIODeadline
+        }
+
+        enum State {
+            case awaitingConnect
+            case connecting(Connected, assignedClientId: Bool)
+            case connected(Connected)
+            case closed(Connected?)
+        }
+
+        let limits: BrokerLimits
+        private(set) var state: State = .awaitingConnect
+        private(set) var ending: Ending = .open
+        private var nextToken: UInt64 = 0
+
+        init(limits: BrokerLimits) {
+            self.limits = limits
+        }
+
+        var version: MQTTProtocolVersion? {
+            switch state {
+            case .awaitingConnect: nil
+            case .connecting(let c, _), .connected(let c): c.version
+            case .closed(let c): c?.version
+            }
+        }
+
+        var clientId: String? {
+            switch state {
+            case .awaitingConnect: nil
+            case .connecting(let c, _), .connected(let c): c.clientId
+            case .closed(let c): c?.clientId
+            }
+        }
+
+        var isClosed: Bool {
+            if case .closed = state { return true }
+            return false
+        }
+
+        // MARK: CONNECT
+
+        mutating func connectReceived(_ connect: MQTTConnect, now: NIODeadline) -> [Action] {
+            guard case .awaitingConnect = state else { return protocolError("second CONNECT") }
+            let version = connect.protocolVersion
+            func refuse(_ code: MQTTReasonCode) -> [Action] {
+                state = .closed(nil)
+                ending = .normal
+                guard version == .v5 || code.v311ConnectReturnCode != nil else { return [.close] }
+                return [.send(.connack(MQTTConnAck(reasonCode: code))), .close]
+            }
+            if version == .v5, connect.properties.authenticationMethod != nil {
+                return refuse(.badAuthenticationMethod)
+            }
+            if let will = connect.will, will.retain, !limits.retainAvailable {
+                return refuse(.retainNotSupported)
+            }
+            var clientId = connect.clientIdentifier
+            var assigned = false
+            if clientId.isEmpty {
+                // 3.1.1 with clean session 0 was refused by the codec already (0x02).
+                clientId = "auto-" + UUID().uuidString.lowercased()
+                assigned = true
+            }
+            let expiry: UInt32
+            switch version {
+            case .v311: expiry = connect.cleanStart ? 0 : limits.maxSessionExpiry
+            case .v5: expiry = min(connect.properties.sessionExpiryInterval ?? 0, limits.maxSessionExpiry)
+            }
+            var keepAlive = connect.keepAlive
+            if version == .v5, limits.maxKeepAlive > 0, keepAlive == 0 || Int(keepAlive) > limits.maxKeepAlive {
+                keepAlive = UInt16(limits.maxKeepAlive)
+            }
+            var connected = Connected(
+                version: version, clientId: clientId, keepAlive: keepAlive, will: connect.will,
+                session: SessionState(clientId: clientId, expiryInterval: expiry),
+                clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
+            connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
+            state = .connecting(connected, assignedClientId: assigned)
+            return [.pauseReading, .attachSession(SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry))]
+        }
+
+        /// The broker found (`present`) or created the session.
+        mutating func sessionAttached(_ session: SessionState, present: Bool, requestedKeepAlive: UInt16, now: Date) -> [Action] {
+            guard case .connecting(var connected, let assigned) = state else { return [] }
+            var session = session
+            session.expiryInterval = connected.session.expiryInterval
+            connected.session = session
+            connected.attached = true
+            var properties = MQTTProperties()
+            if connected.version == .v5 {
+                if assigned { properties.assignedClientIdentifier = connected.clientId }
+                properties.receiveMaximum = UInt16(limits.receiveMaximum)
+                properties.maximumPacketSize = UInt32(limits.maximumPacketSize)
+                if limits.topicAliasMaximum > 0 { properties.topicAliasMaximum = UInt16(limits.topicAliasMaximum) }
+                if !limits.retainAvailable { properties.retainAvailable = false }
+                if connected.keepAlive != requestedKeepAlive { properties.serverKeepAlive = connected.keepAlive }
+                if connected.session.expiryInterval != connected.requestedExpiry {
+                    properties.sessionExpiryInterval = connected.session.expiryInterval
+                }
+            }
+            var actions: [Action] = [.send(.connack(MQTTConnAck(sessionPresent: present, properties: properties)))]
+            if connected.keepAlive > 0 {
+                actions.append(.scheduleKeepAlive(.milliseconds(Int64(connected.keepAlive) * 500)))
+            }
+            for packet in connected.session.outbound.resend(version: connected.version, now: now) {
+                actions.append(.send(packet))
+            }
+            state = .connected(connected)
+            actions += drainOutbound(now: now)
+            actions.append(.resumeReading)
+            return actions
+        }
+
+        // MARK: Packets
+
+        mutating func packetReceived(_ packet: MQTTPacket, now: NIODeadline, wallClock: Date) -> [Action] {
+            switch state {
+            case .awaitingConnect:
+                if case .connect(let connect) = packet { return connectReceived(connect, now: now) }
+                return close(ending: .abnormal)
+            case .connecting:
+                if case .connect = packet { return protocolError("second CONNECT") }
+                // A v5 client may send before CONNACK; we paused reading, so this is rare: treat as error.
+                return protocolError("packet before CONNACK")
+            case .closed:
+                return []
+            case .connected(var connected):
+                connected.lastPacket = now
+                state = .connected(connected)
+            }
+            switch packet {
+            case .connect:
+                return protocolError("second CONNECT")
+            case .publish(let publish):
+                return publishReceived(publish)
+            case .puback(let ack):
+                return modify { c in _ = c.session.outbound.puback(ack.packetId) } + drainOutbound(now: wallClock)
+            case .pubrec(let ack):
+                var outcome = OutboundState.PubRecOutcome.unknown
+                modifyConnected { outcome = $0.session.outbound.pubrec(ack.packetId, failed: ack.reasonCode.isFailure) }
+                switch outcome {
+                case .sendPubRel: return [.send(.pubrel(MQTTPublishAck(packetId: ack.packetId)))]
+                case .discarded: return drainOutbound(now: wallClock)
+                case .unknown:
+                    let code: MQTTReasonCode = version == .v5 ? .packetIdentifierNotFound : .success
+                    return [.send(.pubrel(MQTTPublishAck(packetId: ack.packetId, reasonCode: code)))]
+                }
+            case .pubcomp(let ack):
+                return modify { c in _ = c.session.outbound.pubcomp(ack.packetId) } + drainOutbound(now: wallClock)
+            case .pubrel(let ack):
+                var known = false
+                modifyConnected { known = $0.session.inboundAwaitingRelease.remove(ack.packetId) != nil }
+                let code: MQTTReasonCode = known || version != .v5 ? .success : .packetIdentifierNotFound
+                return [.send(.pubcomp(MQTTPublishAck(packetId: ack.packetId, reasonCode: code)))]
+            case .subscribe(let subscribe):
+                return subscribeReceived(subscribe)
+            case .unsubscribe(let unsubscribe):
+                var codes: [MQTTReasonCode] = []
+                modifyConnected { c in
+                    for filter in unsubscribe.topicFilters {
+                        codes.append(c.session.subscriptions.removeValue(forKey: filter.string) != nil ? .success : .noSubscriptionExisted)
+                    }
+                }
+                let ack = MQTTUnsubAck(packetId: unsubscribe.packetId, reasonCodes: version == .v5 ? codes : [])
+                return [.unregisterSubscriptions(unsubscribe.topicFilters), .send(.unsuback(ack))]
+            case .pingreq:
+                return [.send(.pingresp)]
+            case .disconnect(let disconnect):
+                return disconnectReceived(disconnect)
+            case .auth:
+                return protocolError("AUTH without an authentication method")
+            case .connack, .suback, .unsuback, .pingresp:
+                return protocolError("a server-to-client packet from the client")
+            }
+        }
+
+        private mutating func publishReceived(_ incoming: MQTTPublish) -> [Action] {
+            guard case .connected(var c) = state else { return [] }
+            var publish = incoming
+            if let alias = publish.properties.topicAlias {
+                guard alias != 0, Int(alias) <= limits.topicAliasMaximum else {
+                    return disconnect(.topicAliasInvalid)
+                }
+                if publish.topic.isEmpty {
+                    guard let topic = c.topicAliases[alias] else { return protocolError("unknown topic alias") }
+                    publish.topic = topic
+                } else {
+                    c.topicAliases[alias] = publish.topic
+                }
+                publish.properties.topicAlias = nil
+            }
+            if publish.retain && !limits.retainAvailable {
+                state = .connected(c)
+                return disconnect(.retainNotSupported)
+            }
+            guard publish.qos != .atMostOnce, let packetId = publish.packetId else {
+                state = .connected(c)
+                nextToken += 1
+                return [.produce(token: nextToken, publish: publish)]
+            }
+            if publish.qos == .exactlyOnce && c.session.inboundAwaitingRelease.contains(packetId) {
+                // Already stored and PUBREC sent: acknowledge again, do not produce twice.
+                state = .connected(c)
+                return [.send(.pubrec(MQTTPublishAck(packetId: packetId)))]
+            }
+            if c.pending.contains(where: { $0.packetId == packetId && $0.outcome == nil }) {
+                // A retransmission of a publish still waiting for Kafka: its ack will follow.
+                state = .connected(c)
+                return []
+            }
+            if c.version == .v5 && c.pending.count >= limits.receiveMaximum {
+                state = .connected(c)
+                return disconnect(.receiveMaximumExceeded)
+            }
+            nextToken += 1
+            c.pending.append(PendingPublish(token: nextToken, packetId: packetId, qos: publish.qos))
+            var actions: [Action] = [.produce(token: nextToken, publish: publish)]
+            if c.pending.count >= limits.receiveMaximum && !c.readingPaused {
+                c.readingPaused = true
+                actions.append(.pauseReading)
+            }
+            state = .connected(c)
+            return actions
+        }
+
+        /// Kafka's answer for the publish `token` (QoS 0 tokens are ignored).
+        mutating func deliveryCompleted(token: UInt64, outcome: DeliveryOutcome) -> [Action] {
+            guard case .connected(var c) = state,
+                let index = c.pending.firstIndex(where: { $0.token == token })
+            else { return [] }
+            c.pending[index].outcome = outcome
+            var actions: [Action] = []
+            while let first = c.pending.first, let done = first.outcome {
+                c.pending.removeFirst()
+                switch done {
+                case .delivered:
+                    if first.qos == .atLeastOnce {
+                        actions.append(.send(.puback(MQTTPublishAck(packetId: first.packetId))))
+                    } else {
+                        c.session.inboundAwaitingRelease.insert(first.packetId)
+                        actions.append(.send(.pubrec(MQTTPublishAck(packetId: first.packetId))))
+                    }
+                case .failed(let reason):
+                    guard c.version == .v5 else {
+                        // MQTT 3.1.1 has no negative acknowledgement: close without acking; the client
+                        // resends when it reconnects.
+                        state = .connected(c)
+                        return actions + close(ending: .abnormal)
+                    }
+                    var properties = MQTTProperties()
+                    properties.reasonString = reason
+                    let ack = MQTTPublishAck(packetId: first.packetId, reasonCode: .unspecifiedError, properties: properties)
+                    actions.append(.send(first.qos == .atLeastOnce ? .puback(ack) : .pubrec(ack)))
+                }
+            }
+            if c.readingPaused && c.pending.count < limits.receiveMaximum {
+                c.readingPaused = false
+                actions.append(.resumeReading)
+            }
+            state = .connected(c)
+            return actions
+        }
+
+        private mutating func subscribeReceived(_ subscribe: MQTTSubscribe) -> [Action] {
+            guard case .connected(var c) = state else { return [] }
+            var codes: [MQTTReasonCode] = []
+            var added: [SubscriptionOptions] = []
+            var retained: [Action] = []
+            let identifier = subscribe.properties.subscriptionIdentifiers.first
+            for subscription in subscribe.subscriptions {
+                let options = SubscriptionOptions(subscription: subscription, identifier: identifier)
+                let existed = c.session.subscriptions.updateValue(options, forKey: subscription.topicFilter.string) != nil
+                added.append(options)
+                codes.append(.granted(subscription.qos))
+                let wantsRetained: Bool
+                switch subscription.retainHandling {
+                case .sendOnSubscribe: wantsRetained = true
+                case .sendOnNewSubscribe: wantsRetained = !existed
+                case .doNotSend: wantsRetained = false
+                }
+                // Retained messages are not sent for shared subscriptions (MQTT 5.0 section 4.8.2).
+                if wantsRetained && !subscription.topicFilter.isShared && limits.retainAvailable {
+                    retained.append(.sendRetained(options))
+                }
+            }
+            state = .connected(c)
+            return [.registerSubscriptions(added), .send(.suback(MQTTSubAck(packetId: subscribe.packetId, reasonCodes: codes)))] + retained
+        }
+
+        private mutating func disconnectReceived(_ disconnect: MQTTDisconnect) -> [Action] {
+            guard case .connected(var c) = state else { return [] }
+            if c.version == .v5, let expiry = disconnect.properties.sessionExpiryInterval {
+                if c.session.expiryInterval == 0 && expiry != 0 {
+                    return protocolError("session expiry changed from 0 in DISCONNECT")
+                }
+                c.session.expiryInterval = min(expiry, limits.maxSessionExpiry)
+                state = .connected(c)
+            }
+            let withWill = c.version == .v5 && disconnect.reasonCode == .disconnectWithWillMessage
+            state = .closed(c)
+            ending = withWill ? .normalWithWill : .normal
+            return [.close]
+        }
+
+        // MARK: Messages to the client
+
+        /// A message for this client (from Kafka, a retained lookup or a session queue).
+        mutating func deliver(_ message: OutboundMessage, now: Date) -> [Action] {
+            guard case .connected(var c) = state else { return [] }
+            let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
+            let result = c.session.outbound.offer(
+                message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now)
+            state = .connected(c)
+            var actions: [Action] = []
+            if let packet = result.packet { actions.append(.send(packet)) }
+            if result.dropped { actions.append(.dropped(qos: message.qos)) }
+            return actions
+        }
+
+        /// An outgoing PUBLISH could not be encoded for the client (larger than its Maximum Packet Size): it
+        /// is discarded as if delivered (MQTT 5.0 section 3.1.2.25).
+        mutating func discardOutbound(packetId: UInt16) -> [Action] {
+            modifyConnected { $0.session.outbound.discard(packetId) }
+            return drainOutbound(now: Date()) + [.dropped(qos: .atLeastOnce)]
+        }
+
+        mutating func writabilityChanged(_ writable: Bool, now: Date) -> [Action] {
+            guard case .connected(var c) = state else { return [] }
+            c.writable = writable
+            state = .connected(c)
+            // A client that does not read what we send is not read either (G5).
+            return writable ? drainOutbound(now: now) + (c.readingPaused ? [] : [.resumeReading]) : [.pauseReading]
+        }
+
+        private mutating func drainOutbound(now: Date) -> [Action] {
+            guard case .connected(var c) = state, c.writable else { return [] }
+            let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
+            let (packets, expired) = c.session.outbound.drain(window: window, version: c.version, now: now)
+            state = .connected(c)
+            return packets.map { .send($0) } + Array(repeating: .dropped(qos: .atMostOnce), count: expired)
+        }
+
+        // MARK: Timers and endings
+
+        mutating func keepAliveCheck(now: NIODeadline) -> [Action] {
+            guard case .connected(let c) = state, c.keepAlive > 0 else { return [] }
+            let limit = TimeAmount.milliseconds(Int64(c.keepAlive) * 1500)
+            guard now - c.lastPacket > limit else { return [] }
+            return disconnect(.keepAliveTimeout)
+        }
+
+        mutating func connectTimeout() -> [Action] {
+            guard case .awaitingConnect = state else { return [] }
+            return close(ending: .abnormal)
+        }
+
+        /// Another connection took the session over (MQTT 5.0 section 3.1.4).
+        mutating func takenOver() -> [Action] {
+            disconnect(.sessionTakenOver)
+        }
+
+        /// The node is shutting down.
+        mutating func shutdown() -> [Action] {
+            disconnect(.serverShuttingDown)
+        }
+
+        /// The decoder rejected the input.
+        mutating func decodeFailed(_ error: MQTTCodecError) -> [Action] {
+            switch state {
+            case .awaitingConnect:
+                state = .closed(nil)
+                ending = .abnormal
+                // The version is unknown; an MQTT 3.1.1 CONNACK is understood by both versions for these.
+                if error.reasonCode == .unsupportedProtocolVersion || error.reasonCode == .clientIdentifierNotValid,
+                    error.reasonCode.v311ConnectReturnCode != nil
+                {
+                    return [.send(.connack(MQTTConnAck(reasonCode: error.reasonCode))), .close]
+                }
+                return [.close]
+            default:
+                return disconnect(error.reasonCode)
+            }
+        }
+
+        /// The channel closed. Returns the session to keep (or discard) and the will to publish, if any.
+        mutating func channelClosed() -> (session: SessionState?, will: MQTTWill?, attached: Bool) {
+            let connected: Connected?
+            switch state {
+            case .awaitingConnect: connected = nil
+            case .connecting(let c, _), .connected(let c): connected = c
+            case .closed(let c): connected = c
+            }
+            if ending == .open { ending = .abnormal }
+            state = .closed(nil)
+            guard let connected else { return (nil, nil, false) }
+            let will = ending == .normal ? nil : connected.will
+            return (connected.session, will, connected.attached)
+        }
+
+        private mutating func protocolError(_ detail: String) -> [Action] {
+            disconnect(.protocolError)
+        }
+
+        /// Sends DISCONNECT with `code` to an MQTT 5 client, then closes (abnormal: the will is published).
+        private mutating func disconnect(_ code: MQTTReasonCode) -> [Action] {
+            let v5 = version == .v5
+            let attached: Bool
+            switch state {
+            case .connected: attached = true
+            default: attached = false
+            }
+            var actions: [Action] = []
+            if v5 && attached && MQTTReasonCode.disconnectCodesSentByServer.contains(code) {
+                actions.append(.send(.disconnect(MQTTDisconnect(reasonCode: code))))
+            }
+            return actions + close(ending: .abnormal)
+        }
+
+        private mutating func close(ending: Ending) -> [Action] {
+            switch state {
+            case .connecting(let c, _), .connected(let c): state = .closed(c)
+            case .awaitingConnect: state = .closed(nil)
+            case .closed: return []
+            }
+            if self.ending == .open { self.ending = ending }
+            return [.close]
+        }
+
+        private mutating func modifyConnected(_ body: (inout Connected) -> Void) {
+            guard case .connected(var c) = state else { return }
+            body(&c)
+            state = .connected(c)
+        }
+
+        private mutating func modify(_ body: (inout Connected) -> Void) -> [Action] {
+            modifyConnected(body)
+            return []
+        }
+    }
+}
+
+extension MQTTReasonCode {
+    /// Reason codes a server may put in DISCONNECT (MQTT 5.0 table 3-10, minus client-only ones).
+    static let disconnectCodesSentByServer: Set<MQTTReasonCode> = [
+        .normalDisconnection, .unspecifiedError, .malformedPacket, .protocolError, .implementationSpecificError,
+        .notAuthorized, .serverBusy, .serverShuttingDown, .keepAliveTimeout, .sessionTakenOver, .topicFilterInvalid,
+        .topicNameInvalid, .receiveMaximumExceeded, .topicAliasInvalid, .packetTooLarge, .messageRateTooHigh,
+        .quotaExceeded, .administrativeAction, .payloadFormatInvalid, .retainNotSupported, .qosNotSupported,
+        .useAnotherServer, .serverMoved, .sharedSubscriptionsNotSupported, .connectionRateExceeded,
+        .maximumConnectTime, .subscriptionIdentifiersNotSupported, .wildcardSubscriptionsNotSupported,
+    ]
+}

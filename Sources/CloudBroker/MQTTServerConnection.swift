@@ -1,0 +1,312 @@
+import Common
+import Foundation
+import Logging
+import NIOCore
+
+/// What every connection of a node shares.
+struct BrokerContext: Sendable {
+    var registry: SessionRegistry
+    var publisher: Publisher
+    var retained: RetainedStore
+    var limits: BrokerLimits
+    var logger: Logger
+}
+
+/// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
+///
+/// Pipeline: `ByteCountingHandler` → `ByteToMessageHandler(MQTTPacketDecoder)` → this handler, which
+/// writes encoded `ByteBuffer`s itself (so that it can apply the client's Maximum Packet Size per packet).
+/// Reading is manual (`autoRead` stays on, but `read` is held back) while the client is connecting, while
+/// `receiveMaximum` publishes wait for Kafka, while the producer queue is full and while the socket is not
+/// writable (G5).
+final class MQTTServerConnection: ChannelDuplexHandler {
+    typealias InboundIn = MQTTPacket
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var machine: StateMachine
+    private let broker: BrokerContext
+    private var context: ChannelHandlerContext?
+    private var handle: Handle?
+    private var machinePausedReading = false
+    private var blockedPublishes = 0
+    private var readPending = false
+    private var keepAliveTask: RepeatedTask?
+    private var connectTimeoutTask: Scheduled<Void>?
+    private var requestedKeepAlive: UInt16 = 0
+    private var clientMaximumPacketSize = MQTTPacket.protocolMaximumPacketSize
+    private var takeOverPromise: EventLoopPromise<SessionState?>?
+    private var lastWrite: EventLoopFuture<Void>?
+    private var closing = false
+    private var lateMessages: [OutboundMessage] = []
+
+    init(broker: BrokerContext) {
+        self.broker = broker
+        self.machine = StateMachine(limits: broker.limits)
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        BrokerMetrics.connectionOpened()
+        BrokerMetrics.connectionsTotal.increment()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        connectTimeoutTask = context.eventLoop.scheduleTask(in: TimeAmount(broker.limits.connectTimeout)) {
+            loopBound.value.perform(loopBound.value.machine.connectTimeout())
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let packet = unwrapInboundIn(data)
+        BrokerMetrics.packetsReceived[packet.type]?.increment()
+        if case .connect(let connect) = packet {
+            requestedKeepAlive = connect.keepAlive
+            if let size = connect.properties.maximumPacketSize { clientMaximumPacketSize = Int(size) }
+        }
+        perform(machine.packetReceived(packet, now: .now(), wallClock: Date()))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let codecError = error as? MQTTCodecError {
+            BrokerMetrics.protocolErrors.increment()
+            broker.logger.debug("rejected client input", metadata: [
+                "mqtt.client_id": "\(machine.clientId ?? "")", "mqtt.reason_code": "\(codecError.reasonCode)", "mqtt.error": "\(codecError.message)",
+            ])
+            perform(machine.decodeFailed(codecError))
+        } else {
+            broker.logger.debug("connection error", metadata: ["mqtt.client_id": "\(machine.clientId ?? "")", "error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        perform(machine.writabilityChanged(context.channel.isWritable, now: Date()))
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        BrokerMetrics.connectionClosed()
+        keepAliveTask?.cancel()
+        connectTimeoutTask?.cancel()
+        let (session, will, attached) = machine.channelClosed()
+        if let takeOverPromise {
+            self.takeOverPromise = nil
+            if let session { broker.registry.scheduleWill(will, clientId: session.clientId, sessionExpiry: session.expiryInterval, takenOver: true) }
+            takeOverPromise.succeed(session)
+        } else if attached, let handle {
+            broker.registry.detach(endpoint: handle, session: session, will: will, takenOver: false)
+        }
+        if let clientId = session?.clientId {
+            for message in lateMessages { broker.registry.redeliver(clientId: clientId, message) }
+        }
+        lateMessages = []
+        context.fireChannelInactive()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if machinePausedReading || blockedPublishes > 0 {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: Calls from the broker (on this event loop)
+
+    fileprivate func deliverFromBroker(_ message: OutboundMessage) {
+        if machine.isClosed {
+            lateMessages.append(message)
+            return
+        }
+        perform(machine.deliver(message, now: Date()))
+        context?.flush()
+    }
+
+    fileprivate func takeOver(_ promise: EventLoopPromise<SessionState?>) {
+        guard !machine.isClosed, context != nil else {
+            promise.succeed(nil)
+            return
+        }
+        takeOverPromise = promise
+        perform(machine.takenOver())
+    }
+
+    fileprivate func shutdown() {
+        perform(machine.shutdown())
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [StateMachine.Action]) {
+        guard let context else { return }
+        for action in actions {
+            switch action {
+            case .send(let packet):
+                send(packet, context: context)
+            case .attachSession(let request):
+                attach(request, context: context)
+            case .produce(let token, let publish):
+                produce(token: token, publish: publish, context: context)
+            case .registerSubscriptions(let subscriptions):
+                if let clientId = machine.clientId { broker.registry.register(clientId: clientId, subscriptions) }
+            case .sendRetained(let options):
+                let filter = options.subscription.topicFilter
+                for message in broker.retained.matching(filter) {
+                    let outbound = OutboundMessage(
+                        message: message, qos: min(message.qos, options.subscription.qos), retain: true,
+                        subscriptionIdentifiers: options.identifier.map { [$0] } ?? [])
+                    perform(machine.deliver(outbound, now: Date()))
+                }
+            case .unregisterSubscriptions(let filters):
+                if let clientId = machine.clientId { broker.registry.unregister(clientId: clientId, filters) }
+            case .pauseReading:
+                machinePausedReading = true
+            case .resumeReading:
+                machinePausedReading = false
+                resumeReadingIfPossible(context: context)
+            case .scheduleKeepAlive(let interval):
+                connectTimeoutTask?.cancel()
+                keepAliveTask?.cancel()
+                let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { _ in
+                    loopBound.value.perform(loopBound.value.machine.keepAliveCheck(now: .now()))
+                }
+            case .dropped(let qos):
+                BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
+            case .close:
+                closeAfterWrites(context: context)
+            }
+        }
+        if machine.version != nil && !closing { context.flush() }
+    }
+
+    private func send(_ packet: MQTTPacket, context: ChannelHandlerContext) {
+        guard !closing, let version = machine.version else {
+            // Only a CONNACK refusing an unknown version is sent before the version is known.
+            if case .connack = packet, let buffer = try? packet.encoded(version: .v311, allocator: context.channel.allocator) {
+                lastWrite = context.writeAndFlush(wrapOutboundOut(buffer))
+            }
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        do {
+            try packet.encode(into: &buffer, version: version, maximumPacketSize: clientMaximumPacketSize)
+        } catch {
+            // Too large for the client (MQTT 5.0 section 3.1.2.25): discarded as if it had been delivered.
+            if case .publish(let publish) = packet, let packetId = publish.packetId {
+                perform(machine.discardOutbound(packetId: packetId))
+            }
+            BrokerMetrics.messagesDroppedQueueFull[0].increment()
+            return
+        }
+        BrokerMetrics.packetsSent[packet.type]?.increment()
+        if case .publish(let publish) = packet { BrokerMetrics.messagesDelivered[Int(publish.qos.rawValue)].increment() }
+        lastWrite = context.write(wrapOutboundOut(buffer))
+    }
+
+    private func attach(_ request: StateMachine.SessionRequest, context: ChannelHandlerContext) {
+        let handle = Handle(connection: self, eventLoop: context.eventLoop)
+        self.handle = handle
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        broker.registry.attach(request, endpoint: handle, eventLoop: context.eventLoop).whenComplete { result in
+            let connection = loopBound.value
+            switch result {
+            case .success(let (session, present)):
+                connection.perform(connection.machine.sessionAttached(session, present: present, requestedKeepAlive: connection.requestedKeepAlive, now: Date()))
+            case .failure:
+                connection.context?.close(promise: nil)
+            }
+        }
+    }
+
+    private func produce(token: UInt64, publish: MQTTPublish, context: ChannelHandlerContext) {
+        guard let clientId = machine.clientId else { return }
+        BrokerMetrics.publishesReceived[Int(publish.qos.rawValue)].increment()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        broker.publisher.publish(
+            publish, clientId: clientId, eventLoop: context.eventLoop,
+            blocked: { isBlocked in
+                let connection = loopBound.value
+                connection.blockedPublishes += isBlocked ? 1 : -1
+                if !isBlocked, let context = connection.context { connection.resumeReadingIfPossible(context: context) }
+            },
+            completion: { outcome in
+                let connection = loopBound.value
+                connection.perform(connection.machine.deliveryCompleted(token: token, outcome: outcome))
+            })
+    }
+
+    private func resumeReadingIfPossible(context: ChannelHandlerContext) {
+        guard readPending, !machinePausedReading, blockedPublishes == 0 else { return }
+        readPending = false
+        context.read()
+    }
+
+    private func closeAfterWrites(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        context.flush()
+        if let lastWrite {
+            lastWrite.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+}
+
+extension MQTTServerConnection {
+    /// The registry's reference to a connection; every call hops to the connection's event loop.
+    final class Handle: ConnectionEndpoint {
+        private let connection: NIOLoopBound<MQTTServerConnection>
+        let eventLoop: any EventLoop
+
+        init(connection: MQTTServerConnection, eventLoop: any EventLoop) {
+            self.connection = NIOLoopBound(connection, eventLoop: eventLoop)
+            self.eventLoop = eventLoop
+        }
+
+        func deliver(_ message: OutboundMessage) {
+            let connection = self.connection
+            eventLoop.execute { connection.value.deliverFromBroker(message) }
+        }
+
+        func takeOver() -> EventLoopFuture<SessionState?> {
+            let promise = eventLoop.makePromise(of: SessionState?.self)
+            let connection = self.connection
+            eventLoop.execute { connection.value.takeOver(promise) }
+            return promise.futureResult
+        }
+
+        func shutdown() {
+            let connection = self.connection
+            eventLoop.execute { connection.value.shutdown() }
+        }
+    }
+}
+
+/// Counts bytes in and out of a connection (`tributary_broker_bytes_*_total`).
+final class ByteCountingHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        BrokerMetrics.bytesReceived.increment(by: unwrapInboundIn(data).readableBytes)
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        BrokerMetrics.bytesSent.increment(by: unwrapOutboundIn(data).readableBytes)
+        context.write(data, promise: promise)
+    }
+}

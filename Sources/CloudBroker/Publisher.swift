@@ -1,0 +1,196 @@
+import Common
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import TributaryKafka
+
+/// What the publish path needs from a Kafka producer (`KafkaProducer`, or a fake in tests).
+protocol KafkaPublishing: Sendable {
+    func send(
+        _ message: KafkaOutgoingMessage,
+        completion: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void
+    ) throws(KafkaError)
+}
+
+extension KafkaProducer: KafkaPublishing {}
+
+/// The publish path (G3): map the MQTT topic to a Kafka topic and key, produce, and report the outcome
+/// once Kafka has acknowledged every record of the publish (the message, and for RETAIN also the
+/// retained-topic record).
+///
+/// - A full producer queue (`_QUEUE_FULL`) or a producer being recreated (`_STATE`) is not a failure:
+///   the publish waits (the connection is told it is blocked, so it stops reading its socket) and is
+///   retried until `deliveryTimeout` has passed since it arrived.
+/// - A record lost in a producer recreation ("may or may not be in Kafka") is produced again within
+///   the same deadline: the client is acknowledged once, after a successful delivery, never falsely.
+/// - Any other failure, or the deadline, fails the publish: the connection sends a failure reason code
+///   (MQTT 5) or closes (3.1.1).
+final class Publisher: Sendable {
+    let producer: any KafkaPublishing
+    let mapping: TopicMapping
+    let retainedTopic: String
+    let retained: RetainedStore
+    let deliveryTimeout: Duration
+    let defaultQoS: MQTTQoS
+    private let logger: Logger
+    private let inflight = Atomic<Int>(0)
+
+    init(
+        producer: any KafkaPublishing, mapping: TopicMapping, retainedTopic: String, retained: RetainedStore,
+        deliveryTimeout: Duration, defaultQoS: MQTTQoS, logger: Logger
+    ) {
+        self.producer = producer
+        self.mapping = mapping
+        self.retainedTopic = retainedTopic
+        self.retained = retained
+        self.deliveryTimeout = deliveryTimeout
+        self.defaultQoS = defaultQoS
+        self.logger = logger
+    }
+
+    var inflightCount: Int { inflight.load(ordering: .relaxed) }
+
+    /// Publishes `publish` (topic resolved) from `clientId`. `completion` runs once on `eventLoop`;
+    /// `blocked` runs on `eventLoop` with true when the publish must wait for producer capacity and
+    /// with false when it no longer waits.
+    func publish(
+        _ publish: MQTTPublish,
+        clientId: String,
+        eventLoop: any EventLoop,
+        blocked: @escaping @Sendable (Bool) -> Void,
+        completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
+    ) {
+        var records = [KafkaRecordMapping.record(for: publish, clientId: clientId, destination: mapping.destination(topic: publish.topic, clientId: clientId))]
+        if publish.retain {
+            records.append(KafkaRecordMapping.retainedRecord(for: publish, clientId: clientId, retainedTopic: retainedTopic))
+        }
+        let job = PublishJob(
+            publisher: self, records: records, retainedMessage: publish.retain ? retainedMessage(publish, clientId: clientId) : nil,
+            qos: publish.qos, eventLoop: eventLoop, deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
+        eventLoop.execute { job.start() }
+    }
+
+    private func retainedMessage(_ publish: MQTTPublish, clientId: String) -> BrokerMessage? {
+        guard publish.payload.readableBytes > 0 else { return nil }
+        let properties = publish.properties.forwardedToSubscribers(keepingExpiry: false)
+        return BrokerMessage(
+            topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: true, publisherClientId: clientId,
+            properties: properties, expiresAt: publish.properties.messageExpiryInterval.map { Date().addingTimeInterval(Double($0)) })
+    }
+
+    fileprivate func trackInflight(_ delta: Int) {
+        let value = inflight.add(delta, ordering: .relaxed).newValue
+        BrokerMetrics.kafkaInflight.record(value)
+    }
+
+    fileprivate func log(_ error: KafkaError, topic: String) {
+        BrokerMetrics.kafkaError(error.name).increment()
+        logger.debug("Kafka delivery failed", metadata: ["kafka.topic": "\(topic)", "kafka.error": "\(error)"])
+    }
+}
+
+/// One publish on its way to Kafka. Only touched on `eventLoop` (hence `@unchecked Sendable`).
+private final class PublishJob: @unchecked Sendable {
+    let publisher: Publisher
+    let records: [KafkaOutgoingMessage]
+    let retainedMessage: BrokerMessage?
+    let qos: MQTTQoS
+    let eventLoop: any EventLoop
+    let deadline: NIODeadline
+    let blocked: @Sendable (Bool) -> Void
+    let completion: @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
+    /// Indexes of records still to send (not yet enqueued in the producer).
+    var toSend: [Int]
+    var outstanding: Int
+    var finished = false
+    var isBlocked = false
+
+    init(
+        publisher: Publisher, records: [KafkaOutgoingMessage], retainedMessage: BrokerMessage?, qos: MQTTQoS,
+        eventLoop: any EventLoop, deadline: NIODeadline, blocked: @escaping @Sendable (Bool) -> Void,
+        completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
+    ) {
+        self.publisher = publisher
+        self.records = records
+        self.retainedMessage = retainedMessage
+        self.qos = qos
+        self.eventLoop = eventLoop
+        self.deadline = deadline
+        self.blocked = blocked
+        self.completion = completion
+        self.toSend = Array(records.indices)
+        self.outstanding = records.count
+    }
+
+    func start() {
+        sendPending()
+    }
+
+    private func sendPending() {
+        guard !finished else { return }
+        while let index = toSend.first {
+            let started = ContinuousClock.now
+            do throws(KafkaError) {
+                try publisher.producer.send(records[index]) { [self] result in
+                    let elapsed = ContinuousClock.now - started
+                    eventLoop.execute { self.reported(index: index, result: result, elapsed: elapsed) }
+                }
+                toSend.removeFirst()
+                publisher.trackInflight(1)
+            } catch {
+                if error.isRetriable && NIODeadline.now() < deadline {
+                    if qos == .atMostOnce && error.code == KafkaError.Code.queueFull {
+                        // At most once: a full producer queue drops the message (counted) instead of waiting.
+                        BrokerMetrics.messagesDroppedProducerFull.increment()
+                        finish(.failed(reason: "Kafka producer queue full"))
+                        return
+                    }
+                    setBlocked(true)
+                    eventLoop.scheduleTask(in: .milliseconds(5)) { self.sendPending() }
+                    return
+                }
+                publisher.log(error, topic: records[index].topic)
+                finish(.failed(reason: "Kafka: \(error.name)"))
+                return
+            }
+        }
+        setBlocked(false)
+    }
+
+    private func reported(index: Int, result: Result<KafkaDeliveryReport, KafkaError>, elapsed: Duration) {
+        publisher.trackInflight(-1)
+        guard !finished else { return }
+        switch result {
+        case .success(let report):
+            BrokerMetrics.kafkaDelivery.recordNanoseconds(Int64(elapsed.components.seconds) * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+            if index == 1, records[index].topic == publisher.retainedTopic, let topic = records[0].headers.first?.value {
+                publisher.retained.set(topic: String(decoding: topic, as: UTF8.self), message: retainedMessage, offset: report.offset)
+            }
+            outstanding -= 1
+            if outstanding == 0 { finish(.delivered) }
+        case .failure(let error):
+            publisher.log(error, topic: records[index].topic)
+            if error.isFatal && error.isRetriable && NIODeadline.now() < deadline {
+                // Lost in a producer recreation: it may or may not be in Kafka; send it again.
+                toSend.append(index)
+                sendPending()
+                return
+            }
+            finish(.failed(reason: "Kafka: \(error.name)"))
+        }
+    }
+
+    private func setBlocked(_ value: Bool) {
+        guard isBlocked != value else { return }
+        isBlocked = value
+        blocked(value)
+    }
+
+    private func finish(_ outcome: MQTTServerConnection.StateMachine.DeliveryOutcome) {
+        guard !finished else { return }
+        finished = true
+        setBlocked(false)
+        completion(outcome)
+    }
+}

@@ -1,0 +1,243 @@
+import Common
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// A live client connection as the registry sees it (implemented by `MQTTServerConnection.Handle`).
+protocol ConnectionEndpoint: AnyObject, Sendable {
+    /// Hands a message to the connection (on its own event loop).
+    func deliver(_ message: OutboundMessage)
+    /// Disconnects the client with 0x8E and returns its session state (on its event loop).
+    func takeOver() -> EventLoopFuture<SessionState?>
+    /// Disconnects the client with 0x8B (server shutting down).
+    func shutdown()
+}
+
+/// Who is connected, which sessions exist and who subscribed to what: the routing state of one node.
+///
+/// One lock guards the online table, the subscription index and pending wills; the offline sessions are
+/// in the `SessionStore`. Messages for online clients are handed to their connection outside the lock.
+final class SessionRegistry: Sendable {
+    struct PendingWill {
+        var id: UInt64
+        var task: Scheduled<Void>
+    }
+
+    private struct State {
+        var online: [String: any ConnectionEndpoint] = [:]
+        var subscriptions = SubscriptionTree<String, SubscriptionOptions>()
+        var shareCursor: [String: Int] = [:]
+        var pendingWills: [String: PendingWill] = [:]
+        var nextWillId: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    let store: any SessionStore
+    let limits: BrokerLimits
+    private let logger: Logger
+    /// Publishes a will message (through the Kafka publish path).
+    private let willPublisher: @Sendable (MQTTWill, String) -> Void
+
+    init(store: any SessionStore, limits: BrokerLimits, logger: Logger, willPublisher: @escaping @Sendable (MQTTWill, String) -> Void) {
+        self.store = store
+        self.limits = limits
+        self.logger = logger
+        self.willPublisher = willPublisher
+    }
+
+    var onlineCount: Int { state.withLock { $0.online.count } }
+    var subscriptionCount: Int { state.withLock { $0.subscriptions.count } }
+
+    // MARK: Connect and disconnect
+
+    /// Binds `endpoint` to the session of `request.clientId`: takes over a connected client of the same
+    /// id, resumes a stored session unless clean start, cancels a pending will. The future succeeds on
+    /// `eventLoop` with the session and whether it was present.
+    func attach(
+        _ request: MQTTServerConnection.StateMachine.SessionRequest,
+        endpoint: any ConnectionEndpoint,
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<(SessionState, Bool)> {
+        let previous: (any ConnectionEndpoint)? = state.withLock { state in
+            if let will = state.pendingWills.removeValue(forKey: request.clientId) { will.task.cancel() }
+            let previous = state.online[request.clientId]
+            state.online[request.clientId] = endpoint
+            return previous
+        }
+        let oldSession: EventLoopFuture<SessionState?>
+        if let previous, previous !== endpoint {
+            oldSession = previous.takeOver().hop(to: eventLoop)
+        } else {
+            oldSession = eventLoop.makeSucceededFuture(store.take(clientId: request.clientId, now: .now))
+        }
+        return oldSession.map { old in
+            if let old, !request.cleanStart {
+                return (old, true)
+            }
+            if old != nil || request.cleanStart {
+                self.state.withLock { _ = $0.subscriptions.removeAll(key: request.clientId) }
+            }
+            return (SessionState(clientId: request.clientId, expiryInterval: request.expiryInterval), false)
+        }
+    }
+
+    /// The connection of `endpoint` ended. Keeps the session if it has an expiry interval, else drops
+    /// its subscriptions; schedules the will (after its delay, bounded by the session expiry).
+    func detach(endpoint: any ConnectionEndpoint, session: SessionState?, will: MQTTWill?, takenOver: Bool) {
+        guard let session else { return }
+        let clientId = session.clientId
+        let stillOwner = state.withLock { state -> Bool in
+            guard let current = state.online[clientId], current === endpoint else { return false }
+            state.online.removeValue(forKey: clientId)
+            return true
+        }
+        if stillOwner {
+            if session.expiryInterval > 0 {
+                store.put(session, now: .now)
+            } else {
+                state.withLock { _ = $0.subscriptions.removeAll(key: clientId) }
+            }
+        }
+        scheduleWill(will, clientId: clientId, sessionExpiry: session.expiryInterval, takenOver: takenOver)
+    }
+
+    /// Publishes `will` now, or after its Will Delay Interval bounded by the session expiry unless the
+    /// client reconnects first (MQTT 5.0 section 3.1.3.2.2).
+    func scheduleWill(_ will: MQTTWill?, clientId: String, sessionExpiry: UInt32, takenOver: Bool) {
+        guard let will else { return }
+        let delay = min(will.properties.willDelayInterval ?? 0, sessionExpiry)
+        if takenOver || delay == 0 {
+            // On takeover the client is back at once, so a delayed will is cancelled (MQTT 5.0 3.1.3.2.2).
+            if !takenOver || delay == 0 { publishWill(will, clientId: clientId) }
+            return
+        }
+        let loop = MultiThreadedEventLoopGroupProvider.willLoop
+        state.withLock { state in
+            state.nextWillId += 1
+            let id = state.nextWillId
+            let task = loop.scheduleTask(in: .seconds(Int64(delay))) { [self] in
+                let due = self.state.withLock { state -> Bool in
+                    guard state.pendingWills[clientId]?.id == id else { return false }
+                    state.pendingWills.removeValue(forKey: clientId)
+                    return true
+                }
+                if due { self.publishWill(will, clientId: clientId) }
+            }
+            state.pendingWills[clientId] = PendingWill(id: id, task: task)
+        }
+    }
+
+    private func publishWill(_ will: MQTTWill, clientId: String) {
+        BrokerMetrics.willsPublished.increment()
+        logger.debug("publishing will", metadata: ["mqtt.client_id": "\(clientId)", "mqtt.topic": "\(will.topic)"])
+        willPublisher(will, clientId)
+    }
+
+    /// Removes expired offline sessions and their subscriptions.
+    func sweepExpiredSessions() {
+        let expired = store.removeExpired(now: .now)
+        guard !expired.isEmpty else { return }
+        state.withLock { state in
+            for session in expired where state.online[session.clientId] == nil {
+                _ = state.subscriptions.removeAll(key: session.clientId)
+            }
+        }
+    }
+
+    /// Asks every connected client to disconnect (server shutting down).
+    func shutdownAll() {
+        let endpoints = state.withLock { Array($0.online.values) }
+        for endpoint in endpoints { endpoint.shutdown() }
+    }
+
+    // MARK: Subscriptions and routing
+
+    func register(clientId: String, _ subscriptions: [SubscriptionOptions]) {
+        state.withLock { state in
+            for options in subscriptions {
+                state.subscriptions.insert(options.subscription.topicFilter, key: clientId, value: options)
+            }
+        }
+    }
+
+    func unregister(clientId: String, _ filters: [MQTTTopicFilter]) {
+        state.withLock { state in
+            for filter in filters { state.subscriptions.remove(filter, key: clientId) }
+        }
+    }
+
+    /// Delivers `message` to every matching session: the best matching subscription per client (highest
+    /// QoS, all subscription identifiers), one member per shared subscription group (round robin,
+    /// connected members first). Returns how many sessions received it.
+    @discardableResult
+    func route(_ message: BrokerMessage) -> Int {
+        var direct: [(any ConnectionEndpoint, OutboundMessage)] = []
+        let count = state.withLock { state -> Int in
+            var perClient: [String: OutboundMessage] = [:]
+            var groups: [String: [(String, SubscriptionOptions)]] = [:]
+            state.subscriptions.forEachMatch(message.topic) { clientId, shareGroup, options in
+                if let shareGroup {
+                    groups[shareGroup + "\u{0}" + options.subscription.topicFilter.filter, default: []].append((clientId, options))
+                    return
+                }
+                if options.subscription.noLocal && message.publisherClientId == clientId { return }
+                Self.merge(&perClient[clientId], message: message, options: options)
+            }
+            for (group, members) in groups {
+                let ordered = members.sorted { $0.0 < $1.0 }
+                let connected = ordered.filter { state.online[$0.0] != nil }
+                let candidates = connected.isEmpty ? ordered : connected
+                let cursor = state.shareCursor[group, default: 0]
+                state.shareCursor[group] = cursor &+ 1
+                let (clientId, options) = candidates[cursor % candidates.count]
+                var single: OutboundMessage?
+                Self.merge(&single, message: message, options: options)
+                if let single { perClient["\u{1}" + clientId] = single }
+            }
+            for (key, outbound) in perClient {
+                let clientId = key.hasPrefix("\u{1}") ? String(key.dropFirst()) : key
+                if let endpoint = state.online[clientId] {
+                    direct.append((endpoint, outbound))
+                } else {
+                    let result = store.enqueue(clientId: clientId, message: outbound, limit: limits.sessionQueueLimit)
+                    if result == .dropped { BrokerMetrics.messagesDroppedQueueFull[Int(outbound.qos.rawValue)].increment() }
+                }
+            }
+            return perClient.count
+        }
+        for (endpoint, outbound) in direct { endpoint.deliver(outbound) }
+        return count
+    }
+
+    /// A message that reached a connection after it closed: queue it for the session or hand it to
+    /// the connection that now owns the client.
+    func redeliver(clientId: String, _ message: OutboundMessage) {
+        let endpoint = state.withLock { state -> (any ConnectionEndpoint)? in
+            if let endpoint = state.online[clientId] { return endpoint }
+            if store.enqueue(clientId: clientId, message: message, limit: limits.sessionQueueLimit) == .dropped {
+                BrokerMetrics.messagesDroppedQueueFull[Int(message.qos.rawValue)].increment()
+            }
+            return nil
+        }
+        endpoint?.deliver(message)
+    }
+
+    private static func merge(_ existing: inout OutboundMessage?, message: BrokerMessage, options: SubscriptionOptions) {
+        let qos = min(message.qos, options.subscription.qos)
+        let retain = options.subscription.retainAsPublished && message.retain
+        if var current = existing {
+            current.qos = max(current.qos, qos)
+            current.retain = current.retain || retain
+            if let id = options.identifier { current.subscriptionIdentifiers.append(id) }
+            existing = current
+        } else {
+            existing = OutboundMessage(message: message, qos: qos, retain: retain, subscriptionIdentifiers: options.identifier.map { [$0] } ?? [])
+        }
+    }
+}
+
+/// The event loop that runs delayed wills.
+enum MultiThreadedEventLoopGroupProvider {
+    static var willLoop: any EventLoop { NIOSingletons.posixEventLoopGroup.next() }
+}

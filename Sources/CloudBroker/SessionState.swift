@@ -1,0 +1,178 @@
+import Common
+import Foundation
+
+/// A subscription as the session keeps it.
+struct SubscriptionOptions: Sendable, Equatable {
+    var subscription: MQTTSubscription
+    /// The MQTT 5 Subscription Identifier given in SUBSCRIBE.
+    var identifier: UInt32?
+}
+
+/// Everything an MQTT session is (MQTT 5.0 section 4.1): what outlives a connection when the session
+/// expiry interval is non-zero. A value: it moves between a connection's state machine (while
+/// connected) and the `SessionStore` (while offline).
+struct SessionState: Sendable {
+    var clientId: String
+    /// Seconds the session outlives its connection; 0 ends it with the connection.
+    var expiryInterval: UInt32
+    /// Subscriptions by their topic filter string (including a `$share/` prefix).
+    var subscriptions: [String: SubscriptionOptions] = [:]
+    /// QoS 2 publishes from the client that were acknowledged with PUBREC, awaiting PUBREL.
+    var inboundAwaitingRelease: Set<UInt16> = []
+    /// Messages towards the client.
+    var outbound = OutboundState()
+
+    init(clientId: String, expiryInterval: UInt32) {
+        self.clientId = clientId
+        self.expiryInterval = expiryInterval
+    }
+}
+
+/// The server-to-client half of a session: QoS 1/2 messages in flight (by packet id, in send order) and
+/// messages queued behind them. Pure bookkeeping; callers send the packets it returns.
+struct OutboundState: Sendable {
+    enum Phase: Sendable, Equatable {
+        /// QoS 1 PUBLISH sent.
+        case awaitingPubAck
+        /// QoS 2 PUBLISH sent.
+        case awaitingPubRec
+        /// PUBREL sent.
+        case awaitingPubComp
+    }
+
+    struct Inflight: Sendable {
+        var packetId: UInt16
+        var message: OutboundMessage
+        var phase: Phase
+    }
+
+    private(set) var inflight: [Inflight] = []
+    private(set) var queue: [OutboundMessage] = []
+    private var queueHead = 0
+    private var nextPacketId: UInt16 = 1
+
+    var queuedCount: Int { queue.count - queueHead }
+    var inflightCount: Int { inflight.count }
+
+    /// Queues `message`; returns false (and does not queue) if the queue already holds `limit`.
+    mutating func enqueue(_ message: OutboundMessage, limit: Int) -> Bool {
+        guard queuedCount < limit else { return false }
+        queue.append(message)
+        return true
+    }
+
+    /// Takes queued messages while the in-flight window has room, assigning packet ids to QoS 1/2.
+    /// Expired messages are skipped (and returned in `expired`).
+    mutating func drain(window: Int, version: MQTTProtocolVersion, now: Date) -> (packets: [MQTTPacket], expired: Int) {
+        var packets: [MQTTPacket] = []
+        var expired = 0
+        while queueHead < queue.count {
+            let message = queue[queueHead]
+            if message.qos != .atMostOnce && inflight.count >= window { break }
+            queueHead += 1
+            guard let packet = start(message, version: version, now: now) else {
+                expired += 1
+                continue
+            }
+            packets.append(packet)
+        }
+        if queueHead > 64 && queueHead * 2 > queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
+        }
+        return (packets, expired)
+    }
+
+    /// Sends `message` now if the window allows; else queues it. Returns the packet to send, if any,
+    /// and whether the message was dropped (queue full or expired).
+    mutating func offer(
+        _ message: OutboundMessage, window: Int, limit: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
+    ) -> (packet: MQTTPacket?, dropped: Bool) {
+        let fits = message.qos == .atMostOnce || inflight.count < window
+        if canSendNow && fits && queuedCount == 0 {
+            guard let packet = start(message, version: version, now: now) else { return (nil, true) }
+            return (packet, false)
+        }
+        return (nil, !enqueue(message, limit: limit))
+    }
+
+    private mutating func start(_ message: OutboundMessage, version: MQTTProtocolVersion, now: Date) -> MQTTPacket? {
+        guard message.qos != .atMostOnce else {
+            return message.publish(packetId: nil, dup: false, version: version, now: now).map { .publish($0) }
+        }
+        let packetId = allocatePacketId()
+        guard let publish = message.publish(packetId: packetId, dup: false, version: version, now: now) else { return nil }
+        inflight.append(Inflight(packetId: packetId, message: message, phase: message.qos == .atLeastOnce ? .awaitingPubAck : .awaitingPubRec))
+        return .publish(publish)
+    }
+
+    private mutating func allocatePacketId() -> UInt16 {
+        // At most 65,535 in flight; windows are far smaller, so a free id is always found.
+        while true {
+            let candidate = nextPacketId
+            nextPacketId = nextPacketId == UInt16.max ? 1 : nextPacketId + 1
+            if !inflight.contains(where: { $0.packetId == candidate }) { return candidate }
+        }
+    }
+
+    /// PUBACK received: true if it matched a QoS 1 message in flight.
+    mutating func puback(_ packetId: UInt16) -> Bool {
+        guard let index = inflight.firstIndex(where: { $0.packetId == packetId && $0.phase == .awaitingPubAck }) else { return false }
+        inflight.remove(at: index)
+        return true
+    }
+
+    enum PubRecOutcome: Equatable { case sendPubRel, unknown, discarded }
+
+    /// PUBREC received: send PUBREL (also for a repeated PUBREC), or the message was refused.
+    mutating func pubrec(_ packetId: UInt16, failed: Bool) -> PubRecOutcome {
+        guard let index = inflight.firstIndex(where: { $0.packetId == packetId && $0.phase != .awaitingPubAck }) else { return .unknown }
+        if failed {
+            inflight.remove(at: index)
+            return .discarded
+        }
+        inflight[index].phase = .awaitingPubComp
+        return .sendPubRel
+    }
+
+    /// PUBCOMP received: true if it matched.
+    mutating func pubcomp(_ packetId: UInt16) -> Bool {
+        guard let index = inflight.firstIndex(where: { $0.packetId == packetId && $0.phase == .awaitingPubComp }) else { return false }
+        inflight.remove(at: index)
+        return true
+    }
+
+    /// Forgets an in-flight message that could not be sent (too large for the client).
+    mutating func discard(_ packetId: UInt16) {
+        inflight.removeAll { $0.packetId == packetId }
+    }
+
+    /// The packets to resend when a session resumes on a new connection (MQTT 5.0 section 4.4): PUBLISH
+    /// with DUP for unacknowledged messages, PUBREL for those already received, in the original order.
+    /// Messages that expired meanwhile are dropped.
+    mutating func resend(version: MQTTProtocolVersion, now: Date) -> [MQTTPacket] {
+        var packets: [MQTTPacket] = []
+        var kept: [Inflight] = []
+        for entry in inflight {
+            switch entry.phase {
+            case .awaitingPubComp:
+                packets.append(.pubrel(MQTTPublishAck(packetId: entry.packetId)))
+                kept.append(entry)
+            case .awaitingPubAck, .awaitingPubRec:
+                guard let publish = entry.message.publish(packetId: entry.packetId, dup: true, version: version, now: now) else { continue }
+                packets.append(.publish(publish))
+                kept.append(entry)
+            }
+        }
+        inflight = kept
+        return packets
+    }
+
+    /// Drops QoS 0 messages from the queue (they are not kept for an offline session); returns how many.
+    mutating func dropQoS0() -> Int {
+        let before = queuedCount
+        queue = Array(queue[queueHead...].filter { $0.qos != .atMostOnce })
+        queueHead = 0
+        return before - queue.count
+    }
+}

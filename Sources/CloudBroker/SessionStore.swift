@@ -1,0 +1,81 @@
+import Common
+import Synchronization
+
+/// Where offline sessions live between connections. In memory for now (`InMemorySessionStore`); the
+/// cluster issue moves it to the compacted Kafka topic `mqtt.sessions` behind the same protocol.
+///
+/// Calls are synchronous and local: CONNACK never waits for a remote round trip when the answer is known
+/// locally. Implementations must be thread-safe.
+protocol SessionStore: Sendable {
+    /// Removes and returns the session of `clientId` if it exists and has not expired.
+    func take(clientId: String, now: ContinuousClock.Instant) -> SessionState?
+    /// Keeps `session` until `now + session.expiryInterval` (replacing any other of the same client).
+    func put(_ session: SessionState, now: ContinuousClock.Instant)
+    /// Forgets the session of `clientId`; returns whether there was one.
+    @discardableResult func remove(clientId: String) -> Bool
+    /// Queues a message for an offline session. QoS 0 messages are not kept for offline sessions.
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult
+    /// Removes and returns the sessions that have expired by `now`.
+    func removeExpired(now: ContinuousClock.Instant) -> [SessionState]
+    /// (sessions, queued messages) for metrics.
+    func statistics() -> (sessions: Int, queuedMessages: Int)
+}
+
+enum SessionEnqueueResult: Equatable {
+    case queued
+    case dropped
+    case noSession
+}
+
+/// Offline sessions in a dictionary.
+final class InMemorySessionStore: SessionStore {
+    private struct Entry {
+        var session: SessionState
+        var expiresAt: ContinuousClock.Instant
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+
+    init() {}
+
+    func take(clientId: String, now: ContinuousClock.Instant) -> SessionState? {
+        entries.withLock { entries in
+            guard let entry = entries.removeValue(forKey: clientId) else { return nil }
+            return entry.expiresAt > now ? entry.session : nil
+        }
+    }
+
+    func put(_ session: SessionState, now: ContinuousClock.Instant) {
+        var session = session
+        _ = session.outbound.dropQoS0()
+        let expiresAt = now + .seconds(Int64(session.expiryInterval))
+        entries.withLock { $0[session.clientId] = Entry(session: session, expiresAt: expiresAt) }
+    }
+
+    @discardableResult
+    func remove(clientId: String) -> Bool {
+        entries.withLock { $0.removeValue(forKey: clientId) != nil }
+    }
+
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult {
+        entries.withLock { entries in
+            guard entries[clientId] != nil else { return .noSession }
+            guard message.qos != .atMostOnce else { return .dropped }
+            return entries[clientId]!.session.outbound.enqueue(message, limit: limit) ? .queued : .dropped
+        }
+    }
+
+    func removeExpired(now: ContinuousClock.Instant) -> [SessionState] {
+        entries.withLock { entries in
+            let expired = entries.filter { $0.value.expiresAt <= now }
+            for key in expired.keys { entries.removeValue(forKey: key) }
+            return expired.values.map(\.session)
+        }
+    }
+
+    func statistics() -> (sessions: Int, queuedMessages: Int) {
+        entries.withLock { entries in
+            (entries.count, entries.values.reduce(0) { $0 + $1.session.outbound.queuedCount })
+        }
+    }
+}
