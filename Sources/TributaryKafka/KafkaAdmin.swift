@@ -13,10 +13,12 @@ public final class KafkaAdmin: Sendable {
     }
 
     private let client: RDKafkaClient
+    private let configuration: KafkaConfiguration
     private let logger: Logger
 
     public init(configuration: KafkaConfiguration, logger: Logger = Logger(label: "tributary.kafka.admin")) throws(KafkaError) {
         self.client = try RDKafkaClient.make(role: .admin, configuration: configuration, events: RDKafkaClient.Events(), logger: logger)
+        self.configuration = configuration
         self.logger = logger
     }
 
@@ -96,6 +98,50 @@ public final class KafkaAdmin: Sendable {
             Thread.sleep(forTimeInterval: 0.05)  // polling a condition with a deadline
         }
         return missing.map(\.name).filter { outcome[$0] == .created }
+    }
+
+    /// The high watermark (offset of the next record to be written) of each partition, learnt
+    /// from Fetch responses: a short-lived consumer fetches (at most about 1 KiB per partition)
+    /// from the start of each partition and reads the watermark librdkafka caches from the
+    /// responses (`rd_kafka_get_watermark_offsets`). Unlike ListOffsets "latest" (what
+    /// `KafkaOffset.end` and `rd_kafka_query_watermark_offsets` use), this is right on Tansu, so
+    /// "consume from now on" is `.offset(highWatermarks(...)[partition])`. Throws `_TIMED_OUT` if
+    /// some partition did not answer within `timeout`.
+    public func highWatermarks(for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10)) throws(KafkaError) -> [KafkaTopicPartition: Int64] {
+        guard !partitions.isEmpty else { return [:] }
+        var probe = configuration
+        probe.clientId = configuration.clientId + "-watermarks"
+        probe.statisticsInterval = nil
+        probe.maxPrefetchMessages = 1
+        probe.maxPrefetchKilobytes = 1
+        probe.properties["max.partition.fetch.bytes"] = "1024"
+        let consumer = try RDKafkaClient.make(role: .consumer, configuration: probe, events: RDKafkaClient.Events(), logger: logger)
+        defer { consumer.destroy() }
+        try consumer.assign(partitions.map { KafkaPartitionAssignment(topic: $0.topic, partition: $0.partition, offset: .beginning) })
+        let deadline = ContinuousClock.now + timeout
+        var result: [KafkaTopicPartition: Int64] = [:]
+        while true {
+            for partition in partitions where result[partition] == nil {
+                if let marks = consumer.cachedWatermarks(topic: partition.topic, partition: partition.partition) {
+                    result[partition] = marks.high
+                }
+            }
+            if result.count == partitions.count { return result }
+            guard ContinuousClock.now < deadline else {
+                let missing = partitions.filter { result[$0] == nil }.map { "\($0.topic)[\($0.partition)]" }
+                throw KafkaError(
+                    code: KafkaError.Code.timedOut, name: "_TIMED_OUT",
+                    message: "no Fetch response within \(timeout) for \(missing.joined(separator: ", "))", isRetriable: true
+                )
+            }
+            // Waits for the next event (records are discarded); the fetches run on librdkafka's threads.
+            _ = consumer.consumerPoll(timeout: .milliseconds(20), maxCount: 100)
+        }
+    }
+
+    /// `highWatermarks` on a dedicated thread.
+    public func highWatermarks(for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10)) async throws(KafkaError) -> [KafkaTopicPartition: Int64] {
+        try await offload { () throws(KafkaError) in try self.highWatermarks(for: partitions, timeout: timeout) }
     }
 
     /// `metadata` on a dedicated thread.

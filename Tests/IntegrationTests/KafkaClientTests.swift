@@ -68,6 +68,41 @@ struct KafkaClientTests {
         }
     }
 
+    /// "From now on" without ListOffsets (wrong on Tansu): high watermarks from Fetch responses.
+    @Test func highWatermarksFromFetchAreRightOnTansu() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let configuration = KafkaTest.configuration(tansu)
+            let admin = try KafkaAdmin(configuration: configuration)
+            defer { admin.close() }
+            try await admin.ensureTopics([KafkaTopicSpecification(name: "marks", partitions: 3)])
+            let producer = try KafkaProducer(configuration: configuration)
+            defer { producer.shutdown() }
+            // Several batches per partition (ListOffsets "latest" on Tansu points into the last one).
+            for round in 0..<5 {
+                let ledger = CompletionLedger()
+                for i in 0..<20 {
+                    try producer.send(KafkaOutgoingMessage(topic: "marks", value: KafkaTest.bytes("\(round)-\(i)"), partition: Int32(i % 2)), completion: ledger.completion(i))
+                }
+                try producer.flush(timeout: .seconds(10))
+            }
+            let partitions = (Int32(0)..<3).map { KafkaTopicPartition(topic: "marks", partition: $0) }
+            let marks = try await admin.highWatermarks(for: partitions)
+            #expect(marks == [partitions[0]: 50, partitions[1]: 50, partitions[2]: 0])
+
+            // Consuming from there yields exactly the records produced afterwards.
+            let collector = RecordCollector()
+            let consumer = try KafkaConsumer(configuration: configuration, handler: collector.handler)
+            defer { consumer.close() }
+            try consumer.assign(partitions.map { KafkaPartitionAssignment(topic: "marks", partition: $0.partition, offset: .offset(marks[$0]!)) })
+            let new = try await producer.send(KafkaOutgoingMessage(topic: "marks", value: KafkaTest.bytes("new"), partition: 1))
+            let records = try await collector.waitFor(count: 1)
+            #expect(records.map(\.value) == [KafkaTest.bytes("new")])
+            #expect(records.first?.offset == new.offset)
+            #expect(new.offset == 50)
+        }
+    }
+
     @Test func tombstoneAndEmptyValueAreDistinct() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
