@@ -80,9 +80,13 @@ struct KafkaProducerRecoveryTests {
             try await admin.ensureTopics([topic])
 
             let recreatedAt = Mutex<[ContinuousClock.Instant]>([])
+            let causes = Mutex<[String]>([])
             let producer = try KafkaProducer(
                 configuration: configuration, logger: KafkaTest.logger,
-                onRecreated: { _ in recreatedAt.withLock { $0.append(.now) } }
+                onRecreated: { cause in
+                    recreatedAt.withLock { $0.append(.now) }
+                    causes.withLock { $0.append("\(cause.name)\(cause.isFatal ? " (fatal)" : "")") }
+                }
             )
             let ledger = CompletionLedger()
             let load = LoadState()
@@ -183,7 +187,7 @@ struct KafkaProducerRecoveryTests {
             print(
                 """
                 Tansu restart under load: \(sentCount) sends, \(entries.count) accepted, \(failures.count) failed \(failedNames), \
-                rejected at send \(load.rejections.withLock { $0 }), recreations \(recreations); \
+                rejected at send \(load.rejections.withLock { $0 }), recreations \(recreations) \(causes.withLock { $0 }); \
                 kill→listening \(listeningAt - killedAt), kill→topic recreated \(topicAt - killedAt), \
                 kill→recreated \(recreatedAt.withLock { $0.first.map { $0 - killedAt } }.map { "\($0)" } ?? "-"), \
                 kill→first delivery of a new message \(firstSuccessAfterRestart - killedAt)
