@@ -1,0 +1,227 @@
+import NIOCore
+
+/// The NIO side of `MQTTClientConnection.StateMachine`: place it after `MQTTPacketDecoder` /
+/// `MQTTPacketEncoder` (sharing one `MQTTVersionBox`). Write `MQTTClientConnection.Command`s to the channel;
+/// events arrive through `onEvent` on the channel's event loop.
+///
+/// Persistence: the handler collects the machine's `InflightChange`s and the packets that follow them,
+/// calls `persist` once for all changes collected so far (group commit), and writes those packets only when
+/// that future succeeds. A failed persist closes the connection (nothing unpersisted was sent).
+///
+/// Time: the handler ticks every `tickInterval` and counts virtual time from those ticks, so keep-alive
+/// works on `EmbeddedEventLoop.advanceTime` as on a real loop.
+public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = MQTTPacket
+    public typealias OutboundIn = MQTTClientConnection.Command
+    public typealias OutboundOut = MQTTPacket
+
+    public typealias Persist = ([MQTTClientSession.InflightChange]) -> EventLoopFuture<Void>
+
+    private var machine: MQTTClientConnection.StateMachine
+    private let persist: Persist?
+    private let onEvent: (MQTTClientConnection.Event) -> Void
+    private let tickInterval: TimeAmount
+    private var ticks: Int64 = 0
+    private var tickTask: RepeatedTask?
+    private var context: ChannelHandlerContext?
+    private var closeError: MQTTClientError?
+    private var closedReported = false
+    private var closedNormally = false
+
+    private struct Batch {
+        var changes: [MQTTClientSession.InflightChange] = []
+        var packets: [MQTTPacket] = []
+        var close: MQTTClientError?? = nil
+    }
+    private var open = Batch()
+    private var waiting: [Batch] = []
+    private var persisting = false
+    private var inRead = false
+
+    public init(
+        configuration: MQTTClientConnection.Configuration,
+        session: MQTTClientSession = MQTTClientSession(),
+        tickInterval: TimeAmount = .milliseconds(500),
+        persist: Persist? = nil,
+        onEvent: @escaping (MQTTClientConnection.Event) -> Void
+    ) {
+        self.machine = MQTTClientConnection.StateMachine(configuration: configuration, session: session)
+        self.persist = persist
+        self.onEvent = onEvent
+        self.tickInterval = tickInterval
+    }
+
+    /// The current session (on the event loop).
+    public var session: MQTTClientSession { machine.session }
+
+    private var now: NIODeadline { .uptimeNanoseconds(UInt64(ticks) * UInt64(tickInterval.nanoseconds)) }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { start(context: context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        tickTask?.cancel()
+        tickTask = nil
+        self.context = nil
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard tickTask == nil else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        tickTask = context.eventLoop.scheduleRepeatedTask(initialDelay: tickInterval, delay: tickInterval) { _ in
+            let handler = loopBound.value
+            handler.ticks += 1
+            handler.perform(handler.machine.tick(now: handler.now))
+        }
+        perform(machine.connectionEstablished(now: now))
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        tickTask?.cancel()
+        tickTask = nil
+        machine.connectionClosed()
+        reportClosed(closedNormally ? nil : closeError ?? MQTTClientError(.connectionClosed, "the connection closed"))
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        inRead = true
+        perform(machine.received(unwrapInboundIn(data), now: now), flush: false)
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        inRead = false
+        flushOpenBatch()
+        context.fireChannelReadComplete()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let codecError = error as? MQTTCodecError {
+            closeError = MQTTClientError(.codec, reasonCode: codecError.reasonCode, codecError.message)
+        } else if closeError == nil {
+            closeError = MQTTClientError(.connectionClosed, "\(error)")
+        }
+        context.close(promise: nil)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .publish(let publish, let tag):
+            perform(machine.publish(publish, tag: tag, now: now), flush: false)
+        case .subscribe(let subscriptions, let properties):
+            perform(machine.subscribe(subscriptions, properties: properties, now: now), flush: false)
+        case .disconnect:
+            perform(machine.disconnect(), flush: false)
+        }
+        promise?.succeed(())
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        if !inRead { flushOpenBatch() }
+    }
+
+    // MARK: performing actions
+
+    private func perform(_ actions: [MQTTClientConnection.StateMachine.Action], flush: Bool = true) {
+        for action in actions {
+            switch action {
+            case .send(let packet):
+                open.packets.append(packet)
+            case .persist(let change):
+                if persist != nil {
+                    // Packets already collected do not depend on this change: seal them first.
+                    if !open.packets.isEmpty { sealOpenBatch() }
+                    open.changes.append(change)
+                }
+            case .event(let event):
+                onEvent(event)
+            case .close(let error):
+                open.close = .some(error)
+                sealOpenBatch()
+            }
+        }
+        if flush && !inRead { flushOpenBatch() }
+    }
+
+    private func sealOpenBatch() {
+        if !open.changes.isEmpty || !open.packets.isEmpty || open.close != nil {
+            waiting.append(open)
+        }
+        open = Batch()
+    }
+
+    private func flushOpenBatch() {
+        sealOpenBatch()
+        pump()
+    }
+
+    private func pump() {
+        guard let context, !persisting else { return }
+        while !waiting.isEmpty {
+            if waiting[0].changes.isEmpty {
+                let batch = waiting.removeFirst()
+                write(batch, context: context)
+                if batch.close != nil { return }
+                continue
+            }
+            // Group commit: every change waiting now, in order, in one persist.
+            var changes: [MQTTClientSession.InflightChange] = []
+            var count = 0
+            for batch in waiting {
+                changes += batch.changes
+                count += 1
+                if batch.close != nil { break }
+            }
+            persisting = true
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            persist!(changes).hop(to: context.eventLoop).whenComplete { result in
+                let handler = loopBound.value
+                handler.persisting = false
+                guard let context = handler.context else { return }
+                switch result {
+                case .success:
+                    for _ in 0..<count {
+                        guard !handler.waiting.isEmpty else { break }
+                        let batch = handler.waiting.removeFirst()
+                        handler.write(batch, context: context)
+                        if batch.close != nil { return }
+                    }
+                    handler.pump()
+                case .failure(let error):
+                    handler.waiting.removeAll()
+                    handler.closeError = MQTTClientError(.connectionClosed, "persisting the in-flight state failed: \(error)")
+                    context.close(promise: nil)
+                }
+            }
+            return
+        }
+    }
+
+    private func write(_ batch: Batch, context: ChannelHandlerContext) {
+        for packet in batch.packets {
+            context.write(wrapOutboundOut(packet), promise: nil)
+        }
+        context.flush()
+        if let close = batch.close {
+            if let close { closeError = close } else { closedNormally = true }
+            waiting.removeAll()
+            context.close(promise: nil)
+        }
+    }
+
+    private func reportClosed(_ error: MQTTClientError?) {
+        guard !closedReported else { return }
+        closedReported = true
+        onEvent(.closed(error, session: machine.session))
+    }
+}
+
+@available(*, unavailable)
+extension MQTTClientConnectionHandler: Sendable {}

@@ -1,0 +1,128 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import Common
+
+/// Collects the handler's events (everything runs on the embedded loop's thread).
+final class EventLog: @unchecked Sendable {
+    var events: [MQTTClientConnection.Event] = []
+    var persistCalls: [[MQTTClientSession.InflightChange]] = []
+    var persistPromises: [EventLoopPromise<Void>] = []
+}
+
+func makeChannel(
+    keepAlive: UInt16 = 10,
+    withPersistence: Bool
+) throws -> (EmbeddedChannel, EventLog) {
+    let log = EventLog()
+    let channel = EmbeddedChannel()
+    let loop = channel.embeddedEventLoop
+    let handler = MQTTClientConnectionHandler(
+        configuration: configuration(keepAlive: keepAlive), tickInterval: .seconds(1),
+        persist: withPersistence
+            ? { changes in
+                log.persistCalls.append(changes)
+                let promise = loop.makePromise(of: Void.self)
+                log.persistPromises.append(promise)
+                return promise.futureResult
+            } : nil,
+        onEvent: { log.events.append($0) })
+    try channel.pipeline.syncOperations.addHandler(handler)
+    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
+    return (channel, log)
+}
+
+func readAll(_ channel: EmbeddedChannel) throws -> [MQTTPacket] {
+    var packets: [MQTTPacket] = []
+    while let packet = try channel.readOutbound(as: MQTTPacket.self) { packets.append(packet) }
+    return packets
+}
+
+@Suite("MQTT client handler on EmbeddedChannel")
+struct MQTTClientConnectionHandlerTests {
+    @Test("PUBLISH and PUBREL are written only after the persist future succeeds; changes are group-committed")
+    func persistBeforeSend() throws {
+        let (channel, log) = try makeChannel(withPersistence: true)
+        #expect(try readAll(channel).map(\.type) == [.connect])
+        try channel.writeInbound(connack())
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 1)).wait()
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 2)).wait()
+        // Nothing on the wire until the first persist completes.
+        #expect(try readAll(channel).isEmpty)
+        #expect(log.persistCalls == [[.stored(packetId: 1, tag: 1, qos: .exactlyOnce)]])
+        log.persistPromises[0].succeed(())
+        #expect(try readAll(channel).compactMap(published).map(\.packetId) == [1])
+        // The second publish's change went out in the next (group) commit.
+        #expect(log.persistCalls.count == 2)
+        log.persistPromises[1].succeed(())
+        #expect(try readAll(channel).compactMap(published).map(\.packetId) == [2])
+
+        // PUBREC for both in one read: one persist for both, then both PUBRELs.
+        channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: 1))))
+        channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: 2))))
+        channel.pipeline.fireChannelReadComplete()
+        #expect(try readAll(channel).isEmpty)
+        #expect(log.persistCalls.last == [.released(packetId: 1), .released(packetId: 2)])
+        log.persistPromises[2].succeed(())
+        #expect(try readAll(channel) == [.pubrel(MQTTPublishAck(packetId: 1)), .pubrel(MQTTPublishAck(packetId: 2))])
+
+        try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: 1)))
+        log.persistPromises[3].succeed(())
+        #expect(log.events.contains(.acknowledged(tag: 1, reasonCode: .success)))
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("a failed persist closes the connection without sending the packet and hands back the session")
+    func persistFailure() throws {
+        struct DiskGone: Error {}
+        let (channel, log) = try makeChannel(withPersistence: true)
+        _ = try readAll(channel)
+        try channel.writeInbound(connack())
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 1)).wait()
+        log.persistPromises[0].fail(DiskGone())
+        #expect(try readAll(channel).isEmpty)
+        #expect(!channel.isActive)
+        guard case .closed(let error?, let session) = log.events.last else {
+            Issue.record("expected closed, got \(log.events)")
+            return
+        }
+        #expect(error.code == .connectionClosed)
+        #expect(session.inflightCount == 1)
+    }
+
+    @Test("keep-alive on virtual time: PINGREQ after 10 s idle, close after 5 s without PINGRESP")
+    func keepAliveVirtualTime() throws {
+        let (channel, log) = try makeChannel(keepAlive: 10, withPersistence: false)
+        _ = try readAll(channel)
+        try channel.writeInbound(connack())
+        channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(try readAll(channel).isEmpty)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(try readAll(channel) == [.pingreq])
+        try channel.writeInbound(MQTTPacket.pingresp)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(try readAll(channel) == [.pingreq])
+        channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(!channel.isActive)
+        guard case .closed(let error?, _) = log.events.last else {
+            Issue.record("expected closed, got \(log.events)")
+            return
+        }
+        #expect(error.code == .keepAliveTimeout)
+    }
+
+    @Test("disconnect sends DISCONNECT, closes, and reports a normal close")
+    func normalDisconnect() throws {
+        let (channel, log) = try makeChannel(withPersistence: false)
+        _ = try readAll(channel)
+        try channel.writeInbound(connack())
+        try channel.writeAndFlush(MQTTClientConnection.Command.disconnect).wait()
+        #expect(try readAll(channel) == [.disconnect(MQTTDisconnect())])
+        #expect(!channel.isActive)
+        guard case .closed(nil, _) = log.events.last else {
+            Issue.record("expected a normal close, got \(log.events)")
+            return
+        }
+    }
+}
