@@ -54,7 +54,7 @@ final class RDKafkaClient: @unchecked Sendable {
         self.handle = handle
         self.context = context
         self.role = role
-        self.name = String(cString: rd_kafka_name(handle))
+        self.name = Self.string(rd_kafka_name(handle))
     }
 
     deinit {
@@ -274,7 +274,7 @@ final class RDKafkaClient: @unchecked Sendable {
     /// Replaces the assignment (`rd_kafka_assign`): no consumer group is joined.
     func assign(_ assignments: [KafkaPartitionAssignment]) throws(KafkaError) {
         try withHandle { rk throws(KafkaError) in
-            let list = Self.makePartitionList(assignments.map { ($0.topic, $0.partition, $0.offset.rawValue) })
+            let list = try Self.makePartitionList(assignments.map { ($0.topic, $0.partition, $0.offset.rawValue) })
             defer { rd_kafka_topic_partition_list_destroy(list) }
             let code = rd_kafka_assign(rk, list)
             if code != RD_KAFKA_RESP_ERR_NO_ERROR { throw Self.makeError(code, message: "assign") }
@@ -286,7 +286,7 @@ final class RDKafkaClient: @unchecked Sendable {
         try withHandle { rk throws(KafkaError) in
             var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
             if let partitions {
-                list = Self.makePartitionList(partitions.map { ($0.topic, $0.partition, Int64(-1001)) })
+                list = try Self.makePartitionList(partitions.map { ($0.topic, $0.partition, Int64(-1001)) })
             } else {
                 let code = rd_kafka_assignment(rk, &list)
                 if code != RD_KAFKA_RESP_ERR_NO_ERROR { throw Self.makeError(code, message: "assignment") }
@@ -324,7 +324,7 @@ final class RDKafkaClient: @unchecked Sendable {
                     records.append(Self.makeRecord(message))
                 } else if message.pointee.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
                     var error = Self.makeError(message.pointee.err, message: "consume")
-                    let topic = message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+                    let topic = Self.string(message.pointee.rkt.flatMap { rd_kafka_topic_name($0) })
                     if !topic.isEmpty {
                         error.message = "\(topic)[\(message.pointee.partition)]: \(error.message)"
                     }
@@ -354,14 +354,14 @@ final class RDKafkaClient: @unchecked Sendable {
             var brokers: [KafkaClusterMetadata.Broker] = []
             for i in 0..<Int(md.broker_cnt) {
                 let broker = md.brokers[i]
-                brokers.append(.init(id: broker.id, host: String(cString: broker.host), port: broker.port))
+                brokers.append(.init(id: broker.id, host: Self.string(broker.host), port: broker.port))
             }
             var topics: [KafkaTopicMetadata] = []
             for i in 0..<Int(md.topic_cnt) {
                 let topic = md.topics[i]
                 topics.append(
                     KafkaTopicMetadata(
-                        name: String(cString: topic.topic),
+                        name: Self.string(topic.topic),
                         partitionCount: topic.partition_cnt,
                         error: topic.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : Self.makeError(topic.err, message: "topic metadata")
                     )
@@ -418,7 +418,7 @@ final class RDKafkaClient: @unchecked Sendable {
             var outcome: [String: KafkaError?] = [:]
             for i in 0..<count {
                 guard let topicResult = results[i] else { continue }
-                let name = String(cString: rd_kafka_topic_result_name(topicResult))
+                let name = Self.string(rd_kafka_topic_result_name(topicResult))
                 let code = rd_kafka_topic_result_error(topicResult)
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR {
                     outcome[name] = .some(nil)
@@ -466,6 +466,10 @@ final class RDKafkaClient: @unchecked Sendable {
         text.map { String(cString: $0) } ?? ""
     }
 
+    static func string(_ text: UnsafeMutablePointer<CChar>?) -> String {
+        string(UnsafePointer(text))
+    }
+
     /// The NUL-terminated text in an error buffer filled by librdkafka.
     static func string(_ buffer: [CChar]) -> String {
         let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
@@ -491,8 +495,10 @@ final class RDKafkaClient: @unchecked Sendable {
         )
     }
 
-    private static func makePartitionList(_ entries: [(String, Int32, Int64)]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
-        let list = rd_kafka_topic_partition_list_new(Int32(max(entries.count, 1)))!
+    private static func makePartitionList(_ entries: [(String, Int32, Int64)]) throws(KafkaError) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
+        guard let list = rd_kafka_topic_partition_list_new(Int32(max(entries.count, 1))) else {
+            throw KafkaError.invalidArgument("rd_kafka_topic_partition_list_new failed")
+        }
         for (topic, partition, offset) in entries {
             rd_kafka_topic_partition_list_add(list, topic, partition)?.pointee.offset = offset
         }
@@ -522,7 +528,7 @@ final class RDKafkaClient: @unchecked Sendable {
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)
         return KafkaRecord(
-            topic: m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "",
+            topic: string(m.rkt.flatMap { rd_kafka_topic_name($0) }),
             partition: m.partition,
             offset: m.offset,
             key: bytes(m.key, m.key_len),
@@ -544,7 +550,7 @@ private func rdDeliveryReportCallback(_ rk: OpaquePointer?, _ message: UnsafePoi
     guard let message, let opaque else { return }
     let context = Unmanaged<RDKafkaClient.CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
     let m = message.pointee
-    let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+    let topic = RDKafkaClient.string(m.rkt.flatMap { rd_kafka_topic_name($0) })
     let result: Result<KafkaDeliveryReport, KafkaError>
     if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
         result = .success(KafkaDeliveryReport(topic: topic, partition: m.partition, offset: m.offset))
@@ -577,7 +583,7 @@ private func rdErrorCallback(_ rk: OpaquePointer?, _ code: Int32, _ reason: Unsa
     }
     context.logger.debug(
         "Kafka client error",
-        metadata: ["kafka.client": "\(rk.map { String(cString: rd_kafka_name($0)) } ?? "")", "kafka.error": "\(error)"]
+        metadata: ["kafka.client": "\(RDKafkaClient.string(rk.flatMap { rd_kafka_name($0) }))", "kafka.error": "\(error)"]
     )
     context.events.error(error)
 }
@@ -591,7 +597,7 @@ private func rdLogCallback(_ rk: OpaquePointer?, _ level: Int32, _ facility: Uns
         level: logLevel,
         "librdkafka log",
         metadata: [
-            "kafka.client": "\(rk.map { String(cString: rd_kafka_name($0)) } ?? "")",
+            "kafka.client": "\(RDKafkaClient.string(rk.flatMap { rd_kafka_name($0) }))",
             "kafka.facility": "\(RDKafkaClient.string(facility))",
             "kafka.syslog_level": "\(level)",
             "kafka.message": "\(RDKafkaClient.string(text))",
