@@ -21,7 +21,8 @@ public final class ChildProcess: Sendable {
 
     private struct State {
         var exitStatus: ExitStatus?
-        var waiters: [CheckedContinuation<ExitStatus, Never>] = []
+        var waiters: [Int: CheckedContinuation<ExitStatus?, Never>] = [:]
+        var nextWaiter = 0
     }
 
     public let name: String
@@ -52,8 +53,18 @@ public final class ChildProcess: Sendable {
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
         // Its own process group: a Ctrl-C meant for the test runner reaches children only through us.
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        // Reset the signal mask and dispositions: the test runner's threads may block or ignore signals
+        // (SIGTERM, SIGPIPE), and a child inheriting that would survive `stop`.
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         posix_spawnattr_setpgroup(&attributes, 0)
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attributes, &emptyMask)
+        var defaultSignals = sigset_t()
+        sigfillset(&defaultSignals)
+        sigdelset(&defaultSignals, SIGKILL)
+        sigdelset(&defaultSignals, SIGSTOP)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
 
         var mergedEnvironment = ProcessInfo.processInfo.environment
         for (key, value) in environment { mergedEnvironment[key] = value }
@@ -104,7 +115,7 @@ public final class ChildProcess: Sendable {
                 defer { state.waiters.removeAll() }
                 return state.waiters
             }
-            for waiter in waiters { waiter.resume(returning: exit) }
+            for waiter in waiters.values { waiter.resume(returning: exit) }
         }
     }
 
@@ -117,28 +128,50 @@ public final class ChildProcess: Sendable {
 
     /// Waits for the process to exit on its own.
     public func waitForExit() async -> ExitStatus {
-        await withCheckedContinuation { continuation in
+        await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus?, Never>) in
             let known: ExitStatus? = state.withLock { state in
                 if let status = state.exitStatus { return status }
-                state.waiters.append(continuation)
+                state.waiters[state.nextWaiter] = continuation
+                state.nextWaiter += 1
                 return nil
             }
             if let known { continuation.resume(returning: known) }
-        }
+        } ?? .exited(-1)  // never nil: only cancellable waiters are resumed with nil
     }
 
     /// Waits at most `timeout`; nil if it is still running then.
     public func waitForExit(timeout: Duration) async -> ExitStatus? {
         await withTaskGroup(of: ExitStatus?.self) { group in
-            group.addTask { await self.waitForExit() }
+            group.addTask { await self.waitForExitOrCancellation() }
             group.addTask {
                 try? await Task.sleep(for: timeout)  // the deadline, not synchronisation
                 return nil
             }
             let first = await group.next() ?? nil
             group.cancelAll()
-            if first == nil { return exitStatus }
-            return first
+            return first ?? exitStatus
+        }
+    }
+
+    /// The exit status, or nil when the waiting task is cancelled first.
+    private func waitForExitOrCancellation() async -> ExitStatus? {
+        let id = state.withLock { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus?, Never>) in
+                let immediate: ExitStatus?? = state.withLock { state in
+                    if let status = state.exitStatus { return .some(status) }
+                    if Task.isCancelled { return .some(nil) }
+                    state.waiters[id] = continuation
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume(returning: nil)
         }
     }
 

@@ -11,6 +11,7 @@ public struct TansuBroker: Sendable {
     public var bootstrapServers: String { "127.0.0.1:\(port)" }
 
     /// A Kafka Metadata v0 request for all topics (size, api key 3, version 0, correlation id, client id "t").
+    public static let metadataRequestForTests: [UInt8] = metadataRequest
     static let metadataRequest: [UInt8] = [0, 0, 0, 15, 0, 3, 0, 0, 0, 0, 0, 1, 0, 1, UInt8(ascii: "t"), 0, 0, 0, 0]
 }
 
@@ -31,13 +32,15 @@ public struct TributaryProcess: Sendable {
 /// The processes one test started. `withProcesses` stops them all (by PID) when the test ends, also when it
 /// throws, and prints their log tails when it throws.
 public final class ProcessScope: Sendable {
+    private static let scopesCreated = Atomic<Int>(0)
     public let logDirectory: String
     private let processes = Mutex<[ChildProcess]>([])
 
     init(name: String) throws {
         let safe = name.map { $0.isLetter || $0.isNumber ? $0 : "-" }
         let stamp = Int(Date().timeIntervalSince1970 * 1000) % 100_000_000
-        logDirectory = TestEnvironment.packageRoot + "/.run/test-logs/\(String(safe))-\(stamp)-\(getpid())"
+        let serial = Self.scopesCreated.add(1, ordering: .relaxed)
+        logDirectory = TestEnvironment.packageRoot + "/.run/test-logs/\(String(safe))-\(stamp)-\(getpid())-\(serial)"
         try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
     }
 

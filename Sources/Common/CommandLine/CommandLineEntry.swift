@@ -14,7 +14,7 @@ public enum CommandLineEntry {
         } catch {
             let code = Root.exitCode(for: error)
             if code == .success {
-                print(Root.fullMessage(for: error))
+                printHelpOrVersion(Root.self, for: error)
                 exit(0)
             }
             let message = Root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
@@ -37,7 +37,7 @@ public enum CommandLineEntry {
             // ArgumentParser's own errors can surface from run() too (help for a command group, ValidationError).
             switch Root.exitCode(for: error) {
             case .success:
-                print(Root.fullMessage(for: error))
+                printHelpOrVersion(Root.self, for: error)
                 exit(0)
             case .validationFailure:
                 let message = Root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
@@ -47,6 +47,20 @@ public enum CommandLineEntry {
                 FileHandle.standardError.write(Data("\(name): error: \(error)\n".utf8))
                 exit(1)
             }
+        }
+    }
+}
+
+extension CommandLineEntry {
+    /// Prints help or version. The root's help also shows its default subcommand's options, so that
+    /// `device-sim --help` documents `device-sim --clients ...` and not only the list of subcommands.
+    static func printHelpOrVersion<Root: ParsableCommand>(_ root: Root.Type, for error: any Error) {
+        let message = Root.fullMessage(for: error)
+        print(message)
+        let name = Root.configuration.commandName ?? ""
+        if let defaultSubcommand = Root.configuration.defaultSubcommand, message.contains("USAGE: \(name) <subcommand>") {
+            print("\nOPTIONS OF THE DEFAULT SUBCOMMAND '\(defaultSubcommand.configuration.commandName ?? "")':\n")
+            print(Root.helpMessage(for: defaultSubcommand))
         }
     }
 }
