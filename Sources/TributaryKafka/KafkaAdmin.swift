@@ -168,7 +168,7 @@ func offload<T: Sendable>(_ body: @escaping @Sendable () throws(KafkaError) -> T
         let thread = Thread {
             continuation.resume(returning: Result { () throws(KafkaError) in try body() })
         }
-        thread.name = "tributary-kafka-admin"
+        thread.name = "kafka-admin"
         thread.start()
     }
     return try result.get()

@@ -94,7 +94,7 @@ extension KafkaConsumer {
         let logger: Logger
         let handler: @Sendable ([KafkaRecord]) -> Void
         let closing = Atomic<Bool>(false)
-        let thread = KafkaPollThread(name: "tributary-kafka-consumer")
+        let thread = KafkaPollThread(name: "kafka-consumer")
 
         init(client: RDKafkaClient, configuration: KafkaConfiguration, logger: Logger, handler: @escaping @Sendable ([KafkaRecord]) -> Void) {
             self.client = client

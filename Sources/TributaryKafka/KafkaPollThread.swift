@@ -8,6 +8,7 @@ final class KafkaPollThread: Sendable {
     private let threadID = Mutex<pthread_t?>(nil)
     private let name: String
 
+    /// `name` is the OS thread name (at most 15 bytes on Linux, else it is not set).
     init(name: String) {
         self.name = name
     }
@@ -15,12 +16,20 @@ final class KafkaPollThread: Sendable {
     /// Starts `body` on a new thread. Call once.
     func start(_ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
+            Self.nameCurrentThread(name)
             threadID.withLock { $0 = pthread_self() }
             body()
             finished.signal()
         }
-        thread.name = name
         thread.start()
+    }
+
+    /// Names the OS thread (visible in top -H, gdb, /proc). Foundation's `Thread.name` does not
+    /// reach the OS thread on Linux and Glibc does not export pthread_setname_np to Swift.
+    private static func nameCurrentThread(_ name: String) {
+        #if os(Linux)
+        try? String(name.prefix(15)).write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+        #endif
     }
 
     /// Whether the caller is running on this thread (e.g. inside a handler called by it).

@@ -70,8 +70,9 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Sends lingering messages now and blocks until every message enqueued so far has been
-    /// reported or `timeout` has passed (`_TIMED_OUT`). Blocking: call it off event loops.
-    /// Completions may run on the calling thread.
+    /// reported or `timeout` has passed (`_TIMED_OUT`). Blocking: call it off event loops. The
+    /// poll thread does the flushing, so completions still run there only; calling `flush` from a
+    /// completion throws `_STATE`.
     public func flush(timeout: Duration) throws(KafkaError) {
         try core.flush(timeout: timeout)
     }
@@ -165,7 +166,7 @@ extension KafkaProducer {
             state.withLock { $0.failureOverride = error }
         }
 
-        /// The delivery-report callback (poll thread, or a thread in `flush`).
+        /// The delivery-report callback (poll thread).
         func deliveryReport(_ opaque: UnsafeMutableRawPointer?, _ result: Result<KafkaDeliveryReport, KafkaError>) {
             guard let opaque else { return }
             let unmanaged = Unmanaged<DeliveryBox>.fromOpaque(opaque)
@@ -250,9 +251,18 @@ extension KafkaProducer {
     final class Core: Sendable {
         enum Phase { case running, closing, closed }
 
+        final class FlushRequest: Sendable {
+            let timeout: Duration
+            let done = DispatchSemaphore(value: 0)
+            let result = Mutex<KafkaError?>(nil)
+
+            init(timeout: Duration) { self.timeout = timeout }
+        }
+
         struct State {
             var phase = Phase.running
             var generation: Generation?
+            var flushRequests: [FlushRequest] = []
             var generationCount = 0
             var recreations = 0
             var nextID: UInt64 = 0
@@ -263,7 +273,7 @@ extension KafkaProducer {
         let statistics: (@Sendable (KafkaStatistics) -> Void)?
         let onRecreated: (@Sendable (KafkaError) -> Void)?
         let state = Mutex(State())
-        let thread = KafkaPollThread(name: "tributary-kafka-producer")
+        let thread = KafkaPollThread(name: "kafka-producer")
         /// Wakes the poll thread from a retry back-off when shutting down.
         private let wake = DispatchSemaphore(value: 0)
 
@@ -334,9 +344,49 @@ extension KafkaProducer {
             }
         }
 
+        /// Asks the poll thread to flush and waits for its answer (or `timeout`).
         func flush(timeout: Duration) throws(KafkaError) {
-            guard let generation = state.withLock({ $0.generation }) else { return }
-            if let error = generation.client.flush(timeout: timeout) { throw error }
+            guard !thread.isCurrent else {
+                throw KafkaError(
+                    code: KafkaError.Code.state, name: "_STATE",
+                    message: "flush called from a completion handler (it would wait for itself)", isRetriable: false
+                )
+            }
+            let request = FlushRequest(timeout: timeout)
+            let (accepted, generation) = state.withLock { state -> (Bool, Generation?) in
+                guard state.phase == .running else { return (false, nil) }
+                state.flushRequests.append(request)
+                return (true, state.generation)
+            }
+            guard accepted else { return }  // shutting down: the shutdown flushes
+            generation?.client.wakeUp()
+            if request.done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
+                throw KafkaError(code: KafkaError.Code.timedOut, name: "_TIMED_OUT", message: "flush: messages still in flight after \(timeout)", isRetriable: true)
+            }
+            if let error = request.result.withLock({ $0 }) { throw error }
+        }
+
+        /// On the poll thread: flushes for the longest pending request and answers all of them.
+        private func serveFlushRequests(_ generation: Generation) {
+            let requests = state.withLock { state in
+                defer { state.flushRequests.removeAll() }
+                return state.flushRequests
+            }
+            guard let longest = requests.map(\.timeout).max() else { return }
+            let error = generation.client.flush(timeout: longest)
+            for request in requests {
+                request.result.withLock { $0 = error }
+                request.done.signal()
+            }
+        }
+
+        /// Answers pending flush requests without flushing (the shutdown flushes instead).
+        private func releaseFlushRequests() {
+            let requests = state.withLock { state in
+                defer { state.flushRequests.removeAll() }
+                return state.flushRequests
+            }
+            for request in requests { request.done.signal() }
         }
 
         func beginShutdown() {
@@ -360,6 +410,7 @@ extension KafkaProducer {
                     continue
                 }
                 generation.client.poll(timeout: configuration.pollTimeout)
+                serveFlushRequests(generation)
                 if let cause = generation.tracker.recreationCause(stallTimeout: configuration.stallTimeout) {
                     recreate(generation, cause: cause)
                 }
@@ -430,6 +481,7 @@ extension KafkaProducer {
         }
 
         private func finishShutdown() {
+            defer { releaseFlushRequests() }  // after the retirement every message has completed
             let generation = state.withLock { state in
                 defer { state.generation = nil }
                 return state.generation

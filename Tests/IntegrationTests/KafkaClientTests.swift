@@ -241,6 +241,44 @@ struct KafkaClientTests {
         }
     }
 
+    /// Completions run on the producer's poll thread only, also while another thread flushes, and a
+    /// completion that calls flush gets an error instead of waiting for itself.
+    @Test func completionsRunOnThePollThread() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            var configuration = KafkaTest.configuration(tansu)
+            configuration.linger = .milliseconds(300)
+            let admin = try KafkaAdmin(configuration: configuration)
+            defer { admin.close() }
+            try await admin.ensureTopics([KafkaTopicSpecification(name: "threads", partitions: 1)])
+            let producer = try KafkaProducer(configuration: configuration)
+            defer { producer.shutdown() }
+            _ = try await producer.send(KafkaOutgoingMessage(topic: "threads", value: [0]))  // metadata known
+            let threads = Mutex<Set<String>>([])
+            let flushFromCompletion = Mutex<KafkaError?>(nil)
+            let ledger = CompletionLedger()
+            for i in 0..<50 {
+                let record = ledger.completion(i)
+                try producer.send(KafkaOutgoingMessage(topic: "threads", value: [UInt8(i)])) { result in
+                    let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?"
+                    threads.withLock { _ = $0.insert("\(pthread_self()) \(name.trimmingCharacters(in: .whitespacesAndNewlines))") }
+                    if i == 0 {
+                        do throws(KafkaError) { try producer.flush(timeout: .seconds(1)) } catch { flushFromCompletion.withLock { $0 = error } }
+                    }
+                    record(result)
+                }
+            }
+            let started = ContinuousClock.now
+            try producer.flush(timeout: .seconds(10))  // returns before the 300 ms linger would end
+            #expect(ContinuousClock.now - started < .milliseconds(250))
+            #expect(ledger.pending == 0)
+            #expect(ledger.snapshot.values.allSatisfy { if case .success = $0.result { $0.calls == 1 } else { false } })
+            let seen = threads.withLock { $0 }
+            #expect(seen.count == 1 && seen.first?.hasSuffix(" kafka-producer") == true, "\(seen)")
+            #expect(flushFromCompletion.withLock { $0 }?.code == KafkaError.Code.state)
+        }
+    }
+
     @Test func statisticsAreDelivered() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
