@@ -1,6 +1,7 @@
 import Foundation
 import TestSupport
 import Testing
+import TributaryKafka
 
 /// The harness itself: children log to files, are stopped by PID, and Tansu is ready when `startTansu` returns.
 @Suite("Test harness", .serialized)
@@ -52,4 +53,37 @@ final class MutexPids: @unchecked Sendable {
     private var pids: [pid_t] = []
     func add(_ pid: pid_t) { lock.withLock { pids.append(pid) } }
     var all: [pid_t] { lock.withLock { pids } }
+}
+
+@Suite("Kafka topic reader", .serialized)
+struct KafkaTopicReaderTests {
+    /// Produce through the system-library target, read back every partition with keys and headers.
+    @Test func readsEveryPartitionWithKeysAndHeaders() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            var configuration = KafkaConfiguration(bootstrapServers: tansu.bootstrapServers, clientId: "reader-test")
+            configuration.properties["topic.metadata.refresh.interval.ms"] = "500"
+            let admin = try KafkaAdmin(configuration: configuration)
+            defer { admin.close() }
+            _ = try await admin.createTopics([KafkaTopicSpecification(name: "reader.test", partitions: 3)])
+            let producer = try KafkaProducer(configuration: configuration)
+            defer { producer.shutdown() }
+            for index in 0..<30 {
+                _ = try await producer.send(KafkaOutgoingMessage(
+                    topic: "reader.test", key: Array("key-\(index % 5)".utf8), value: Array("value-\(index)".utf8),
+                    headers: [KafkaHeader("index", Array("\(index)".utf8))]))
+            }
+            let records = try await KafkaTopicReader.readAll(bootstrapServers: tansu.bootstrapServers, topic: "reader.test")
+            #expect(records.count == 30)
+            #expect(Set(records.compactMap { $0.header("index") }) == Set((0..<30).map(String.init)))
+            #expect(Set(records.map(\.partition)).count > 1, "five keys over three partitions must use more than one")
+            // Same key, same partition, in produce order.
+            for key in 0..<5 {
+                let values = records.filter { $0.key == Array("key-\(key)".utf8) }.map { Int($0.header("index")!)! }
+                #expect(values == values.sorted())
+                #expect(Set(records.filter { $0.key == Array("key-\(key)".utf8) }.map(\.partition)).count == 1)
+            }
+            #expect(KafkaTopicReader.latestByKey(records).count == 5)
+        }
+    }
 }
