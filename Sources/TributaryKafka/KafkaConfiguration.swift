@@ -13,7 +13,9 @@
 /// - Consumer: `fetchWaitMax` → `fetch.wait.max.ms`; `maxPrefetchKilobytes` →
 ///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`;
 ///   `enable.partition.eof=false`, `enable.auto.commit=false`, a private `group.id` (no group
-///   membership is used: partitions are assigned manually).
+///   membership is used: partitions are assigned manually), `auto.offset.reset=earliest` (an
+///   offset out of range, e.g. after the cluster lost its data, restarts from the oldest record
+///   instead of skipping to the end; also ListOffsets "latest" is wrong on Tansu).
 public struct KafkaConfiguration: Sendable {
     public var bootstrapServers: String
     public var clientId: String
@@ -110,6 +112,7 @@ public struct KafkaConfiguration: Sendable {
             result.append(("enable.auto.commit", "false"))
             result.append(("enable.auto.offset.store", "false"))
             result.append(("enable.partition.eof", "false"))
+            result.append(("auto.offset.reset", "earliest"))
             result.append(("fetch.wait.max.ms", String(fetchWaitMax.milliseconds)))
             result.append(("queued.max.messages.kbytes", String(maxPrefetchKilobytes)))
             result.append(("queued.min.messages", String(maxPrefetchMessages)))

@@ -16,6 +16,9 @@ import Synchronization
 ///   (`rd_kafka_query_watermark_offsets`): Tansu answers ListOffsets "latest" wrongly, while the
 ///   high watermark in its Fetch responses is right. The cached value is `nil` until the first
 ///   fetch of that partition has been answered.
+/// - **Recreated logs**: a partition whose position is beyond the end of its log (the cluster lost
+///   its data) is reported to `errors` as OFFSET_OUT_OF_RANGE and consumed again from the
+///   beginning, as Kafka does with `auto.offset.reset=earliest` (Tansu does not report it).
 /// - **Closing**: `close()` may be called at any time, from any thread, several times; after it
 ///   returns (when not called from `handler`) the handler is not called again. Releasing the last
 ///   reference closes in the background.
@@ -43,7 +46,7 @@ public final class KafkaConsumer: Sendable {
             }
         }
         let client = try RDKafkaClient.make(role: .consumer, configuration: configuration, events: events, logger: logger)
-        core = Core(client: client, configuration: configuration, logger: logger, handler: handler)
+        core = Core(client: client, configuration: configuration, logger: logger, errors: errors, handler: handler)
         core.start()
     }
 
@@ -92,14 +95,21 @@ extension KafkaConsumer {
         let client: RDKafkaClient
         let configuration: KafkaConfiguration
         let logger: Logger
+        let errors: (@Sendable (KafkaError) -> Void)?
         let handler: @Sendable ([KafkaRecord]) -> Void
         let closing = Atomic<Bool>(false)
         let thread = KafkaPollThread(name: "kafka-consumer")
+        /// How often the poll thread looks for positions beyond the end of the log.
+        static let endCheckInterval = Duration.milliseconds(500)
 
-        init(client: RDKafkaClient, configuration: KafkaConfiguration, logger: Logger, handler: @escaping @Sendable ([KafkaRecord]) -> Void) {
+        init(
+            client: RDKafkaClient, configuration: KafkaConfiguration, logger: Logger,
+            errors: (@Sendable (KafkaError) -> Void)?, handler: @escaping @Sendable ([KafkaRecord]) -> Void
+        ) {
             self.client = client
             self.configuration = configuration
             self.logger = logger
+            self.errors = errors
             self.handler = handler
         }
 
@@ -114,14 +124,47 @@ extension KafkaConsumer {
 
         private func run() {
             let batchSize = max(1, configuration.maxBatchSize)
+            var lastEndCheck = ContinuousClock.now
             while !closing.load(ordering: .acquiring) {
                 let records = client.consumerPoll(timeout: configuration.pollTimeout, maxCount: batchSize)
                 if !records.isEmpty, !closing.load(ordering: .acquiring) {
                     handler(records)
                 }
+                if ContinuousClock.now - lastEndCheck >= Self.endCheckInterval {
+                    lastEndCheck = .now
+                    restartPartitionsBeyondEnd()
+                }
             }
             client.destroy()
             logger.debug("Kafka consumer closed")
+        }
+
+        /// Does what Kafka's OFFSET_OUT_OF_RANGE with `auto.offset.reset=earliest` does, for
+        /// clusters (Tansu) that answer a fetch beyond the end of a recreated log with nothing:
+        /// reports the partition (`errors`, code OFFSET_OUT_OF_RANGE) and restarts it from the
+        /// beginning.
+        private func restartPartitionsBeyondEnd() {
+            let beyond = client.partitionsBeyondEnd()
+            guard !beyond.isEmpty else { return }
+            for (partition, position, high) in beyond {
+                let error = KafkaError(
+                    code: KafkaError.Code.offsetOutOfRange,
+                    name: "OFFSET_OUT_OF_RANGE",
+                    message: "\(partition.topic)[\(partition.partition)]: position \(position) is beyond the end of the log (\(high)); the log was truncated or recreated, consuming it from the beginning",
+                    isRetriable: false
+                )
+                logger.debug(
+                    "Kafka partition restarted from the beginning",
+                    metadata: ["kafka.topic": "\(partition.topic)", "kafka.partition": "\(partition.partition)", "kafka.error": "\(error)"]
+                )
+                errors?(error)
+            }
+            do {
+                try client.seek(beyond.map { KafkaPartitionAssignment(topic: $0.partition.topic, partition: $0.partition.partition, offset: .beginning) }, timeout: .seconds(1))
+            } catch {
+                logger.debug("Kafka seek failed", metadata: ["kafka.error": "\(error)"])
+                errors?(error)
+            }
         }
     }
 }

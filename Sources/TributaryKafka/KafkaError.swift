@@ -55,6 +55,7 @@ extension KafkaError {
         public static let purgeQueue: Int32 = -152
         public static let purgeInflight: Int32 = -151
         public static let fatal: Int32 = -150
+        public static let offsetOutOfRange: Int32 = 1
         public static let unknownTopicOrPartition: Int32 = 3
         public static let leaderNotAvailable: Int32 = 5
         public static let notLeaderForPartition: Int32 = 6

@@ -310,6 +310,45 @@ final class RDKafkaClient: @unchecked Sendable {
         } ?? nil
     }
 
+    /// Assigned partitions whose consumed position is beyond the high watermark of the latest
+    /// Fetch response: the log was truncated or recreated (a cluster that lost its data). Kafka
+    /// answers such fetches with OFFSET_OUT_OF_RANGE; Tansu answers them with an empty result, so
+    /// the consumer would wait there forever.
+    func partitionsBeyondEnd() -> [(partition: KafkaTopicPartition, position: Int64, high: Int64)] {
+        (try? withHandle { rk -> [(partition: KafkaTopicPartition, position: Int64, high: Int64)] in
+            var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+            guard rd_kafka_assignment(rk, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { return [] }
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            guard rd_kafka_position(rk, list) == RD_KAFKA_RESP_ERR_NO_ERROR else { return [] }
+            var result: [(partition: KafkaTopicPartition, position: Int64, high: Int64)] = []
+            for i in 0..<Int(list.pointee.cnt) {
+                let element = list.pointee.elems[i]
+                let topic = Self.string(element.topic)
+                var low: Int64 = -1001
+                var high: Int64 = -1001
+                guard element.offset >= 0,
+                      rd_kafka_get_watermark_offsets(rk, topic, element.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                      high >= 0, element.offset > high
+                else { continue }
+                result.append((KafkaTopicPartition(topic: topic, partition: element.partition), element.offset, high))
+            }
+            return result
+        }) ?? []
+    }
+
+    /// Moves the fetch position of assigned partitions (`rd_kafka_seek_partitions`).
+    func seek(_ assignments: [KafkaPartitionAssignment], timeout: Duration) throws(KafkaError) {
+        try withHandle { rk throws(KafkaError) in
+            let list = try Self.makePartitionList(assignments.map { ($0.topic, $0.partition, $0.offset.rawValue) })
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            if let failure = rd_kafka_seek_partitions(rk, list, timeout.milliseconds) {
+                let error = Self.makeError(failure)
+                rd_kafka_error_destroy(failure)
+                throw error
+            }
+        }
+    }
+
     /// Waits up to `timeout` for a first record, then takes whatever else is already queued, up
     /// to `maxCount`. Errors not tied to a record position (and per-partition errors) go to
     /// `Events.error`.
@@ -449,7 +488,8 @@ final class RDKafkaClient: @unchecked Sendable {
             (RD_KAFKA_RESP_ERR__INVALID_ARG, Code.invalidArgument), (RD_KAFKA_RESP_ERR__TIMED_OUT, Code.timedOut),
             (RD_KAFKA_RESP_ERR__QUEUE_FULL, Code.queueFull), (RD_KAFKA_RESP_ERR__STATE, Code.state),
             (RD_KAFKA_RESP_ERR__PURGE_QUEUE, Code.purgeQueue), (RD_KAFKA_RESP_ERR__PURGE_INFLIGHT, Code.purgeInflight),
-            (RD_KAFKA_RESP_ERR__FATAL, Code.fatal), (RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, Code.unknownTopicOrPartition),
+            (RD_KAFKA_RESP_ERR__FATAL, Code.fatal), (RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE, Code.offsetOutOfRange),
+            (RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, Code.unknownTopicOrPartition),
             (RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE, Code.leaderNotAvailable),
             (RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, Code.notLeaderForPartition),
             (RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, Code.requestTimedOut), (RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION, Code.networkException),

@@ -109,6 +109,38 @@ struct KafkaConsumerLifecycleTests {
         }
     }
 
+    /// A consumer keeps running across a Tansu restart: its position is beyond the end of the new
+    /// log (Tansu answers such fetches with nothing, not OFFSET_OUT_OF_RANGE), so it restarts the
+    /// partition from the beginning and delivers what is produced after the restart.
+    @Test func consumerContinuesAfterTansuRestart() async throws {
+        try await withProcesses { scope in
+            let port = try FreePort.next()
+            let first = try await scope.startTansu(port: port, name: "tansu-before")
+            try await seed(first, topic: "again", partitions: 1, count: 10)
+            let collector = RecordCollector()
+            let errors = Mutex<[KafkaError]>([])
+            let consumer = try KafkaConsumer(
+                configuration: KafkaTest.configuration(first), logger: KafkaTest.logger,
+                errors: { error in errors.withLock { $0.append(error) } },
+                handler: collector.handler
+            )
+            defer { consumer.close() }
+            try consumer.assign(topic: "again", partitionCount: 1, from: .beginning)
+            _ = try await collector.waitFor(count: 10)
+
+            first.process.send(SIGKILL)
+            _ = await first.process.waitForExit()
+            let second = try await scope.startTansu(port: port, name: "tansu-after")
+            try await seed(second, topic: "again", partitions: 1, count: 5)
+            let records = try await collector.waitFor(count: 15, timeout: .seconds(30))
+            #expect(records.suffix(5).map(\.offset) == Array(0..<5))
+            #expect(records.suffix(5).map(\.value) == (0..<5).map { KafkaTest.bytes("r\($0)") })
+            #expect(consumer.highWatermark(topic: "again", partition: 0) == 5)
+            // Reported, whether Kafka said so (a real broker) or the consumer noticed (Tansu).
+            #expect(errors.withLock { $0 }.contains { $0.code == KafkaError.Code.offsetOutOfRange }, "\(errors.withLock { $0 })")
+        }
+    }
+
     @Test func pauseStopsDeliveryAndResumeContinues() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
