@@ -39,7 +39,7 @@ public final class ProcessScope: Sendable {
     init(name: String) throws {
         let safe = name.map { $0.isLetter || $0.isNumber ? $0 : "-" }
         let stamp = Int(Date().timeIntervalSince1970 * 1000) % 100_000_000
-        let serial = Self.scopesCreated.add(1, ordering: .relaxed)
+        let serial = Self.scopesCreated.add(1, ordering: .relaxed).newValue
         logDirectory = TestEnvironment.packageRoot + "/.run/test-logs/\(String(safe))-\(stamp)-\(getpid())-\(serial)"
         try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
     }
