@@ -17,14 +17,10 @@ extension Core {
             // Find the segment holding `sequence` (or the next one after a gap) under the lock.
             guard let (segment, readable, startHint) = (try lock.withLock { (state: inout State) throws(DiskBufferError) -> (Segment, UInt64, (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?)? in
                 guard state.lifecycle != .closed else { throw DiskBufferError(.closed, "the buffer is closed") }
-                guard let index = state.segments.lastIndex(where: { $0.first <= sequence })
-                    ?? (state.segments.first.map { _ in 0 })
-                else { return nil }
-                var segment = state.segments[index]
-                if segment.last < sequence {
-                    // Past this segment's records: move on to the next one, if any.
-                    guard index + 1 < state.segments.count else { return nil }
-                    segment = state.segments[index + 1]
+                // The first segment holding a record at or after `sequence` (empty segments are skipped).
+                let start = state.segments.lastIndex(where: { $0.first <= sequence }) ?? 0
+                guard let segment = state.segments[start...].first(where: { $0.last >= max(sequence, $0.first) }) else {
+                    return nil
                 }
                 return (segment, state.readableThrough, hint ?? state.readHint)
             }) else { break }
@@ -51,7 +47,7 @@ extension Core {
             var damaged = false
             if expected == segment.first {
                 let header = try reader.bytes(at: 0, count: RecordFormat.segmentHeaderSize)
-                damaged = !RecordFormat.isValidSegmentHeader(header, firstSequence: segment.first)
+                damaged = RecordFormat.parseSegmentHeader(header, firstSequence: segment.first) == nil
             }
             while !damaged && expected <= last {
                 if expected >= sequence && (records.count >= maxRecords || (!records.isEmpty && bodyBytes >= maxBytes)) { break }

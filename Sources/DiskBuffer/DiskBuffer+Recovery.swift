@@ -96,7 +96,7 @@ enum Recovery {
     static func scan(_ handle: FileHandle, first: UInt64, size: Int64, maxBodyBytes: Int) throws(DiskBufferError) -> Scan {
         var reader = ChunkReader(handle: handle, limit: size)
         let header = try reader.bytes(at: 0, count: RecordFormat.segmentHeaderSize)
-        guard RecordFormat.isValidSegmentHeader(header, firstSequence: first) else {
+        guard RecordFormat.parseSegmentHeader(header, firstSequence: first) != nil else {
             let fragments = try countFragments(&reader, from: 0, size: size, maxBodyBytes: maxBodyBytes)
             return Scan(validEnd: 0, records: 0, headerValid: false, truncatedRecords: fragments)
         }
@@ -148,11 +148,28 @@ enum Recovery {
         }
     }
 
+    /// The `previous last` field of a segment's header, nil if the file or header is unreadable.
+    private static func previousLast(_ path: String, first: UInt64) throws(DiskBufferError) -> UInt64? {
+        guard let handle = try? FileHandle.open(path, flags: O_RDONLY) else { return nil }
+        let header = try handle.read(count: RecordFormat.segmentHeaderSize, at: 0)
+        return RecordFormat.parseSegmentHeader(header[...], firstSequence: first)
+    }
+
+    /// Takes the directory's lock file (flock, exclusive). A lock still held for a moment is waited for
+    /// up to 250 ms: a predecessor may be exiting, and a `fork` in another thread of this process briefly
+    /// holds a copy of every descriptor until its `exec`.
     private static func acquireLock(_ path: String) throws(DiskBufferError) -> Int32 {
         let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw .system("open", errno: Glibc.errno, path: path) }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+        var attempts = 0
+        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
             let error = Glibc.errno
+            attempts += 1
+            if error == EINTR { continue }
+            if error == EWOULDBLOCK && attempts < 50 {
+                usleep(5_000)
+                continue
+            }
             _ = Glibc.close(descriptor)
             if error == EWOULDBLOCK {
                 throw DiskBufferError(.directoryLocked, "another process has this buffer directory open", errno: error, path: path)
@@ -182,40 +199,64 @@ enum Recovery {
         var samples: [(sequence: UInt64, time: Double)] = []
         for (index, first) in firsts.dropLast().enumerated() {
             let bytes = FileSystem.fileSize(path(first)) ?? 0
-            segments.append(Segment(first: first, last: firsts[index + 1] - 1, bytes: bytes))
+            // A sealed segment ends where the next one says the previous records ended.
+            let next = firsts[index + 1]
+            let last = min(next - 1, try previousLast(path(next), first: next) ?? next - 1)
+            segments.append(Segment(first: first, last: max(last, first - 1), bytes: bytes))
         }
+
+        // The ledger is decoded first: its acknowledged position bounds what a torn newest header lost.
+        let ledgerBytes = try AtomicFile.read(ledgerPath)
+        let ledger = ledgerBytes.flatMap(RecordFormat.decodeLedger)
 
         // Scan and repair the newest segment.
         var truncatedBytes: Int64 = 0
         var truncatedRecords = 0
         var truncatedSegment: String?
-        var tail: FileHandle?
-        if let first = firsts.last {
+        /// Checks every record of a segment and cuts it at the first damage. Returns the open file,
+        /// the segment as found and whether its header was intact.
+        func repair(_ first: UInt64, previousLast: UInt64) throws(DiskBufferError) -> (FileHandle, Segment, Bool) {
             let handle = try FileHandle.open(path(first), flags: O_RDWR)
             let size = try handle.size()
             let scan = try scan(handle, first: first, size: size, maxBodyBytes: configuration.maxRecordBodyBytes)
             var validEnd = scan.validEnd
             if validEnd < size || !scan.headerValid {
-                truncatedBytes = size - validEnd
-                truncatedRecords = scan.truncatedRecords
-                truncatedSegment = RecordFormat.segmentName(firstSequence: first)
+                truncatedBytes += size - validEnd
+                truncatedRecords += scan.truncatedRecords
+                truncatedSegment = truncatedSegment ?? RecordFormat.segmentName(firstSequence: first)
                 try handle.truncate(to: validEnd)
                 if !scan.headerValid {
-                    try handle.write(RecordFormat.segmentHeader(firstSequence: first), at: 0)
+                    try handle.write(RecordFormat.segmentHeader(firstSequence: first, previousLast: previousLast), at: 0)
                     validEnd = Int64(RecordFormat.segmentHeaderSize)
                 }
                 try handle.syncData()
-                metrics.truncatedBytes.increment(by: truncatedBytes)
-                metrics.droppedCorrupt.increment(by: Int64(truncatedRecords))
                 logger.warning("buffer tail damaged: truncated", metadata: [
-                    "buffer.segment": "\(truncatedSegment ?? "")",
-                    "buffer.truncated_bytes": "\(truncatedBytes)",
-                    "buffer.truncated_records": "\(truncatedRecords)",
+                    "buffer.segment": "\(RecordFormat.segmentName(firstSequence: first))",
+                    "buffer.truncated_bytes": "\(size - scan.validEnd)",
+                    "buffer.truncated_records": "\(scan.truncatedRecords)",
                     "buffer.kept_records": "\(scan.records)",
                 ])
             }
-            segments.append(Segment(first: first, last: first + scan.records - 1, bytes: validEnd))
+            return (handle, Segment(first: first, last: first + scan.records - 1, bytes: validEnd), scan.headerValid)
+        }
+        var tail: FileHandle?
+        if let first = firsts.last {
+            var (handle, newest, headerValid) = try repair(first, previousLast: min(first - 1, ledger?.acknowledgedThrough ?? first - 1))
+            if !headerValid, let previous = segments.popLast() {
+                // The newest header, which bounds the previous segment, is lost (crash while creating
+                // it): check the previous segment record by record, then rewrite the header from it.
+                let (_, repaired, _) = try repair(previous.first, previousLast: previous.first - 1)
+                segments.append(repaired)
+                (handle, newest, _) = try repair(first, previousLast: min(repaired.last, first - 1))
+                try handle.write(RecordFormat.segmentHeader(firstSequence: first, previousLast: min(repaired.last, first - 1)), at: 0)
+                try handle.syncData()
+            }
+            segments.append(newest)
             tail = handle
+        }
+        if truncatedBytes > 0 {
+            metrics.truncatedBytes.increment(by: truncatedBytes)
+            metrics.droppedCorrupt.increment(by: Int64(truncatedRecords))
         }
         for segment in segments {
             if let time = FileHandle.modificationTime(path(segment.first)) { samples.append((segment.first, time)) }
@@ -227,12 +268,12 @@ enum Recovery {
         var ledgerState: DiskBuffer.RecoveryReport.LedgerState
         var acknowledged: UInt64
         var ledgerNext: UInt64 = 1
-        switch try AtomicFile.read(ledgerPath) {
+        switch ledgerBytes {
         case nil:
             ledgerState = segments.isEmpty ? .created : .missing
             acknowledged = (oldest ?? 1) - 1
-        case let bytes?:
-            if let ledger = RecordFormat.decodeLedger(bytes) {
+        case _?:
+            if let ledger {
                 acknowledged = ledger.acknowledgedThrough
                 ledgerNext = ledger.nextSequence
                 ledgerState = acknowledged >= dataNext && !segments.isEmpty ? .aheadOfData : .loaded
@@ -251,7 +292,10 @@ enum Recovery {
         // Sequences handed out before but neither acknowledged nor on disk.
         var missing: [ClosedRange<UInt64>] = []
         if let oldest, oldest > acknowledged + 1 {
-            missing.append((acknowledged + 1)...(oldest - 1))
+            // Records before the oldest segment that were never acknowledged. A gap recovery already
+            // reported (between the header's previous last and the segment's first) is not reported again.
+            let previous = try previousLast(path(oldest), first: oldest) ?? oldest - 1
+            if previous > acknowledged { missing.append((acknowledged + 1)...previous) }
         }
         let lostTailStart = max(dataNext, acknowledged + 1)
         if ledgerNext > lostTailStart { missing.append(lostTailStart...(ledgerNext - 1)) }
@@ -269,7 +313,8 @@ enum Recovery {
             active = tail
         } else {
             active = try FileHandle.open(path(nextSequence), flags: O_RDWR | O_CREAT | O_TRUNC)
-            try active.write(RecordFormat.segmentHeader(firstSequence: nextSequence), at: 0)
+            let previous = min(segments.last?.last ?? acknowledged, nextSequence - 1)
+            try active.write(RecordFormat.segmentHeader(firstSequence: nextSequence, previousLast: previous), at: 0)
             try active.syncData()
             try FileSystem.syncDirectory(directory)
             segments.append(Segment(first: nextSequence, last: nextSequence - 1, bytes: Int64(RecordFormat.segmentHeaderSize)))

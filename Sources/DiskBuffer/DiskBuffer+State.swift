@@ -49,6 +49,8 @@ struct State {
     var crash = false
     var writerExited = false
     var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Resumed by the writer after one full pass over everything requested before (test hook).
+    var barriers: [CheckedContinuation<Void, Never>] = []
     var waiters: [Int: Waiter] = [:]
     var nextWaiterID = 0
     /// (first sequence of a batch, wall time) at most one per second, for the oldest-age statistic.
@@ -156,6 +158,19 @@ final class Core: Sendable {
 }
 
 extension DiskBuffer {
+    /// Test hook: returns after the writer thread has handled everything requested so far (pending
+    /// appends, segment deletions after acknowledgements, dropped segments, a due ledger write).
+    func settle() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let exited = core.lock.withLock { state -> Bool in
+                if state.writerExited { return true }
+                state.barriers.append(continuation)
+                return false
+            }
+            if exited { continuation.resume() } else { core.lock.signal() }
+        }
+    }
+
     /// Test hook: stops the writer as a SIGKILL would (no final sync, no ledger write) and releases the
     /// directory lock, so the directory can be reopened in the same process.
     func simulateCrash() async {

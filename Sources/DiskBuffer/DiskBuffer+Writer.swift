@@ -51,6 +51,7 @@ final class Writer: @unchecked Sendable {
         var syncNow = false
         var stopping = false
         var crash = false
+        var barriers: [CheckedContinuation<Void, Never>] = []
     }
 
     func run() {
@@ -71,6 +72,7 @@ final class Writer: @unchecked Sendable {
                 }
             }
             updateGauges()
+            for barrier in work.barriers { barrier.resume() }
             if work.stopping {
                 let drained = core.lock.withLock { $0.pending.isEmpty }
                 if drained {
@@ -115,8 +117,10 @@ final class Writer: @unchecked Sendable {
                 work.batch = state.pending
                 state.pending.removeAll(keepingCapacity: true)
                 work.acknowledged = state.acknowledgedThrough
+                work.barriers = state.barriers
+                state.barriers.removeAll()
                 if !work.batch.isEmpty || work.syncNow || work.writeLedger || !work.deletable.isEmpty
-                    || work.stopping || !work.unlink.isEmpty {
+                    || work.stopping || !work.unlink.isEmpty || !work.barriers.isEmpty {
                     return work
                 }
                 core.lock.wait(untilMonotonicNanoseconds: deadline)
@@ -210,7 +214,7 @@ final class Writer: @unchecked Sendable {
         if unsynced && policy != .never { try sync() }
         let path = core.segmentPath(nextSequence)
         let handle = try FileHandle.open(path, flags: O_RDWR | O_CREAT | O_TRUNC)
-        try handle.write(RecordFormat.segmentHeader(firstSequence: nextSequence), at: 0)
+        try handle.write(RecordFormat.segmentHeader(firstSequence: nextSequence, previousLast: nextSequence - 1), at: 0)
         if policy != .never {
             try handle.syncData()
             try FileSystem.syncDirectory(core.configuration.directory)
@@ -316,8 +320,9 @@ final class Writer: @unchecked Sendable {
             state.pendingBytes = 0
             let waiters = Array(state.waiters.values)
             state.waiters.removeAll()
-            let stoppers = state.stopWaiters
+            let stoppers = state.stopWaiters + state.barriers
             state.stopWaiters.removeAll()
+            state.barriers.removeAll()
             return (pending, waiters, stoppers)
         }
         // Close the active segment before releasing the directory lock.

@@ -2,10 +2,12 @@
 
 /// Encoding and decoding of the on-disk structures. All integers little-endian.
 enum RecordFormat {
-    /// Segment header: magic "TRBS", format version (u32), first sequence (u64).
+    /// Segment header (32 bytes): magic "TRBS", format version (u32), first sequence (u64), previous
+    /// last (u64: the last sequence stored before this segment, `first - 1` unless recovery cut records
+    /// there), crc32c of the preceding 24 bytes (u32), zero (u32).
     static let segmentMagic: [UInt8] = Array("TRBS".utf8)
     static let segmentVersion: UInt32 = 1
-    static let segmentHeaderSize = 16
+    static let segmentHeaderSize = 32
     /// Record header: body length (u32), crc32c (u32), sequence (u64).
     static let recordHeaderSize = 16
     static let segmentSuffix = ".seg"
@@ -26,19 +28,27 @@ enum RecordFormat {
         return UInt64(stem)
     }
 
-    static func segmentHeader(firstSequence: UInt64) -> [UInt8] {
+    static func segmentHeader(firstSequence: UInt64, previousLast: UInt64) -> [UInt8] {
         var bytes = segmentMagic
         bytes.appendLittleEndian(segmentVersion)
         bytes.appendLittleEndian(firstSequence)
+        bytes.appendLittleEndian(previousLast)
+        bytes.appendLittleEndian(CRC32C.checksum(bytes))
+        bytes.appendLittleEndian(UInt32(0))
         return bytes
     }
 
-    static func isValidSegmentHeader(_ bytes: ArraySlice<UInt8>, firstSequence: UInt64) -> Bool {
-        guard bytes.count >= segmentHeaderSize else { return false }
+    /// The header's `previous last` if the header is intact and names `firstSequence`, else nil.
+    static func parseSegmentHeader(_ bytes: ArraySlice<UInt8>, firstSequence: UInt64) -> UInt64? {
+        guard bytes.count >= segmentHeaderSize else { return nil }
         let start = bytes.startIndex
-        return Array(bytes[start..<start + 4]) == segmentMagic
-            && bytes.loadLittleEndian(UInt32.self, at: start + 4) == segmentVersion
-            && bytes.loadLittleEndian(UInt64.self, at: start + 8) == firstSequence
+        guard bytes[start..<start + 4].elementsEqual(segmentMagic),
+              bytes.loadLittleEndian(UInt32.self, at: start + 4) == segmentVersion,
+              bytes.loadLittleEndian(UInt64.self, at: start + 8) == firstSequence,
+              bytes.loadLittleEndian(UInt32.self, at: start + 24) == CRC32C.checksum(bytes[start..<start + 24])
+        else { return nil }
+        let previousLast = bytes.loadLittleEndian(UInt64.self, at: start + 16)
+        return previousLast < firstSequence ? previousLast : nil
     }
 
     /// The checksum covers the body, then the length and sequence fields, so the body's share can be
