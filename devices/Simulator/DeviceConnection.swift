@@ -167,7 +167,7 @@ final class DeviceConnection {
         case .pubrel(let ack):
             inbound.released(packetId: ack.packetId)
             write(.pubcomp(MQTTPublishAck(packetId: ack.packetId)))
-            handler?.flush()
+            handler?.flushSoon()
         case .suback(let ack):
             if ack.reasonCodes.contains(where: \.isFailure) { shard.summary.protocolErrors += 1 }
             if !everSubscribed {
@@ -244,7 +244,7 @@ final class DeviceConnection {
             return
         case .sendPubrel(let id):
             write(.pubrel(MQTTPublishAck(packetId: id)))
-            handler?.flush()
+            handler?.flushSoon()
             return
         case .completed(_, let latency):
             shard.summary.acked += 1
@@ -253,7 +253,7 @@ final class DeviceConnection {
             shard.summary.protocolErrors += 1
         }
         shard.noteCompletion(uptime: now)
-        pump()
+        pump(flushNow: false)
     }
 
     private func publishReceived(_ publish: MQTTPublish) {
@@ -305,26 +305,29 @@ final class DeviceConnection {
     }
 
     /// Sends what is due and allowed now; unthrottled clients send until the window or socket is full.
-    private func pump() {
+    /// `flushNow`: false inside a read burst (acks), where the handler flushes once at the end of the burst.
+    private func pump(flushNow: Bool = true) {
         guard case .connected = phase, let handler else { return }
         let unthrottled = context.intervalNanoseconds == 0
         var budget = 128
         var wrote = false
         while budget > 0, unthrottled || pendingTicks > 0, handler.isWritable {
             let now = Clock.uptimeNanoseconds()
-            let size = settings.size.minimum == settings.size.maximum
-                ? settings.size.minimum : Int.random(in: settings.size.minimum...settings.size.maximum, using: &random)
+            let size = context.sizeMinimum == context.sizeMaximum
+                ? context.sizeMinimum : Int.random(in: context.sizeMinimum...context.sizeMaximum, using: &random)
             guard let outgoing = machine.nextPublish(wallNanoseconds: Clock.wallNanoseconds(), uptimeNanoseconds: now, size: size)
             else { break }
             if !unthrottled { pendingTicks -= 1 }
             shard.notePublish(uptime: now)
             shard.summary.sent += 1
-            if settings.qos == .atMostOnce { shard.summary.acked += 1 }
+            if context.qos == .atMostOnce { shard.summary.acked += 1 }
             writePublish(outgoing)
             budget -= 1
             wrote = true
         }
-        if wrote { handler.flush() }
+        if wrote {
+            if flushNow { handler.flush() } else { handler.flushSoon() }
+        }
         if budget == 0 && !pumpScheduled {
             pumpScheduled = true
             let bound = NIOLoopBound(self, eventLoop: shard.eventLoop)
@@ -343,7 +346,7 @@ final class DeviceConnection {
         let payload = DevicePayload(clientId: clientId, sequence: outgoing.sequence, sentAtNanoseconds: outgoing.sentAtWallNanoseconds)
             .encoded(size: outgoing.size, allocator: handler.allocator)
         guard case .publisher(let topic) = role else { return }
-        write(.publish(MQTTPublish(topic: topic, payload: payload, qos: settings.qos, dup: outgoing.dup, packetId: outgoing.packetId)))
+        write(.publish(MQTTPublish(topic: topic, payload: payload, qos: context.qos, dup: outgoing.dup, packetId: outgoing.packetId)))
     }
 
     private func write(_ packet: MQTTPacket) {
@@ -353,7 +356,7 @@ final class DeviceConnection {
 
     private func checkDrained() {
         guard isPublisher, machine.isDrained, case .connected = phase else { return }
-        if settings.qos == .atMostOnce {
+        if context.qos == .atMostOnce {
             guard fencePing == nil else { return }
             write(.pingreq)
             handler?.flush()

@@ -12,9 +12,16 @@ final class FleetContext: Sendable {
     let sslContext: NIOSSLContext?
     /// Interval between messages of one client in nanoseconds; 0 when unthrottled.
     let intervalNanoseconds: UInt64
+    // Copies of the settings read on every message (reading `settings` copies the whole struct).
+    let qos: MQTTQoS
+    let sizeMinimum: Int
+    let sizeMaximum: Int
 
     init(settings: SimulatorSettings) throws(SimulatorError) {
         self.settings = settings
+        qos = settings.qos
+        sizeMinimum = settings.size.minimum
+        sizeMaximum = settings.size.maximum
         intervalNanoseconds = settings.rate > 0 ? UInt64(1e9 / settings.rate) : 0
         guard settings.broker.tls else {
             sslContext = nil

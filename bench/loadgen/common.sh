@@ -1,0 +1,126 @@
+# Shared by the simulator's benchmark scripts (bench/loadgen-check.sh, bench/ingest-*.sh, bench/idle-memory.sh).
+# Sourced, not run. Starts brokers on free loopback ports, runs loads, reads fields of summary lines.
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+work="$(mktemp -d /tmp/tributary-bench.XXXXXX)"
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The simulator: $DEVICE_SIM, else the release build, else the debug build (with a warning: 5-10x slower).
+device_sim() {
+    if [ -n "${DEVICE_SIM:-}" ]; then echo "$DEVICE_SIM"; return; fi
+    if [ -x "$root/.build/release/device-sim" ]; then echo "$root/.build/release/device-sim"; return; fi
+    echo "bench: no release build (swift build -c release --product device-sim); using the debug build" >&2
+    echo "$root/.build/debug/device-sim"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() {  # wait_port PORT PID: until PORT accepts, or PID dies, or 10 s pass
+    local port=$1 pid=$2
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_mosquitto NAME: starts mosquitto (no persistence, no queue limits) and sets ${NAME}_port and ${NAME}_pid.
+start_mosquitto() {
+    local name=$1 port
+    port=$(free_port)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 0\nmax_connections -1\nlog_type error\n' "$port" >"$work/$name.conf"
+    mosquitto -c "$work/$name.conf" >"$work/$name.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    wait_port "$port" "$pid" || { echo "bench: mosquitto did not start" >&2; cat "$work/$name.log" >&2; exit 1; }
+    printf -v "${name}_port" '%s' "$port"
+    printf -v "${name}_pid" '%s' "$pid"
+}
+
+# field NAME LINE: the value of NAME=... in a summary line.
+field() {
+    sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"
+}
+
+ratio() {  # ratio A B: A/B with 2 decimals, "n/a" if B is 0 or empty
+    python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if not b or float(b)==0 or not a else f'{float(a)/float(b):.2f}')" "${1:-0}" "${2:-0}"
+}
+
+rss_kib() {  # rss_kib PID: resident set size in KiB
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+machine_line() {
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); date: $(date -u '+%Y-%m-%dT%H:%MZ'); mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
+}
+
+# start_cloud_broker: starts Tansu and cloud-broker; sets peer_url (empty if it does not accept MQTT) and peer_pid.
+start_cloud_broker() {
+    peer_url=""
+    peer_pid=""
+    local bin="${CLOUD_BROKER:-$root/.build/release/cloud-broker}"
+    [ -x "$bin" ] || bin="$root/.build/debug/cloud-broker"
+    if [ ! -x "$bin" ] || [ ! -f "$root/.tools/env" ]; then peer_note="cloud-broker not built"; return 0; fi
+    source "$root/.tools/env"
+    local kafka_port mqtt_port
+    kafka_port=$(free_port)
+    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" >"$work/tansu.log" 2>&1 &
+    pids+=("$!")
+    wait_port "$kafka_port" "$!" || true
+    mqtt_port=$(free_port)
+    LD_LIBRARY_PATH="$root/.tools/lib" "$bin" --node-id bench --mqtt-listen "127.0.0.1:$mqtt_port" \
+        --kafka-bootstrap "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$(free_port)" >"$work/broker.log" 2>&1 &
+    peer_pid=$!
+    pids+=("$peer_pid")
+    if wait_port "$mqtt_port" "$peer_pid"; then peer_url="mqtt://127.0.0.1:$mqtt_port"; fi
+    peer_note="$(tail -1 "$work/broker.log" 2>/dev/null)"
+}
+
+# start_edge_agent: starts edge-agent with a second mosquitto as its upstream; sets peer_url and peer_pid.
+start_edge_agent() {
+    peer_url=""
+    peer_pid=""
+    local bin="${EDGE_AGENT:-$root/.build/release/edge-agent}"
+    [ -x "$bin" ] || bin="$root/.build/debug/edge-agent"
+    if [ ! -x "$bin" ]; then peer_note="edge-agent not built"; return 0; fi
+    start_mosquitto upstream
+    local device_port
+    device_port=$(free_port)
+    "$bin" --agent-id bench --device-listen "127.0.0.1:$device_port" --upstream "mqtt://127.0.0.1:$upstream_port" \
+        --data-dir "$work/agent" --http-listen "127.0.0.1:$(free_port)" >"$work/agent.log" 2>&1 &
+    peer_pid=$!
+    pids+=("$peer_pid")
+    if wait_port "$device_port" "$peer_pid"; then peer_url="mqtt://127.0.0.1:$device_port"; fi
+    peer_note="$(tail -1 "$work/agent.log" 2>/dev/null)"
+}
+
+# compare_ingest NAME CLIENTS COUNT SIZE: the same unthrottled load against mosquitto ($mosquitto_port) and the
+# peer ($peer_url, may be empty) at QoS 0, 1 and 2; one RESULT line per QoS with both rates and the ratio.
+compare_ingest() {
+    local name=$1 clients=$2 count=$3 size=$4 sim qos
+    sim=$(device_sim)
+    echo "$name: $clients clients x $count messages of $size bytes, in-flight 20, MQTT 3.1.1"
+    [ -n "$peer_url" ] || echo "$name: the peer does not accept MQTT yet (${peer_note:-no output}); mosquitto baseline only"
+    machine_line
+    for qos in 0 1 2; do
+        local args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight 20 --progress-interval 60)
+        local m_line m_rate p_line="" p_rate=""
+        m_line=$("$sim" --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}" | grep '^device-sim summary')
+        m_rate=$(field rate_msgs_per_s "$m_line")
+        if [ -n "$peer_url" ]; then
+            p_line=$("$sim" --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}" | grep '^device-sim summary' || true)
+            p_rate=$(field rate_msgs_per_s "$p_line")
+        fi
+        echo "RESULT $name qos=$qos mosquitto_msgs_per_s=$m_rate mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") peer_msgs_per_s=${p_rate:-n/a} peer_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
+    done
+}
