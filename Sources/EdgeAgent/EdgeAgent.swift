@@ -1,16 +1,105 @@
 import Common
+import DiskBuffer
 import Logging
+import NIOCore
+import NIOSSL
 import ServiceLifecycle
 
-/// Composes the agent's services. Shared by `main` and the tests.
+/// Composes the agent's services (device listener, uplink, HTTP endpoints, systemd readiness and watchdog)
+/// in one ServiceGroup. Shared by `main` and the tests.
 enum EdgeAgent {
     static func run(configuration: EdgeAgentConfiguration) async throws {
         let logger = Logger(label: "tributary.edge-agent")
-        let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
-            "the edge agent is not built yet (issue 5)"
+        let (buffer, report) = try DiskBuffer.open(configuration.buffer, logger: logger)
+        logger.info("Disk buffer open", metadata: [
+            "buffer.directory": "\(configuration.buffer.directory)", "buffer.records": "\(report.records)",
+            "buffer.acknowledged_through": "\(report.acknowledgedThrough)", "buffer.next_sequence": "\(report.nextSequence)",
+            "buffer.truncated_records": "\(report.truncatedRecords)",
+        ])
+        do {
+            try await runServices(configuration: configuration, buffer: buffer, logger: logger)
+        } catch {
+            await buffer.close()
+            throw error
         }
-        let group = ServiceGroup(services: [http], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        logger.warning("edge-agent not implemented yet: serving only /metrics, /health, /ready")
-        try await group.run()
+        await buffer.close()
+        logger.info("Edge agent stopped")
+    }
+
+    static func runServices(configuration: EdgeAgentConfiguration, buffer: DiskBuffer, logger: Logger) async throws {
+        let directory = configuration.buffer.directory
+        let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
+        let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
+        let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger)
+        let listener = DeviceListener(
+            address: configuration.deviceListen, sink: buffer, sessions: sessions,
+            receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
+            logger: logger)
+        let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
+            listener.port == nil ? "the device listener is not bound yet" : nil
+        }
+        let notifier = SystemdNotifier()
+        let readiness = ReadinessService(listener: listener, http: http, notifier: notifier, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: http),
+            .init(service: uplink),
+            .init(service: listener),
+            .init(service: readiness, successTerminationBehavior: .ignore),
+        ]
+        if let interval = SystemdNotifier.watchdogInterval() {
+            services.append(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
+                listener.port != nil
+            }))
+        }
+        var group = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
+        try await ServiceGroup(configuration: group).run()
+        notifier.stopping()
+    }
+
+    static func uplinkSettings(_ configuration: EdgeAgentConfiguration) throws -> Uplink.Settings {
+        var tls: NIOSSLContext? = nil
+        if configuration.upstream.useTLS {
+            var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+            if let ca = configuration.tlsCAFile {
+                tlsConfiguration.trustRoots = .file(ca)
+            }
+            if let cert = configuration.tlsCertFile, let key = configuration.tlsKeyFile {
+                tlsConfiguration.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+                tlsConfiguration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            }
+            tls = try NIOSSLContext(configuration: tlsConfiguration)
+        }
+        let keepAlive = UInt16(clamping: configuration.keepAlive.components.seconds)
+        let client = MQTTClientConnection.Configuration(
+            protocolVersion: configuration.upstreamVersion, clientIdentifier: configuration.upstreamClientId,
+            cleanStart: false,
+            sessionExpiryInterval: configuration.upstreamVersion == .v5 ? configuration.sessionExpirySeconds : nil,
+            keepAlive: keepAlive, responseTimeout: configuration.responseTimeout,
+            username: configuration.username, password: configuration.password.map { Array($0.utf8) },
+            maximumInflight: configuration.maxInflight)
+        return Uplink.Settings(
+            host: configuration.upstream.address.host, port: configuration.upstream.address.port, tls: tls,
+            tlsServerName: configuration.tlsServerName, client: client, qos: configuration.upstreamQoS,
+            agentId: configuration.agentId, topicPrefix: configuration.topicPrefix,
+            backoffInitial: configuration.reconnectInitial, backoffMaximum: configuration.reconnectMax,
+            connectTimeout: configuration.connectTimeout,
+            tcpUserTimeout: configuration.tcpUserTimeout == .zero ? nil : configuration.tcpUserTimeout,
+            maxBatchBytes: 1 << 20, progressInterval: .seconds(5))
+    }
+}
+
+/// Tells systemd (and the log) that the agent is ready once the device listener and HTTP endpoint are bound.
+struct ReadinessService: Service {
+    let listener: DeviceListener
+    let http: ObservabilityServer
+    let notifier: SystemdNotifier
+    let logger: Logger
+
+    func run() async throws {
+        let devicePort = await listener.waitUntilBound()
+        let httpPort = try await http.port()
+        notifier.ready(status: "forwarding")
+        logger.info("Edge agent ready", metadata: ["device.port": "\(devicePort)", "http.port": "\(httpPort)"])
     }
 }

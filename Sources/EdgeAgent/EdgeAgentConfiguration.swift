@@ -1,23 +1,82 @@
 import Common
+import DiskBuffer
 
-/// Everything the agent is told at start-up. Each key is documented in `keys`.
+/// Everything the agent is told at start-up. Each key is documented in `keys` (and in
+/// config/edge-agent.yaml); every key can also be set as TRIBUTARY_<KEY> or with --set KEY=VALUE.
 struct EdgeAgentConfiguration: Sendable {
     static let keys: [ConfigKey] = ConfigKey.common + [
         ConfigKey("agent_id", help: "Id of this gateway, sent upstream as the user property tributary-agent."),
-        ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices."),
-        ConfigKey("upstream.url", help: "Cloud broker, mqtt://HOST:PORT or mqtts://HOST:PORT."),
-        ConfigKey("buffer.directory", default: "/var/lib/tributary-edge-agent", help: "Directory of the disk buffer and persisted uplink state."),
+        ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices (TCP)."),
+        ConfigKey("device.receive_maximum", default: "100", help: "MQTT 5 Receive Maximum announced to devices: unacknowledged QoS 1/2 publishes per device."),
+        ConfigKey("device.max_packet_size", default: "1MiB", help: "Largest device packet accepted; larger ones close that connection (packet too large)."),
+        ConfigKey("upstream.url", help: "Cloud broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). The host is resolved again on every reconnect."),
+        ConfigKey("upstream.client_id", help: "MQTT client id upstream (default: tributary-<agent_id>). Must be stable: the broker keeps the QoS 2 session under it."),
+        ConfigKey("upstream.protocol", default: "5", help: "MQTT version upstream: 5, or 3.1.1 (no user properties then)."),
+        ConfigKey("upstream.qos", default: "2", help: "QoS of forwarded records: 2 (exactly once, acknowledged on PUBCOMP) or 1 (PUBACK; duplicates possible)."),
+        ConfigKey("upstream.keep_alive", default: "30s", help: "MQTT keep-alive upstream."),
+        ConfigKey("upstream.response_timeout", default: "10s", help: "A CONNACK or PINGRESP later than this closes the link (dead-link detection)."),
+        ConfigKey("upstream.tcp_user_timeout", default: "20s", help: "TCP_USER_TIMEOUT upstream: unacknowledged bytes older than this close the connection; 0 turns it off."),
+        ConfigKey("upstream.connect_timeout", default: "10s", help: "TCP (and TLS) connect timeout upstream."),
+        ConfigKey("upstream.session_expiry", default: "7d", help: "MQTT 5 Session Expiry Interval requested upstream (s, m, h or d); the broker keeps QoS 2 state this long while the agent is away."),
+        ConfigKey("upstream.max_inflight", default: "100", help: "Cap on forwarded records in flight; the broker's Receive Maximum lowers it."),
+        ConfigKey("upstream.topic_prefix", default: "", help: "Prepended to each device topic upstream (e.g. site-7/)."),
+        ConfigKey("upstream.username", help: "User name upstream (optional)."),
+        ConfigKey("upstream.password", help: "Password upstream (optional; prefer TRIBUTARY_UPSTREAM_PASSWORD)."),
+        ConfigKey("upstream.reconnect_initial", default: "200ms", help: "First reconnect delay; doubles per failure, with jitter (delay/2 to delay)."),
+        ConfigKey("upstream.reconnect_max", default: "30s", help: "Largest reconnect delay."),
+        ConfigKey("upstream.tls.ca_file", help: "PEM CA bundle to verify the broker (default: the system trust store)."),
+        ConfigKey("upstream.tls.cert_file", help: "PEM client certificate chain for mTLS (with upstream.tls.key_file)."),
+        ConfigKey("upstream.tls.key_file", help: "PEM private key of the client certificate."),
+        ConfigKey("upstream.tls.server_name", help: "TLS server name (SNI and verification) if not the URL's host."),
+        ConfigKey("buffer.directory", default: "/var/lib/tributary-edge-agent", help: "Directory of the disk buffer and the persisted uplink / device session state."),
+        ConfigKey("buffer.max_bytes", default: "1GiB", help: "Cap on the buffer's segment files."),
+        ConfigKey("buffer.segment_max_bytes", default: "64MiB", help: "Size of one segment file (space is reclaimed a segment at a time)."),
+        ConfigKey("buffer.overflow", default: "reject-new", help: "When full: reject-new (devices get no ack / quota exceeded) or drop-oldest (counted)."),
+        ConfigKey("buffer.fsync", default: "interval", help: "always (group commit before each ack), interval (fdatasync every buffer.fsync_interval_ms; power loss may take that much), never (unsafe)."),
+        ConfigKey("buffer.fsync_interval_ms", default: "10", help: "Milliseconds between syncs with buffer.fsync interval."),
+        ConfigKey("shutdown.timeout", default: "10s", help: "On SIGTERM: time allowed to finish in-flight work before exiting."),
     ]
+
+    enum Overflow: String, CaseIterable { case rejectNew = "reject-new", dropOldest = "drop-oldest" }
+    enum Fsync: String, CaseIterable { case always, interval, never }
+    enum ProtocolSetting: String, CaseIterable { case v5 = "5", v311 = "3.1.1" }
+    enum QoSSetting: String, CaseIterable { case one = "1", two = "2" }
 
     var agentId: String
     var deviceListen: HostPort
+    var deviceReceiveMaximum: UInt16
+    var deviceMaxPacketSize: Int
     var httpListen: HostPort
     var upstream: UpstreamURL
-    var bufferDirectory: String
+    var upstreamClientId: String
+    var upstreamVersion: MQTTProtocolVersion
+    var upstreamQoS: MQTTQoS
+    var keepAlive: Duration
+    var responseTimeout: Duration
+    var tcpUserTimeout: Duration
+    var connectTimeout: Duration
+    var sessionExpirySeconds: UInt32
+    var maxInflight: Int
+    var topicPrefix: String
+    var username: String?
+    var password: String?
+    var reconnectInitial: Duration
+    var reconnectMax: Duration
+    var tlsCAFile: String?
+    var tlsCertFile: String?
+    var tlsKeyFile: String?
+    var tlsServerName: String?
+    var buffer: DiskBuffer.Configuration
+    var shutdownTimeout: Duration
+
+    var bufferDirectory: String { buffer.directory }
 
     init(_ values: ConfigValues) throws(ConfigError) {
         agentId = try values.string("agent_id")
+        guard !agentId.isEmpty else { throw ConfigError(key: "agent_id", "must not be empty") }
         deviceListen = try values.hostPort("device.listen")
+        deviceReceiveMaximum = UInt16(try values.int("device.receive_maximum", range: 1...65_535))
+        deviceMaxPacketSize = try values.bytes("device.max_packet_size")
         httpListen = try values.hostPort("http.listen")
         let url = try values.string("upstream.url")
         do {
@@ -25,7 +84,51 @@ struct EdgeAgentConfiguration: Sendable {
         } catch {
             throw ConfigError(key: "upstream.url", origin: values.raw("upstream.url")?.origin, error.message)
         }
-        bufferDirectory = try values.string("buffer.directory")
+        upstreamClientId = values.optionalString("upstream.client_id") ?? "tributary-\(agentId)"
+        upstreamVersion = try values.oneOf("upstream.protocol", ProtocolSetting.self) == .v5 ? .v5 : .v311
+        upstreamQoS = try values.oneOf("upstream.qos", QoSSetting.self) == .two ? .exactlyOnce : .atLeastOnce
+        keepAlive = try values.duration("upstream.keep_alive")
+        responseTimeout = try values.duration("upstream.response_timeout")
+        tcpUserTimeout = try values.duration("upstream.tcp_user_timeout")
+        connectTimeout = try values.duration("upstream.connect_timeout")
+        sessionExpirySeconds = try Self.seconds(values, "upstream.session_expiry")
+        maxInflight = try values.int("upstream.max_inflight", range: 1...65_535)
+        topicPrefix = values.optionalString("upstream.topic_prefix") ?? ""
+        username = values.optionalString("upstream.username")
+        password = values.optionalString("upstream.password")
+        reconnectInitial = try values.duration("upstream.reconnect_initial")
+        reconnectMax = try values.duration("upstream.reconnect_max")
+        tlsCAFile = values.optionalString("upstream.tls.ca_file")
+        tlsCertFile = values.optionalString("upstream.tls.cert_file")
+        tlsKeyFile = values.optionalString("upstream.tls.key_file")
+        tlsServerName = values.optionalString("upstream.tls.server_name")
+        if (tlsCertFile == nil) != (tlsKeyFile == nil) {
+            throw ConfigError(key: "upstream.tls.cert_file", "upstream.tls.cert_file and upstream.tls.key_file go together")
+        }
+        let fsync: DiskBuffer.FsyncPolicy
+        switch try values.oneOf("buffer.fsync", Fsync.self) {
+        case .always: fsync = .always
+        case .never: fsync = .never
+        case .interval: fsync = .interval(milliseconds: try values.int("buffer.fsync_interval_ms", range: 1...60_000))
+        }
+        buffer = DiskBuffer.Configuration(
+            directory: try values.string("buffer.directory"),
+            segmentMaxBytes: try values.bytes("buffer.segment_max_bytes"),
+            maxBytes: Int64(try values.bytes("buffer.max_bytes")),
+            overflowPolicy: try values.oneOf("buffer.overflow", Overflow.self) == .dropOldest ? .dropOldest : .rejectNew,
+            fsync: fsync)
+        shutdownTimeout = try values.duration("shutdown.timeout")
+    }
+
+    /// Durations with a `d` (days) unit as well; whole seconds.
+    static func seconds(_ values: ConfigValues, _ key: String) throws(ConfigError) -> UInt32 {
+        if let raw = values.raw(key)?.value.trimmingCharacters(in: .whitespaces), raw.hasSuffix("d"),
+            let days = UInt32(raw.dropLast())
+        {
+            return days * 86_400
+        }
+        let duration = try values.duration(key)
+        return UInt32(clamping: duration.components.seconds)
     }
 }
 

@@ -1,0 +1,35 @@
+import Metrics
+
+/// Every metric the edge agent exports, declared in one place. Prefix `tributary_agent_`; the disk buffer's
+/// own metrics (`tributary_buffer_*`) are declared in the DiskBuffer module.
+enum AgentMetrics {
+    static let deviceConnections = Meter(label: "tributary_agent_device_connections")
+    static let deviceConnectionsTotal = Counter(label: "tributary_agent_device_connections_total")
+    static func received(qos: MQTTQoSLabel) -> Counter {
+        Counter(label: "tributary_agent_received_messages_total", dimensions: [("qos", qos.rawValue)])
+    }
+    static let receivedBytes = Counter(label: "tributary_agent_received_bytes_total")
+    static let duplicatesIgnored = Counter(label: "tributary_agent_device_duplicates_ignored_total")
+    static let rejected = Counter(label: "tributary_agent_device_rejected_messages_total")
+    static let malformed = Counter(label: "tributary_agent_device_protocol_errors_total")
+
+    /// 0 disconnected, 1 connecting, 2 connected.
+    static let uplinkState = Gauge(label: "tributary_agent_uplink_state")
+    static let uplinkReconnects = Counter(label: "tributary_agent_uplink_reconnects_total")
+    static let uplinkInflight = Gauge(label: "tributary_agent_uplink_inflight_messages")
+    static let forwarded = Counter(label: "tributary_agent_forwarded_messages_total")
+    static let forwardedBytes = Counter(label: "tributary_agent_forwarded_bytes_total")
+    static let acknowledged = Counter(label: "tributary_agent_acknowledged_messages_total")
+    static let refusedUpstream = Counter(label: "tributary_agent_upstream_refused_messages_total")
+    static let undecodable = Counter(label: "tributary_agent_undecodable_records_total")
+    static let backlogRecords = Gauge(label: "tributary_agent_backlog_records")
+    static let replayRate = Gauge(label: "tributary_agent_replay_rate_messages_per_second")
+    static let bufferBytes = Gauge(label: "tributary_agent_buffer_bytes")
+    static let bufferOldestAge = Gauge(label: "tributary_agent_buffer_oldest_age_seconds")
+    static let bufferDropped = Gauge(label: "tributary_agent_buffer_dropped_records")
+    static let persistSeconds = Timer(label: "tributary_agent_uplink_state_persist_seconds")
+}
+
+enum MQTTQoSLabel: String {
+    case zero = "0", one = "1", two = "2"
+}

@@ -1,0 +1,251 @@
+import Common
+import DiskBuffer
+import Logging
+import NIOCore
+import Synchronization
+
+/// Where device publishes go: the disk buffer in production, a fake in handler tests.
+protocol RecordSink: Sendable {
+    /// Returns once the record is durable under the buffer's fsync policy.
+    func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64
+}
+
+extension DiskBuffer: RecordSink {}
+
+/// Which connection holds each client id; a new CONNECT with the same id closes the old connection.
+final class DeviceRegistry: Sendable {
+    private let connections = Mutex<[String: (ObjectIdentifier, any Channel)]>([:])
+    private let counter = Mutex(0)
+
+    func nextConnectionNumber() -> Int { counter.withLock { $0 += 1; return $0 } }
+
+    func register(_ clientId: String, owner: ObjectIdentifier, channel: any Channel) {
+        let previous = connections.withLock { table in
+            defer { table[clientId] = (owner, channel) }
+            return table[clientId]
+        }
+        if let previous, previous.0 != owner { previous.1.close(promise: nil) }
+    }
+
+    func unregister(_ clientId: String, owner: ObjectIdentifier) {
+        connections.withLock { table in
+            if table[clientId]?.0 == owner { table[clientId] = nil }
+        }
+    }
+
+    var count: Int { connections.withLock { $0.count } }
+}
+
+/// The NIO side of `DeviceConnection.StateMachine`, after `MQTTPacketDecoder` / `MQTTPacketEncoder`.
+///
+/// Stores run one after another per connection (a future chain), so a device's records enter the buffer in
+/// the order it sent them and its acks go out in that order; reading pauses while more than
+/// `maximumPendingStores` are waiting (backpressure instead of memory growth).
+final class DeviceConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = MQTTPacket
+    typealias OutboundIn = MQTTPacket
+    typealias OutboundOut = MQTTPacket
+
+    private var machine: DeviceConnection.StateMachine
+    private let sink: any RecordSink
+    private let sessions: DeviceSessionStore
+    private let registry: DeviceRegistry
+    private var logger: Logger
+    private let tickInterval: TimeAmount
+    private let maximumPendingStores: Int
+
+    private var context: ChannelHandlerContext?
+    private var chain: EventLoopFuture<Void>?
+    private var pendingStores = 0
+    private var readHeld = false
+    private var connackSent = false
+    private var ticks: Int64 = 0
+    private var lastReceivedTick: Int64 = 0
+    private var tickTask: RepeatedTask?
+    private var registeredClientId: String?
+
+    init(
+        sink: any RecordSink,
+        sessions: DeviceSessionStore,
+        registry: DeviceRegistry,
+        receiveMaximum: UInt16,
+        logger: Logger,
+        tickInterval: TimeAmount = .seconds(1),
+        maximumPendingStores: Int = 1024
+    ) {
+        self.machine = DeviceConnection.StateMachine(receiveMaximum: receiveMaximum, connectionNumber: registry.nextConnectionNumber())
+        self.sink = sink
+        self.sessions = sessions
+        self.registry = registry
+        self.logger = logger
+        self.tickInterval = tickInterval
+        self.maximumPendingStores = maximumPendingStores
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        chain = context.eventLoop.makeSucceededVoidFuture()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        tickTask = context.eventLoop.scheduleRepeatedTask(initialDelay: tickInterval, delay: tickInterval) { _ in
+            loopBound.value.tick()
+        }
+        AgentMetrics.deviceConnections.increment()
+        AgentMetrics.deviceConnectionsTotal.increment()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        tickTask?.cancel()
+        self.context = nil
+        AgentMetrics.deviceConnections.decrement()
+        if let registeredClientId { registry.unregister(registeredClientId, owner: ObjectIdentifier(self)) }
+    }
+
+    private func tick() {
+        ticks += 1
+        let keepAlive = Int64(machine.keepAlive)
+        guard keepAlive > 0 else { return }
+        let idle = (ticks - lastReceivedTick) * tickInterval.nanoseconds
+        if idle >= keepAlive * 1_500_000_000 { perform(machine.keepAliveExpired()) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastReceivedTick = ticks
+        perform(machine.received(unwrapInboundIn(data)))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let codecError = error as? MQTTCodecError {
+            AgentMetrics.malformed.increment()
+            logger.info("Closing a device connection after a bad packet", metadata: [
+                "mqtt.client_id": "\(machine.clientId)", "mqtt.reason_code": "\(codecError.reasonCode)",
+                "error.message": "\(codecError.message)",
+            ])
+            perform(machine.close(codecError.reasonCode, codecError.message))
+        } else {
+            logger.debug("Device connection error", metadata: ["mqtt.client_id": "\(machine.clientId)", "error.message": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if pendingStores > maximumPendingStores {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func perform(_ actions: [DeviceConnection.StateMachine.Action]) {
+        guard let context else { return }
+        for action in actions {
+            switch action {
+            case .send(let packet):
+                if case .connack = packet { connackSent = true }
+                context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
+            case .loadSession(let clientId, let cleanStart):
+                logger[metadataKey: "mqtt.client_id"] = "\(clientId)"
+                var existing: Set<UInt16>? = nil
+                if cleanStart {
+                    sessions.discard(clientId)
+                } else {
+                    let present = sessions.open(clientId)
+                    existing = present ? sessions.session(clientId) ?? [] : nil
+                }
+                registry.register(clientId, owner: ObjectIdentifier(self), channel: context.channel)
+                registeredClientId = clientId
+                perform(machine.sessionLoaded(existing: existing))
+            case .store(let publish, let completion):
+                enqueueStore(publish, completion: completion, context: context)
+            case .release(let packetId, let persist):
+                enqueue(context: context) { [sessions, clientId = machine.clientId] in
+                    if persist { try await sessions.remove(packetId, for: clientId) }
+                } then: { handler, result in
+                    switch result {
+                    case .success: handler.perform(handler.machine.released(packetId))
+                    case .failure(let error): handler.fail("persisting the device session failed: \(error)")
+                    }
+                }
+            case .close(let reasonCode, let message):
+                close(reasonCode: reasonCode, message: message, context: context)
+                return
+            }
+        }
+    }
+
+    private func enqueueStore(_ publish: MQTTPublish, completion: DeviceConnection.StateMachine.Completion, context: ChannelHandlerContext) {
+        let body = AgentRecord.encode(publish, deviceId: machine.clientId, receivedAtMilliseconds: Self.wallMilliseconds())
+        AgentMetrics.received(qos: publish.qos == .atMostOnce ? .zero : publish.qos == .atLeastOnce ? .one : .two).increment()
+        AgentMetrics.receivedBytes.increment(by: publish.payload.readableBytes)
+        pendingStores += 1
+        enqueue(context: context) { [sink, sessions, clientId = machine.clientId] in
+            _ = try await sink.append(body)
+            if case .pubrec(let id, persist: true) = completion { try await sessions.insert(id, for: clientId) }
+        } then: { handler, result in
+            handler.pendingStores -= 1
+            switch result {
+            case .success:
+                handler.perform(handler.machine.stored(completion))
+            case .failure(let error as DiskBufferError) where error.scope == .record:
+                AgentMetrics.rejected.increment()
+                let code: MQTTReasonCode = error.code == .recordTooLarge ? .packetTooLarge : .quotaExceeded
+                handler.logger.warning("Device publish not stored", metadata: ["error.message": "\(error)"])
+                handler.perform(handler.machine.storeFailed(completion, reasonCode: code))
+            case .failure(let error):
+                handler.fail("storing a device publish failed: \(error)")
+            }
+            if handler.readHeld && handler.pendingStores <= handler.maximumPendingStores / 2, let context = handler.context {
+                handler.readHeld = false
+                context.read()
+            }
+        }
+    }
+
+    /// Runs `work` after everything queued before it on this connection, then `then` on the event loop.
+    private func enqueue(
+        context: ChannelHandlerContext,
+        _ work: @escaping @Sendable () async throws -> Void,
+        then: @escaping (DeviceConnectionHandler, Result<Void, any Error>) -> Void
+    ) {
+        let eventLoop = context.eventLoop
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        let previous = chain ?? eventLoop.makeSucceededVoidFuture()
+        chain = previous.flatMap {
+            let promise = eventLoop.makePromise(of: Void.self)
+            promise.completeWithTask { try await work() }
+            return promise.futureResult.always { result in then(loopBound.value, result) }
+                .flatMapError { _ in eventLoop.makeSucceededVoidFuture() }
+        }
+    }
+
+    private func fail(_ message: String) {
+        logger.error("Closing a device connection", metadata: ["error.message": "\(message)"])
+        guard let context else { return }
+        close(reasonCode: .unspecifiedError, message: message, context: context)
+    }
+
+    private func close(reasonCode: MQTTReasonCode?, message: String, context: ChannelHandlerContext) {
+        logger.debug("Closing device connection", metadata: ["close.reason": "\(message)"])
+        if let reasonCode {
+            if !connackSent {
+                if machine.version == .v5 || reasonCode.v311ConnectReturnCode != nil {
+                    connackSent = true
+                    context.write(wrapOutboundOut(.connack(MQTTConnAck(reasonCode: reasonCode))), promise: nil)
+                }
+            } else if machine.version == .v5 {
+                context.write(wrapOutboundOut(.disconnect(MQTTDisconnect(reasonCode: reasonCode))), promise: nil)
+            }
+        }
+        context.flush()
+        context.close(promise: nil)
+    }
+
+    static func wallMilliseconds() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return UInt64(spec.tv_sec) * 1000 + UInt64(spec.tv_nsec) / 1_000_000
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

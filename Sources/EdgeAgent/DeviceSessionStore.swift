@@ -1,0 +1,133 @@
+import DiskBuffer
+import NIOPosix
+import Synchronization
+
+/// Persistent device sessions (clean start 0): per client id, the QoS 2 packet ids whose PUBLISH is stored
+/// in the buffer and whose PUBREL has not arrived. Kept in `<data dir>/device-sessions`, so that a device
+/// resending PUBLISH(DUP) after an agent restart gets PUBREC without the message being stored twice, and
+/// its PUBREL gets PUBCOMP.
+///
+/// Order of steps for a device QoS 2 PUBLISH: append to the buffer (durable) → record the id here
+/// (durable) → PUBREC. For PUBREL: remove the id (durable) → PUBCOMP. Concurrent updates share one file
+/// write (group commit). File: `"TRBD" | version 1 | count u32 | count × (client id, id count u32, ids u16…)`
+/// then crc32c.
+final class DeviceSessionStore: Sendable {
+    struct State: Sendable {
+        var sessions: [String: Set<UInt16>] = [:]
+        var generation: UInt64 = 0
+        var writtenGeneration: UInt64 = 0
+        var writing = false
+        var waiters: [(UInt64, CheckedContinuation<Void, any Error>)] = []
+    }
+
+    static let magic = "TRBD"
+    let path: String
+    private let state: Mutex<State>
+    private let threadPool: NIOThreadPool
+
+    init(path: String, sessions: [String: Set<UInt16>], threadPool: NIOThreadPool = .singleton) {
+        self.path = path
+        self.state = Mutex(State(sessions: sessions))
+        self.threadPool = threadPool
+    }
+
+    static func load(path: String) throws -> DeviceSessionStore {
+        guard let bytes = try AtomicFile.read(path) else { return DeviceSessionStore(path: path, sessions: [:]) }
+        guard let sessions = decode(bytes) else {
+            throw AgentError(.process, "\(path) is corrupt (bad checksum or format); delete it to drop device QoS 2 state")
+        }
+        return DeviceSessionStore(path: path, sessions: sessions)
+    }
+
+    /// The ids awaiting PUBREL for `clientId`, nil if it has no persistent session.
+    func session(_ clientId: String) -> Set<UInt16>? {
+        state.withLock { $0.sessions[clientId] }
+    }
+
+    /// Starts (or resumes) a persistent session; returns whether one existed (CONNACK session present).
+    func open(_ clientId: String) -> Bool {
+        state.withLock { state in
+            if state.sessions[clientId] != nil { return true }
+            state.sessions[clientId] = []
+            state.generation += 1
+            return false
+        }
+    }
+
+    /// Forgets a session (clean start 1). Durable with the next write.
+    func discard(_ clientId: String) {
+        state.withLock { state in
+            if state.sessions.removeValue(forKey: clientId) != nil { state.generation += 1 }
+        }
+    }
+
+    func insert(_ packetId: UInt16, for clientId: String) async throws {
+        try await update { $0.sessions[clientId, default: []].insert(packetId) }
+    }
+
+    func remove(_ packetId: UInt16, for clientId: String) async throws {
+        try await update { _ = $0.sessions[clientId]?.remove(packetId) }
+    }
+
+    /// Applies `change` and returns once a file containing it is durable.
+    private func update(_ change: (inout State) -> Void) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let startWriter = state.withLock { state -> Bool in
+                change(&state)
+                state.generation += 1
+                state.waiters.append((state.generation, continuation))
+                guard !state.writing else { return false }
+                state.writing = true
+                return true
+            }
+            if startWriter { threadPool.submit { _ in self.writeLoop() } }
+        }
+    }
+
+    /// Writes snapshots until every change is on disk; wakes the waiters each write covers.
+    private func writeLoop() {
+        while true {
+            let (bytes, generation) = state.withLock { state in (Self.encode(state.sessions), state.generation) }
+            var failure: (any Error)? = nil
+            do { try AtomicFile.write(bytes, to: path) } catch { failure = error }
+            let (ready, more) = state.withLock { state -> ([CheckedContinuation<Void, any Error>], Bool) in
+                if failure == nil { state.writtenGeneration = generation }
+                let ready = state.waiters.filter { failure != nil || $0.0 <= generation }.map(\.1)
+                state.waiters.removeAll { failure != nil || $0.0 <= generation }
+                let more = !state.waiters.isEmpty
+                if !more { state.writing = false }
+                return (ready, more)
+            }
+            for continuation in ready {
+                if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+            }
+            if !more { return }
+        }
+    }
+
+    static func encode(_ sessions: [String: Set<UInt16>]) -> [UInt8] {
+        var writer = StateFileWriter(magic: magic)
+        writer.put(UInt32(sessions.count))
+        for (clientId, ids) in sessions.sorted(by: { $0.key < $1.key }) {
+            writer.put(clientId)
+            writer.put(UInt32(ids.count))
+            for id in ids.sorted() { writer.put(id) }
+        }
+        return writer.finish()
+    }
+
+    static func decode(_ bytes: [UInt8]) -> [String: Set<UInt16>]? {
+        guard var reader = StateFileReader(bytes, magic: magic), let count = reader.get(UInt32.self) else { return nil }
+        var sessions: [String: Set<UInt16>] = [:]
+        for _ in 0..<count {
+            guard let clientId = reader.getString(), let idCount = reader.get(UInt32.self) else { return nil }
+            var ids = Set<UInt16>()
+            for _ in 0..<idCount {
+                guard let id = reader.get(UInt16.self) else { return nil }
+                ids.insert(id)
+            }
+            sessions[clientId] = ids
+        }
+        return reader.isAtEnd ? sessions : nil
+    }
+}

@@ -1,0 +1,134 @@
+import Common
+import DiskBuffer
+import Logging
+import NIOCore
+
+extension Uplink {
+    /// The forwarding loop's state for one connection: which buffer sequences are outstanding (given to the
+    /// client, not finished), where reading continues, and the window. Runs on the uplink's event task only.
+    struct Forwarder {
+        let uplink: Uplink
+        let channel: any Channel
+        let continuation: AsyncStream<Event>.Continuation
+        /// Outstanding sequences in increasing order (restored ones first, then new ones).
+        var outstanding: [UInt64] = []
+        var nextToRead: UInt64 = 1
+        var window = 0
+        var waiter: Task<Void, Never>?
+        var stopped = false
+        var acknowledgedSinceTick = 0
+        var lastTick = ContinuousClock.now
+
+        init(uplink: Uplink, channel: any Channel, continuation: AsyncStream<Event>.Continuation) {
+            self.uplink = uplink
+            self.channel = channel
+            self.continuation = continuation
+        }
+
+        mutating func connected(window: Int, session: MQTTClientSession) {
+            self.window = window
+            outstanding = session.outgoing.map(\.tag).sorted()
+            let snapshot = uplink.store.snapshot
+            nextToRead = max(snapshot.highestStoredSequence, uplink.buffer.acknowledgedThrough, outstanding.last ?? 0) + 1
+            AgentMetrics.uplinkInflight.record(outstanding.count)
+            fill()
+        }
+
+        mutating func acknowledged(_ tag: UInt64, reasonCode: MQTTReasonCode) {
+            guard let index = outstanding.firstIndex(of: tag) else { return }
+            outstanding.remove(at: index)
+            if reasonCode.isFailure {
+                AgentMetrics.refusedUpstream.increment()
+                uplink.logger.warning("Upstream refused a record; it is dropped", metadata: [
+                    "buffer.sequence": "\(tag)", "mqtt.reason_code": "\(reasonCode)",
+                ])
+            } else {
+                AgentMetrics.acknowledged.increment()
+            }
+            acknowledgedSinceTick += 1
+            let through = (outstanding.first ?? nextToRead) - 1
+            do {
+                try uplink.buffer.acknowledge(through: through)
+            } catch {
+                uplink.logger.error("Acknowledging the buffer failed", metadata: ["buffer.sequence": "\(through)", "error.message": "\(error)"])
+            }
+            AgentMetrics.uplinkInflight.record(outstanding.count)
+            fill()
+        }
+
+        mutating func recordsAvailable() {
+            waiter = nil
+            fill()
+        }
+
+        mutating func stop() {
+            stopped = true
+            waiter?.cancel()
+            waiter = nil
+        }
+
+        /// Hands records to the client while the window has room; waits for the buffer otherwise.
+        mutating func fill() {
+            guard !stopped, window > 0 else { return }
+            var wrote = false
+            while outstanding.count < window {
+                let records: [DiskBuffer.Record]
+                do {
+                    records = try uplink.buffer.read(
+                        from: nextToRead, maxRecords: window - outstanding.count, maxBytes: uplink.settings.maxBatchBytes)
+                } catch {
+                    uplink.logger.error("Reading the buffer failed", metadata: ["buffer.sequence": "\(nextToRead)", "error.message": "\(error)"])
+                    break
+                }
+                guard !records.isEmpty else {
+                    if waiter == nil {
+                        let buffer = uplink.buffer
+                        let after = nextToRead - 1
+                        let continuation = self.continuation
+                        waiter = Task {
+                            await buffer.waitForRecords(after: after)
+                            if !Task.isCancelled { continuation.yield(.recordsAvailable) }
+                        }
+                    }
+                    break
+                }
+                for record in records {
+                    nextToRead = record.sequence + 1
+                    guard let publish = uplink.publish(for: record) else {
+                        AgentMetrics.undecodable.increment()
+                        uplink.logger.error("Skipping an undecodable buffer record", metadata: ["buffer.sequence": "\(record.sequence)"])
+                        continue
+                    }
+                    outstanding.append(record.sequence)
+                    AgentMetrics.forwarded.increment()
+                    AgentMetrics.forwardedBytes.increment(by: publish.payload.readableBytes)
+                    channel.write(MQTTClientConnection.Command.publish(publish, tag: record.sequence), promise: nil)
+                    wrote = true
+                }
+            }
+            if wrote { channel.flush() }
+            AgentMetrics.uplinkInflight.record(outstanding.count)
+        }
+
+        /// The periodic progress line: records left, rate, ETA.
+        mutating func reportProgress() {
+            let now = ContinuousClock.now
+            let seconds = max(0.001, Double((now - lastTick).milliseconds) / 1000)
+            let rate = Double(acknowledgedSinceTick) / seconds
+            lastTick = now
+            acknowledgedSinceTick = 0
+            let stats = uplink.buffer.stats
+            AgentMetrics.replayRate.record(rate)
+            AgentMetrics.backlogRecords.record(Int64(stats.records))
+            AgentMetrics.bufferBytes.record(stats.bytes)
+            AgentMetrics.bufferOldestAge.record(stats.oldestUnacknowledgedAgeSeconds ?? 0)
+            AgentMetrics.bufferDropped.record(Int64(stats.droppedRecords))
+            guard stats.records > 0 else { return }
+            let eta = rate > 0 ? "\(Int(Double(stats.records) / rate))s" : "unknown"
+            uplink.logger.info("Uplink progress", metadata: [
+                "buffer.records": "\(stats.records)", "uplink.rate_per_second": "\(Int(rate))",
+                "uplink.eta": "\(eta)", "uplink.inflight": "\(outstanding.count)",
+            ])
+        }
+    }
+}

@@ -1,0 +1,259 @@
+import Common
+import DiskBuffer
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The uplink: forwards buffered records to the upstream broker with QoS 2 (or 1), in buffer order,
+/// exactly once across agent crashes, and acknowledges them in the buffer on PUBCOMP (PUBACK).
+///
+/// One connection at a time; on loss it reconnects with exponential backoff and jitter (DNS is resolved
+/// again on each attempt). The MQTT client session (in-flight table) lives on across connections and in
+/// `UplinkStateStore` across processes: a new connection first resends PUBREL / PUBLISH(DUP) for
+/// unfinished publishes, then continues after the highest sequence ever given a packet id.
+final class Uplink: Service, Sendable {
+    struct Settings: Sendable {
+        var host: String
+        var port: Int
+        var tls: NIOSSLContext?
+        var tlsServerName: String?
+        var client: MQTTClientConnection.Configuration
+        var qos: MQTTQoS
+        var agentId: String
+        var topicPrefix: String
+        var backoffInitial: Duration
+        var backoffMaximum: Duration
+        var connectTimeout: Duration
+        /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the connection (dead-link detection).
+        var tcpUserTimeout: Duration?
+        var maxBatchBytes: Int
+        var progressInterval: Duration
+    }
+
+    enum Event: Sendable {
+        case client(MQTTClientConnection.Event)
+        case recordsAvailable
+        case progressTick
+        case shutdown
+    }
+
+    let settings: Settings
+    let buffer: DiskBuffer
+    let store: UplinkStateStore
+    let group: any EventLoopGroup
+    let logger: Logger
+    private let current = Mutex<(shuttingDown: Bool, continuation: AsyncStream<Event>.Continuation?)>((false, nil))
+    /// 0 disconnected, 1 connecting, 2 connected: for /metrics and logs.
+    let state = Atomic<Int>(0)
+
+    init(settings: Settings, buffer: DiskBuffer, store: UplinkStateStore, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+        self.settings = settings
+        self.buffer = buffer
+        self.store = store
+        self.group = group
+        self.logger = logger
+    }
+
+    func run() async throws {
+        var session = try restoreSession()
+        var backoff = settings.backoffInitial
+        await withGracefulShutdownHandler {
+            while !current.withLock({ $0.shuttingDown }) {
+                setState(1)
+                let (next, connected) = await runConnection(session: session)
+                session = next
+                setState(0)
+                if connected { backoff = settings.backoffInitial }
+                if current.withLock({ $0.shuttingDown }) || Task.isCancelled { break }
+                AgentMetrics.uplinkReconnects.increment()
+                let delay = Self.jittered(backoff)
+                logger.info("Uplink reconnecting after a delay", metadata: ["uplink.delay_ms": "\(delay.milliseconds)"])
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+                backoff = min(backoff * 2, settings.backoffMaximum)
+            }
+        } onGracefulShutdown: {
+            let continuation = self.current.withLock { state in
+                state.shuttingDown = true
+                return state.continuation
+            }
+            continuation?.yield(.shutdown)
+        }
+        logger.info("Uplink stopped", metadata: ["uplink.inflight": "\(session.inflightCount)"])
+    }
+
+    private func setState(_ value: Int) {
+        state.store(value, ordering: .relaxed)
+        AgentMetrics.uplinkState.record(value)
+    }
+
+    /// Full jitter in [d/2, d].
+    static func jittered(_ duration: Duration) -> Duration {
+        let milliseconds = max(1, duration.milliseconds)
+        return .milliseconds(Int64.random(in: (milliseconds / 2)...milliseconds))
+    }
+
+    // MARK: restore
+
+    /// Rebuilds the MQTT session from the persisted in-flight table and the buffer's records.
+    func restoreSession() throws -> MQTTClientSession {
+        let snapshot = store.snapshot
+        var entries: [MQTTClientSession.Outgoing] = []
+        var dropped: [MQTTClientSession.InflightChange] = []
+        for record in snapshot.entries.values.sorted(by: { $0.tag < $1.tag }) {
+            let stored = try buffer.read(from: record.tag, maxRecords: 1).first
+            if let stored, stored.sequence == record.tag, let publish = publish(for: stored) {
+                entries.append(.init(packetId: record.packetId, tag: record.tag, phase: record.phase, publish: publish))
+            } else if record.phase == .awaitingPubComp {
+                // Only PUBREL is ever resent now; the body is not needed.
+                entries.append(.init(packetId: record.packetId, tag: record.tag, phase: record.phase,
+                                     publish: MQTTPublish(topic: "-", payload: ByteBuffer(), qos: settings.qos)))
+            } else {
+                logger.error("In-flight record missing from the buffer; it cannot be resent", metadata: ["buffer.sequence": "\(record.tag)"])
+                dropped.append(.removed(packetId: record.packetId))
+            }
+        }
+        if !dropped.isEmpty { try store.apply(dropped) }
+        let doneThrough = entries.map(\.tag).min().map { $0 - 1 } ?? snapshot.highestStoredSequence
+        if doneThrough > buffer.acknowledgedThrough && doneThrough <= buffer.stats.lastSequence {
+            try buffer.acknowledge(through: doneThrough)
+        }
+        if !entries.isEmpty {
+            logger.info("Restored the uplink in-flight state", metadata: [
+                "uplink.inflight": "\(entries.count)", "buffer.sequence": "\(snapshot.highestStoredSequence)",
+            ])
+        }
+        return MQTTClientSession(restoring: entries)
+    }
+
+    func publish(for record: DiskBuffer.Record) -> MQTTPublish? {
+        guard let decoded = AgentRecord(decoding: record.body) else { return nil }
+        var properties = MQTTProperties()
+        if settings.client.protocolVersion == .v5 {
+            properties.userProperties = [
+                MQTTUserProperty(name: "tributary-agent", value: settings.agentId),
+                MQTTUserProperty(name: "tributary-seq", value: String(record.sequence)),
+                MQTTUserProperty(name: "tributary-device", value: decoded.deviceId),
+            ]
+        }
+        return MQTTPublish(
+            topic: settings.topicPrefix + decoded.topic, payload: ByteBuffer(bytes: decoded.payload), qos: settings.qos,
+            retain: decoded.retain, properties: properties)
+    }
+
+    // MARK: one connection
+
+    /// Connects, forwards until the connection ends, and returns the session to continue from.
+    func runConnection(session: MQTTClientSession) async -> (MQTTClientSession, connected: Bool) {
+        let (stream, continuation) = AsyncStream.makeStream(of: Event.self)
+        let shuttingDown = current.withLock { state -> Bool in
+            state.continuation = continuation
+            return state.shuttingDown
+        }
+        defer { current.withLock { $0.continuation = nil } }
+        if shuttingDown { return (session, false) }
+
+        let channel: any Channel
+        do {
+            channel = try await connect(session: session, events: continuation)
+        } catch {
+            logger.warning("Uplink connection failed", metadata: [
+                "uplink.host": "\(settings.host)", "uplink.port": "\(settings.port)", "error.message": "\(error)",
+            ])
+            return (session, false)
+        }
+        var forwarder = Forwarder(uplink: self, channel: channel, continuation: continuation)
+        let progress = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: settings.progressInterval)  // a periodic timer, not synchronisation
+                continuation.yield(.progressTick)
+            }
+        }
+        defer { progress.cancel() }
+        var wasConnected = false
+        for await event in stream {
+            switch event {
+            case .client(.closed(let error, let endedSession)):
+                forwarder.stop()
+                if let error {
+                    logger.warning("Uplink connection closed", metadata: ["error.message": "\(error)", "uplink.inflight": "\(endedSession.inflightCount)"])
+                }
+                return (endedSession, wasConnected)
+            case .client(.connected(let connack, let window)):
+                wasConnected = true
+                setState(2)
+                logger.info("Uplink connected", metadata: [
+                    "uplink.host": "\(settings.host)", "uplink.session_present": "\(connack.sessionPresent)",
+                    "uplink.window": "\(window)", "uplink.resending": "\(session.inflightCount)",
+                ])
+                forwarder.connected(window: window, session: session)
+            case .client(.acknowledged(let tag, let reasonCode)):
+                forwarder.acknowledged(tag, reasonCode: reasonCode)
+            case .client(.message), .client(.subscribed):
+                break
+            case .recordsAvailable:
+                forwarder.recordsAvailable()
+            case .progressTick:
+                forwarder.reportProgress()
+            case .shutdown:
+                // Stop sending new records; DISCONNECT so the broker keeps the session cleanly.
+                forwarder.stop()
+                channel.writeAndFlush(MQTTClientConnection.Command.disconnect, promise: nil)
+            }
+        }
+        return (session, wasConnected)
+    }
+
+    private func connect(session: MQTTClientSession, events: AsyncStream<Event>.Continuation) async throws -> any Channel {
+        let settings = self.settings
+        let store = self.store
+        var bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(TimeAmount.nanoseconds(Int64(settings.connectTimeout.milliseconds) * 1_000_000))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        if let timeout = settings.tcpUserTimeout {
+            bootstrap = bootstrap.channelOption(
+                ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: 18 /* TCP_USER_TIMEOUT */),
+                value: SocketOptionValue(timeout.milliseconds))
+        }
+        return try await bootstrap.channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let operations = channel.pipeline.syncOperations
+                if let tls = settings.tls {
+                    try operations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: settings.tlsServerName ?? settings.host))
+                }
+                let versionBox = MQTTVersionBox(settings.client.protocolVersion)
+                try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(versionBox: versionBox)))
+                try operations.addHandler(MessageToByteHandler(MQTTPacketEncoder(versionBox: versionBox)))
+                let eventLoop = channel.eventLoop
+                try operations.addHandler(MQTTClientConnectionHandler(
+                    configuration: settings.client, session: session,
+                    persist: { changes in
+                        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                            let start = ContinuousClock.now
+                            try store.apply(changes)
+                            AgentMetrics.persistSeconds.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+                        }
+                    },
+                    onEvent: { events.yield(.client($0)) }))
+            }
+        }.connect(host: settings.host, port: settings.port).get()
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
