@@ -69,8 +69,8 @@ public final class KafkaProducer: Sendable {
         return try result.get()
     }
 
-    /// Sends lingering messages now and blocks until every message enqueued so far has been
-    /// reported or `timeout` has passed (`_TIMED_OUT`). Blocking: call it off event loops. The
+    /// Sends lingering messages now and blocks until every message enqueued so far has completed
+    /// (delivered or failed, e.g. in a recreation) or `timeout` has passed (`_TIMED_OUT`). Blocking: call it off event loops. The
     /// poll thread does the flushing, so completions still run there only; calling `flush` from a
     /// completion throws `_STATE`.
     public func flush(timeout: Duration) throws(KafkaError) {
@@ -252,11 +252,12 @@ extension KafkaProducer {
         enum Phase { case running, closing, closed }
 
         final class FlushRequest: Sendable {
-            let timeout: Duration
+            let deadline: ContinuousClock.Instant
             let done = DispatchSemaphore(value: 0)
-            let result = Mutex<KafkaError?>(nil)
+            /// Set before `done` is signalled when nothing was left in flight.
+            let flushed = Atomic<Bool>(false)
 
-            init(timeout: Duration) { self.timeout = timeout }
+            init(timeout: Duration) { self.deadline = .now + timeout }
         }
 
         struct State {
@@ -360,22 +361,25 @@ extension KafkaProducer {
             }
             guard accepted else { return }  // shutting down: the shutdown flushes
             generation?.client.wakeUp()
-            if request.done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
+            let answered = request.done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .success
+            guard answered, request.flushed.load(ordering: .acquiring) else {
                 throw KafkaError(code: KafkaError.Code.timedOut, name: "_TIMED_OUT", message: "flush: messages still in flight after \(timeout)", isRetriable: true)
             }
-            if let error = request.result.withLock({ $0 }) { throw error }
         }
 
-        /// On the poll thread: flushes for the longest pending request and answers all of them.
-        private func serveFlushRequests(_ generation: Generation) {
-            let requests = state.withLock { state in
-                defer { state.flushRequests.removeAll() }
-                return state.flushRequests
+        /// On the poll thread, instead of one poll: flushes for up to `pollTimeout` (so stalls are
+        /// still noticed during a long flush); answers every request once nothing is queued, and
+        /// drops requests whose waiter has given up.
+        private func flushSlice(_ generation: Generation) {
+            let error = generation.client.flush(timeout: configuration.pollTimeout)
+            let now = ContinuousClock.now
+            let answered = state.withLock { state in
+                let (done, waiting) = state.flushRequests.partitioned { error == nil || $0.deadline <= now }
+                state.flushRequests = waiting
+                return done
             }
-            guard let longest = requests.map(\.timeout).max() else { return }
-            let error = generation.client.flush(timeout: longest)
-            for request in requests {
-                request.result.withLock { $0 = error }
+            for request in answered {
+                request.flushed.store(error == nil, ordering: .releasing)
                 request.done.signal()
             }
         }
@@ -386,7 +390,10 @@ extension KafkaProducer {
                 defer { state.flushRequests.removeAll() }
                 return state.flushRequests
             }
-            for request in requests { request.done.signal() }
+            for request in requests {
+                request.flushed.store(true, ordering: .releasing)  // the shutdown completed every message
+                request.done.signal()
+            }
         }
 
         func beginShutdown() {
@@ -409,8 +416,11 @@ extension KafkaProducer {
                     installNewGeneration()
                     continue
                 }
-                generation.client.poll(timeout: configuration.pollTimeout)
-                serveFlushRequests(generation)
+                if state.withLock({ $0.flushRequests.isEmpty }) {
+                    generation.client.poll(timeout: configuration.pollTimeout)
+                } else {
+                    flushSlice(generation)
+                }
                 if let cause = generation.tracker.recreationCause(stallTimeout: configuration.stallTimeout) {
                     recreate(generation, cause: cause)
                 }
@@ -496,5 +506,17 @@ extension KafkaProducer {
             state.withLock { $0.phase = .closed }
             logger.debug("Kafka producer shut down")
         }
+    }
+}
+
+extension Array {
+    /// The elements that satisfy `belongs`, and the others, each in order.
+    fileprivate func partitioned(_ belongs: (Element) -> Bool) -> ([Element], [Element]) {
+        var yes: [Element] = []
+        var no: [Element] = []
+        for element in self {
+            if belongs(element) { yes.append(element) } else { no.append(element) }
+        }
+        return (yes, no)
     }
 }

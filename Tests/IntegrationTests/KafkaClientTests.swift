@@ -9,7 +9,7 @@ import TributaryKafka
 struct KafkaClientTests {
     @Test func produceWithKeyAndHeadersThenReadBackAllPartitions() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             let configuration = KafkaTest.configuration(tansu)
             let admin = try KafkaAdmin(configuration: configuration, logger: KafkaTest.logger)
             defer { admin.close() }
@@ -71,7 +71,7 @@ struct KafkaClientTests {
     /// "From now on" without ListOffsets (wrong on Tansu): high watermarks from Fetch responses.
     @Test func highWatermarksFromFetchAreRightOnTansu() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             let configuration = KafkaTest.configuration(tansu)
             let admin = try KafkaAdmin(configuration: configuration)
             defer { admin.close() }
@@ -105,7 +105,7 @@ struct KafkaClientTests {
 
     @Test func tombstoneAndEmptyValueAreDistinct() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             let configuration = KafkaTest.configuration(tansu)
             let admin = try KafkaAdmin(configuration: configuration)
             try await admin.ensureTopics([.compacted(name: "retained", partitions: 1)])
@@ -130,7 +130,7 @@ struct KafkaClientTests {
 
     @Test func topicCreationWithConfigsAndAlreadyExists() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             let admin = try KafkaAdmin(configuration: KafkaTest.configuration(tansu))
             defer { admin.close() }
             let topics = [
@@ -173,7 +173,7 @@ struct KafkaClientTests {
 
     @Test func deliveryFailuresAreErrorsNeverSuccess() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.deliveryTimeout = .seconds(2)
             configuration.stallTimeout = nil
@@ -195,6 +195,15 @@ struct KafkaClientTests {
             for i in 0..<20 {
                 try producer.send(KafkaOutgoingMessage(topic: "one", value: [UInt8(i)]), completion: ledger.completion(i))
             }
+            // A flush cannot finish while the broker is away: it times out as asked.
+            let flushStarted = ContinuousClock.now
+            do throws(KafkaError) {
+                try producer.flush(timeout: .milliseconds(300))
+                Issue.record("flush succeeded with a stopped broker")
+            } catch {
+                #expect(error.code == KafkaError.Code.timedOut, "\(error)")
+            }
+            #expect(ContinuousClock.now - flushStarted < .seconds(1))
             try await KafkaTest.waitUntil(timeout: .seconds(10), "all completions") { ledger.pending == 0 }
             for (id, entry) in ledger.snapshot {
                 #expect(entry.calls == 1, "message \(id)")
@@ -212,7 +221,7 @@ struct KafkaClientTests {
 
     @Test func fullLocalQueueRejectsAtOnce() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.maxQueuedMessages = 10
             configuration.linger = .seconds(2)  // keep them queued
@@ -245,7 +254,7 @@ struct KafkaClientTests {
     /// completion that calls flush gets an error instead of waiting for itself.
     @Test func completionsRunOnThePollThread() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.linger = .milliseconds(300)
             let admin = try KafkaAdmin(configuration: configuration)
@@ -281,7 +290,7 @@ struct KafkaClientTests {
 
     @Test func statisticsAreDelivered() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.statisticsInterval = .milliseconds(100)
             let latest = Mutex<KafkaStatistics?>(nil)

@@ -25,7 +25,7 @@ struct KafkaConsumerLifecycleTests {
 
     @Test func closeWhileTheHandlerIsBusy() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             try await seed(tansu, topic: "busy", count: 2_000)
             var configuration = KafkaTest.configuration(tansu)
             configuration.maxBatchSize = 50
@@ -52,7 +52,7 @@ struct KafkaConsumerLifecycleTests {
 
     @Test func closeFromInsideTheHandler() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             try await seed(tansu, topic: "inside", count: 200)
             let holder = Mutex<KafkaConsumer?>(nil)
             let batches = Atomic<Int>(0)
@@ -71,7 +71,7 @@ struct KafkaConsumerLifecycleTests {
 
     @Test func releasingClientsEarlyIsSafe() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             try await seed(tansu, topic: "early", count: 500)
             // A consumer released right after assign, while its thread polls.
             for _ in 0..<5 {
@@ -114,8 +114,8 @@ struct KafkaConsumerLifecycleTests {
     /// partition from the beginning and delivers what is produced after the restart.
     @Test func consumerContinuesAfterTansuRestart() async throws {
         try await withProcesses { scope in
-            let port = try FreePort.next()
-            let first = try await scope.startTansu(port: port, name: "tansu-before")
+            let first = try await KafkaTest.startTansu(scope, name: "tansu-before")
+            let port = first.port
             try await seed(first, topic: "again", partitions: 1, count: 10)
             let collector = RecordCollector()
             let errors = Mutex<[KafkaError]>([])
@@ -130,7 +130,7 @@ struct KafkaConsumerLifecycleTests {
 
             first.process.send(SIGKILL)
             _ = await first.process.waitForExit()
-            let second = try await scope.startTansu(port: port, name: "tansu-after")
+            let second = try await KafkaTest.startTansu(scope, port: port, name: "tansu-after")
             try await seed(second, topic: "again", partitions: 1, count: 5)
             let records = try await collector.waitFor(count: 15, timeout: .seconds(30))
             #expect(records.suffix(5).map(\.offset) == Array(0..<5))
@@ -143,7 +143,7 @@ struct KafkaConsumerLifecycleTests {
 
     @Test func pauseStopsDeliveryAndResumeContinues() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             try await seed(tansu, topic: "paused", partitions: 1, count: 10)
             let collector = RecordCollector()
             let consumer = try KafkaConsumer(configuration: KafkaTest.configuration(tansu), handler: collector.handler)

@@ -16,7 +16,7 @@ struct KafkaProducerRecoveryTests {
     /// succeed.
     @Test func fatalErrorFailsQueuedMessagesOnceAndRecreates() async throws {
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
+            let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.linger = .milliseconds(500)  // keep messages queued when the error hits
             let admin = try KafkaAdmin(configuration: configuration)
@@ -70,8 +70,8 @@ struct KafkaProducerRecoveryTests {
 
     @Test func producerRecreatesItselfWhenTansuRestartsUnderLoad() async throws {
         try await withProcesses { scope in
-            let port = try FreePort.next()
-            let first = try await scope.startTansu(port: port, name: "tansu-before")
+            let first = try await KafkaTest.startTansu(scope, name: "tansu-before")
+            let port = first.port
             var configuration = KafkaTest.configuration(first, clientId: "recovery")
             configuration.stallTimeout = .seconds(3)
             configuration.deliveryTimeout = .seconds(20)
@@ -127,7 +127,7 @@ struct KafkaProducerRecoveryTests {
             first.process.send(SIGKILL)
             _ = await first.process.waitForExit()
             let killedAt = ContinuousClock.now
-            let second = try await scope.startTansu(port: port, name: "tansu-after")
+            let second = try await KafkaTest.startTansu(scope, port: port, name: "tansu-after")
             let listeningAt = ContinuousClock.now
             // The memory engine lost the topic; recreate it (the producer's own metadata requests
             // may have auto-created it first, which ensureTopics accepts).

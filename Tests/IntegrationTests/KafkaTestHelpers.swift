@@ -17,6 +17,20 @@ enum KafkaTest {
         return configuration
     }
 
+    /// `scope.startTansu`, retried: a port from `FreePort` can be taken (e.g. as the ephemeral port
+    /// of some client connection) before Tansu binds it, and Tansu then exits with AddrInUse.
+    /// A fresh port is used for each attempt unless `port` is given.
+    static func startTansu(_ scope: ProcessScope, port: Int? = nil, name: String = "tansu") async throws -> TansuBroker {
+        var attempt = 1
+        while true {
+            do {
+                return try await scope.startTansu(port: port, name: attempt == 1 ? name : "\(name)-\(attempt)")
+            } catch where attempt < 3 && "\(error)".contains("before serving") {
+                attempt += 1
+            }
+        }
+    }
+
     static var logger: Logger {
         var logger = Logger(label: "kafka-test")
         logger.logLevel = ProcessInfo.processInfo.environment["KAFKA_TEST_DEBUG"] != nil ? .debug : .info
