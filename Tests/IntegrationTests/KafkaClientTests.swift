@@ -293,6 +293,9 @@ struct KafkaClientTests {
             let tansu = try await KafkaTest.startTansu(scope)
             var configuration = KafkaTest.configuration(tansu)
             configuration.statisticsInterval = .milliseconds(100)
+            let admin = try KafkaAdmin(configuration: configuration)
+            defer { admin.close() }
+            try await admin.ensureTopics([KafkaTopicSpecification(name: "stats", partitions: 1)])
             let latest = Mutex<KafkaStatistics?>(nil)
             let producer = try KafkaProducer(configuration: configuration, statistics: { stats in latest.withLock { $0 = stats } })
             defer { producer.shutdown() }
@@ -305,6 +308,17 @@ struct KafkaClientTests {
             let stats = try #require(latest.withLock { $0 })
             #expect(stats.transmittedBytes > 0)
             #expect(stats.brokers.contains { $0.state == "UP" })
+
+            // The consumer's statistics count what it received.
+            let consumed = Mutex<KafkaStatistics?>(nil)
+            let consumer = try KafkaConsumer(
+                configuration: configuration, statistics: { stats in consumed.withLock { $0 = stats } }, handler: { _ in }
+            )
+            defer { consumer.close() }
+            try consumer.assign(topic: "stats", partitionCount: 1, from: .beginning)
+            try await KafkaTest.waitUntil(timeout: .seconds(5), "consumer statistics with 50 messages received") {
+                (consumed.withLock { $0?.receivedMessages } ?? 0) >= 50
+            }
         }
     }
 }
