@@ -129,18 +129,6 @@ extension ByteBuffer {
         default: 4
         }
     }
-
-    /// Writes a UTF-8 Encoded String. The caller checked it with `MQTTEncodingCheck.string`.
-    mutating func writeMQTTString(_ string: String) {
-        writeInteger(UInt16(truncatingIfNeeded: string.utf8.count))
-        writeString(string)
-    }
-
-    /// Writes Binary Data. The caller checked that it is at most 65,535 bytes.
-    mutating func writeMQTTBinary(_ data: ByteBuffer) {
-        writeInteger(UInt16(truncatingIfNeeded: data.readableBytes))
-        writeImmutableBuffer(data)
-    }
 }
 
 /// Checks the encoder makes before writing a field.
@@ -149,7 +137,20 @@ enum MQTTEncodingCheck {
     static func string(_ string: String, _ what: StaticString) throws(MQTTCodecError) {
         let utf8 = string.utf8
         guard utf8.count <= 65_535 else { throw .unencodable(.malformedPacket, "\(what) longer than 65,535 bytes") }
-        if utf8.contains(0) { throw .unencodable(.malformedPacket, "\(what) contains U+0000") }
+        if scan(string, stopAt: { $0 == 0 }) { throw .unencodable(.malformedPacket, "\(what) contains U+0000") }
+    }
+
+    /// Whether any UTF-8 byte of `string` satisfies `stop`; a tight loop over contiguous storage (native strings
+    /// always have it).
+    @inline(__always)
+    static func scan(_ string: String, stopAt stop: (UInt8) -> Bool) -> Bool {
+        if let found = string.utf8.withContiguousStorageIfAvailable({ bytes in
+            for byte in bytes where stop(byte) { return true }
+            return false
+        }) {
+            return found
+        }
+        return string.utf8.contains(where: stop)
     }
 
     static func binary(_ data: ByteBuffer, _ what: StaticString) throws(MQTTCodecError) {

@@ -51,19 +51,21 @@ extension MQTTConnAck {
                 throw .unencodable(.unspecifiedError, "\(reasonCode) has no MQTT 3.1.1 CONNACK return code: close instead")
             }
             guard properties.isEmpty else { throw .unencodable(.protocolError, "MQTT 3.1.1 CONNACK has no properties") }
-            try buffer.writeMQTTFixedHeader(type: .connack, flags: 0, remainingLength: 2, maximumPacketSize: maximumPacketSize)
-            buffer.writeInteger(UInt8(sessionPresent ? 1 : 0))
-            buffer.writeInteger(code)
+            try buffer.writeMQTTPacket(type: .connack, flags: 0, remainingLength: 2, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(UInt8(sessionPresent ? 1 : 0))
+                out.writeInteger(code)
+            }
         case .v5:
             guard MQTTReasonCode.allowedInConnAck.contains(reasonCode) else {
                 throw .unencodable(.protocolError, "reason code \(reasonCode) is not allowed in CONNACK")
             }
             let propertiesLength = try properties.encodedContentLength(context: .connack)
             let length = 2 + ByteBuffer.mqttVariableByteIntegerLength(propertiesLength) + propertiesLength
-            try buffer.writeMQTTFixedHeader(type: .connack, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize)
-            buffer.writeInteger(UInt8(sessionPresent ? 1 : 0))
-            buffer.writeInteger(reasonCode.rawValue)
-            properties.write(into: &buffer, contentLength: propertiesLength)
+            try buffer.writeMQTTPacket(type: .connack, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(UInt8(sessionPresent ? 1 : 0))
+                out.writeInteger(reasonCode.rawValue)
+                properties.write(into: &out, contentLength: propertiesLength)
+            }
         }
     }
 }

@@ -169,19 +169,20 @@ extension MQTTConnect {
             flags |= Flag.password
             length += 2 + password.readableBytes
         }
-        try buffer.writeMQTTFixedHeader(type: .connect, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize)
-        buffer.writeMQTTString("MQTT")
-        buffer.writeInteger(version.rawValue)
-        buffer.writeInteger(flags)
-        buffer.writeInteger(keepAlive)
-        if version == .v5 { properties.write(into: &buffer, contentLength: propertiesLength) }
-        buffer.writeMQTTString(clientIdentifier)
-        if let will {
-            if version == .v5 { will.properties.write(into: &buffer, contentLength: willPropertiesLength) }
-            buffer.writeMQTTString(will.topic)
-            buffer.writeMQTTBinary(will.payload)
+        try buffer.writeMQTTPacket(type: .connect, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+            out.writeMQTTString("MQTT")
+            out.writeInteger(version.rawValue)
+            out.writeInteger(flags)
+            out.writeInteger(keepAlive)
+            if version == .v5 { properties.write(into: &out, contentLength: propertiesLength) }
+            out.writeMQTTString(clientIdentifier)
+            if let will {
+                if version == .v5 { will.properties.write(into: &out, contentLength: willPropertiesLength) }
+                out.writeMQTTString(will.topic)
+                out.writeMQTTBinary(will.payload)
+            }
+            if let username { out.writeMQTTString(username) }
+            if let password { out.writeMQTTBinary(password) }
         }
-        if let username { buffer.writeMQTTString(username) }
-        if let password { buffer.writeMQTTBinary(password) }
     }
 }

@@ -57,7 +57,7 @@ extension ByteBuffer {
             guard reasonCode == .success, properties.isEmpty else {
                 throw .unencodable(.protocolError, "MQTT 3.1.1 \(type) has no reason code or properties")
             }
-            try writeMQTTFixedHeader(type: type, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize)
+            try writeMQTTPacket(type: type, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize) { _ in }
             return
         }
         guard allowed.contains(reasonCode) else {
@@ -65,15 +65,17 @@ extension ByteBuffer {
         }
         let propertiesLength = try properties.encodedContentLength(context: context)
         if propertiesLength == 0 && reasonCode == .success {
-            try writeMQTTFixedHeader(type: type, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize)
+            try writeMQTTPacket(type: type, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize) { _ in }
         } else if propertiesLength == 0 {
-            try writeMQTTFixedHeader(type: type, flags: 0, remainingLength: 1, maximumPacketSize: maximumPacketSize)
-            writeInteger(reasonCode.rawValue)
+            try writeMQTTPacket(type: type, flags: 0, remainingLength: 1, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(reasonCode.rawValue)
+            }
         } else {
             let length = 1 + ByteBuffer.mqttVariableByteIntegerLength(propertiesLength) + propertiesLength
-            try writeMQTTFixedHeader(type: type, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize)
-            writeInteger(reasonCode.rawValue)
-            properties.write(into: &self, contentLength: propertiesLength)
+            try writeMQTTPacket(type: type, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(reasonCode.rawValue)
+                properties.write(into: &out, contentLength: propertiesLength)
+            }
         }
     }
 }

@@ -63,8 +63,8 @@ extension MQTTPublish {
                 throw .unencodable(.topicNameInvalid, "empty topic name without a topic alias")
             }
         } else {
-            try MQTTEncodingCheck.string(topic, "topic name")
-            guard MQTTTopicName.isValid(topic) else { throw .unencodable(.topicNameInvalid, "topic name with wildcards") }
+            // Checks length, U+0000 and wildcards in one pass.
+            guard MQTTTopicName.isValid(topic) else { throw .unencodable(.topicNameInvalid, "invalid topic name") }
         }
         if dup && qos == .atMostOnce { throw .unencodable(.protocolError, "DUP must be 0 for QoS 0") }
         var length = 2 + topic.utf8.count + payload.readableBytes
@@ -81,11 +81,12 @@ extension MQTTPublish {
             throw .unencodable(.protocolError, "MQTT 3.1.1 PUBLISH has no properties")
         }
         let flags = (dup ? 0x08 : 0) | qos.rawValue << 1 | (retain ? 0x01 : 0)
-        try buffer.writeMQTTFixedHeader(type: .publish, flags: flags, remainingLength: length, maximumPacketSize: maximumPacketSize)
-        buffer.writeMQTTString(topic)
-        if qos != .atMostOnce { buffer.writeInteger(id) }
-        if version == .v5 { properties.write(into: &buffer, contentLength: propertiesLength) }
-        buffer.writeImmutableBuffer(payload)
+        try buffer.writeMQTTPacket(type: .publish, flags: flags, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+            out.writeMQTTString(topic)
+            if qos != .atMostOnce { out.writeInteger(id) }
+            if version == .v5 { properties.write(into: &out, contentLength: propertiesLength) }
+            out.writeImmutableBuffer(payload)
+        }
     }
 }
 

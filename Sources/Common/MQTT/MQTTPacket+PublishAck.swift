@@ -67,26 +67,30 @@ extension MQTTPublishAck {
             guard reasonCode == .success, properties.isEmpty else {
                 throw .unencodable(.protocolError, "MQTT 3.1.1 \(kind.type) has no reason code or properties")
             }
-            try buffer.writeMQTTFixedHeader(type: kind.type, flags: flags, remainingLength: 2, maximumPacketSize: maximumPacketSize)
-            buffer.writeInteger(packetId)
+            try buffer.writeMQTTPacket(type: kind.type, flags: flags, remainingLength: 2, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(packetId)
+            }
         case .v5:
             guard kind.allowedReasonCodes.contains(reasonCode) else {
                 throw .unencodable(.protocolError, "reason code \(reasonCode) is not allowed in \(kind.type)")
             }
             let propertiesLength = try properties.encodedContentLength(context: kind.context)
             if propertiesLength == 0 && reasonCode == .success {
-                try buffer.writeMQTTFixedHeader(type: kind.type, flags: flags, remainingLength: 2, maximumPacketSize: maximumPacketSize)
-                buffer.writeInteger(packetId)
+                try buffer.writeMQTTPacket(type: kind.type, flags: flags, remainingLength: 2, maximumPacketSize: maximumPacketSize) { out in
+                    out.writeInteger(packetId)
+                }
             } else if propertiesLength == 0 {
-                try buffer.writeMQTTFixedHeader(type: kind.type, flags: flags, remainingLength: 3, maximumPacketSize: maximumPacketSize)
-                buffer.writeInteger(packetId)
-                buffer.writeInteger(reasonCode.rawValue)
+                try buffer.writeMQTTPacket(type: kind.type, flags: flags, remainingLength: 3, maximumPacketSize: maximumPacketSize) { out in
+                    out.writeInteger(packetId)
+                    out.writeInteger(reasonCode.rawValue)
+                }
             } else {
                 let length = 3 + ByteBuffer.mqttVariableByteIntegerLength(propertiesLength) + propertiesLength
-                try buffer.writeMQTTFixedHeader(type: kind.type, flags: flags, remainingLength: length, maximumPacketSize: maximumPacketSize)
-                buffer.writeInteger(packetId)
-                buffer.writeInteger(reasonCode.rawValue)
-                properties.write(into: &buffer, contentLength: propertiesLength)
+                try buffer.writeMQTTPacket(type: kind.type, flags: flags, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+                    out.writeInteger(packetId)
+                    out.writeInteger(reasonCode.rawValue)
+                    properties.write(into: &out, contentLength: propertiesLength)
+                }
             }
         }
     }

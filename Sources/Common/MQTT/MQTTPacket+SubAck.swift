@@ -54,11 +54,12 @@ extension MQTTSubAck {
             propertiesLength = try properties.encodedContentLength(context: .suback)
             length += ByteBuffer.mqttVariableByteIntegerLength(propertiesLength) + propertiesLength
         }
-        try buffer.writeMQTTFixedHeader(type: .suback, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize)
-        buffer.writeInteger(packetId)
-        if version == .v5 { properties.write(into: &buffer, contentLength: propertiesLength) }
-        for code in reasonCodes {
-            buffer.writeInteger(version == .v5 ? code.rawValue : code.v311SubAckReturnCode)
+        try buffer.writeMQTTPacket(type: .suback, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+            out.writeInteger(packetId)
+            if version == .v5 { properties.write(into: &out, contentLength: propertiesLength) }
+            for code in reasonCodes {
+                out.writeInteger(version == .v5 ? code.rawValue : code.v311SubAckReturnCode)
+            }
         }
     }
 }

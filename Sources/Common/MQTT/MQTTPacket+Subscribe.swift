@@ -102,15 +102,16 @@ extension MQTTSubscribe {
             }
             length += 2 + subscription.topicFilter.string.utf8.count + 1
         }
-        try buffer.writeMQTTFixedHeader(type: .subscribe, flags: 0b0010, remainingLength: length, maximumPacketSize: maximumPacketSize)
-        buffer.writeInteger(packetId)
-        if version == .v5 { properties.write(into: &buffer, contentLength: propertiesLength) }
-        for subscription in subscriptions {
-            buffer.writeMQTTString(subscription.topicFilter.string)
-            let options =
-                subscription.qos.rawValue | (subscription.noLocal ? 0x04 : 0) | (subscription.retainAsPublished ? 0x08 : 0)
-                | subscription.retainHandling.rawValue << 4
-            buffer.writeInteger(options)
+        try buffer.writeMQTTPacket(type: .subscribe, flags: 0b0010, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+            out.writeInteger(packetId)
+            if version == .v5 { properties.write(into: &out, contentLength: propertiesLength) }
+            for subscription in subscriptions {
+                out.writeMQTTString(subscription.topicFilter.string)
+                let options =
+                    subscription.qos.rawValue | (subscription.noLocal ? 0x04 : 0) | (subscription.retainAsPublished ? 0x08 : 0)
+                    | subscription.retainHandling.rawValue << 4
+                out.writeInteger(options)
+            }
         }
     }
 }

@@ -40,8 +40,9 @@ extension MQTTUnsubAck {
             guard properties.isEmpty, reasonCodes.allSatisfy({ $0 == .success }) else {
                 throw .unencodable(.protocolError, "MQTT 3.1.1 UNSUBACK has no reason codes or properties")
             }
-            try buffer.writeMQTTFixedHeader(type: .unsuback, flags: 0, remainingLength: 2, maximumPacketSize: maximumPacketSize)
-            buffer.writeInteger(packetId)
+            try buffer.writeMQTTPacket(type: .unsuback, flags: 0, remainingLength: 2, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(packetId)
+            }
         case .v5:
             guard !reasonCodes.isEmpty else { throw .unencodable(.protocolError, "UNSUBACK without reason codes") }
             for code in reasonCodes where !MQTTReasonCode.allowedInUnsubAck.contains(code) {
@@ -49,10 +50,11 @@ extension MQTTUnsubAck {
             }
             let propertiesLength = try properties.encodedContentLength(context: .unsuback)
             let length = 2 + ByteBuffer.mqttVariableByteIntegerLength(propertiesLength) + propertiesLength + reasonCodes.count
-            try buffer.writeMQTTFixedHeader(type: .unsuback, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize)
-            buffer.writeInteger(packetId)
-            properties.write(into: &buffer, contentLength: propertiesLength)
-            for code in reasonCodes { buffer.writeInteger(code.rawValue) }
+            try buffer.writeMQTTPacket(type: .unsuback, flags: 0, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+                out.writeInteger(packetId)
+                properties.write(into: &out, contentLength: propertiesLength)
+                for code in reasonCodes { out.writeInteger(code.rawValue) }
+            }
         }
     }
 }

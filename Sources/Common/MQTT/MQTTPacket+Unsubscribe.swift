@@ -40,9 +40,10 @@ extension MQTTUnsubscribe {
             throw .unencodable(.protocolError, "MQTT 3.1.1 UNSUBSCRIBE has no properties")
         }
         for filter in topicFilters { length += 2 + filter.string.utf8.count }
-        try buffer.writeMQTTFixedHeader(type: .unsubscribe, flags: 0b0010, remainingLength: length, maximumPacketSize: maximumPacketSize)
-        buffer.writeInteger(packetId)
-        if version == .v5 { properties.write(into: &buffer, contentLength: propertiesLength) }
-        for filter in topicFilters { buffer.writeMQTTString(filter.string) }
+        try buffer.writeMQTTPacket(type: .unsubscribe, flags: 0b0010, remainingLength: length, maximumPacketSize: maximumPacketSize) { out in
+            out.writeInteger(packetId)
+            if version == .v5 { properties.write(into: &out, contentLength: propertiesLength) }
+            for filter in topicFilters { out.writeMQTTString(filter.string) }
+        }
     }
 }

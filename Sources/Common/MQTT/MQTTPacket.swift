@@ -196,11 +196,9 @@ extension MQTTPacket {
         case .unsuback(let unsuback):
             try unsuback.encode(into: &buffer, version: version, maximumPacketSize: maximumPacketSize)
         case .pingreq:
-            buffer.writeInteger(UInt8(MQTTPacketType.pingreq.rawValue << 4))
-            buffer.writeInteger(UInt8(0))
+            try buffer.writeMQTTPacket(type: .pingreq, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize) { _ in }
         case .pingresp:
-            buffer.writeInteger(UInt8(MQTTPacketType.pingresp.rawValue << 4))
-            buffer.writeInteger(UInt8(0))
+            try buffer.writeMQTTPacket(type: .pingresp, flags: 0, remainingLength: 0, maximumPacketSize: maximumPacketSize) { _ in }
         case .disconnect(let disconnect):
             try disconnect.encode(into: &buffer, version: version, maximumPacketSize: maximumPacketSize)
         case .auth(let auth):
@@ -220,12 +218,15 @@ extension MQTTPacket {
 }
 
 extension ByteBuffer {
-    /// Writes the fixed header after checking the whole packet's size; nothing is written if that throws.
-    mutating func writeMQTTFixedHeader(
+    /// Checks the whole packet's size, then writes the fixed header and lets `body` write exactly
+    /// `remainingLength` bytes, all through one access to the buffer's storage. Nothing is written if it throws.
+    @inline(__always)
+    mutating func writeMQTTPacket(
         type: MQTTPacketType,
         flags: UInt8,
         remainingLength: Int,
-        maximumPacketSize: Int
+        maximumPacketSize: Int,
+        _ body: (inout MQTTWriter) -> Void
     ) throws(MQTTCodecError) {
         guard remainingLength <= ByteBuffer.mqttMaximumVariableByteInteger else {
             throw .unencodable(.packetTooLarge, "\(type) longer than the protocol allows")
@@ -234,8 +235,72 @@ extension ByteBuffer {
         guard total <= maximumPacketSize else {
             throw .unencodable(.packetTooLarge, "\(type) of \(total) bytes exceeds the maximum packet size \(maximumPacketSize)")
         }
-        reserveCapacity(minimumWritableBytes: total)
-        writeInteger(type.rawValue << 4 | flags)
-        writeMQTTVariableByteInteger(remainingLength)
+        writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
+            guard let base = raw.baseAddress else { return 0 }
+            var writer = MQTTWriter(base: base, capacity: total)
+            writer.writeInteger(type.rawValue << 4 | flags)
+            writer.writeMQTTVariableByteInteger(remainingLength)
+            body(&writer)
+            assert(writer.offset == total, "\(type): computed \(total) bytes, wrote \(writer.offset)")
+            return writer.offset
+        }
+    }
+}
+
+/// Writes into memory the encoder reserved after computing the packet's exact length, so that encoding one
+/// packet costs one access to the `ByteBuffer` instead of one per field.
+struct MQTTWriter {
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+    private(set) var offset = 0
+
+    init(base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = capacity
+    }
+
+    @inline(__always)
+    mutating func writeInteger<T: FixedWidthInteger>(_ value: T) {
+        precondition(offset + MemoryLayout<T>.size <= capacity)
+        base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: T.self)
+        offset += MemoryLayout<T>.size
+    }
+
+    @inline(__always)
+    mutating func writeMQTTVariableByteInteger(_ value: Int) {
+        var remaining = value
+        repeat {
+            var byte = UInt8(truncatingIfNeeded: remaining & 0x7F)
+            remaining >>= 7
+            if remaining > 0 { byte |= 0x80 }
+            writeInteger(byte)
+        } while remaining > 0
+    }
+
+    @inline(__always)
+    mutating func writeBytes(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, bytes.count > 0 else { return }
+        precondition(offset + bytes.count <= capacity)
+        (base + offset).copyMemory(from: source, byteCount: bytes.count)
+        offset += bytes.count
+    }
+
+    /// A UTF-8 Encoded String (the caller checked its length).
+    mutating func writeMQTTString(_ string: String) {
+        writeInteger(UInt16(truncatingIfNeeded: string.utf8.count))
+        let done: Void? = string.utf8.withContiguousStorageIfAvailable { writeBytes(UnsafeRawBufferPointer($0)) }
+        if done == nil {
+            for byte in string.utf8 { writeInteger(byte) }
+        }
+    }
+
+    /// Binary Data (the caller checked its length).
+    mutating func writeMQTTBinary(_ data: ByteBuffer) {
+        writeInteger(UInt16(truncatingIfNeeded: data.readableBytes))
+        writeImmutableBuffer(data)
+    }
+
+    mutating func writeImmutableBuffer(_ data: ByteBuffer) {
+        data.withUnsafeReadableBytes { writeBytes($0) }
     }
 }

@@ -224,7 +224,7 @@ extension MQTTProperties {
     }
 
     /// Writes the length prefix and the properties whose length `encodedContentLength` returned.
-    func write(into buffer: inout ByteBuffer, contentLength: Int) {
+    func write(into buffer: inout MQTTWriter, contentLength: Int) {
         buffer.writeMQTTVariableByteInteger(contentLength)
         if contentLength == 0 { return }
         func id(_ identifier: UInt8) { buffer.writeInteger(identifier) }

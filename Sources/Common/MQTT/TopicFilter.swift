@@ -18,10 +18,7 @@ public struct MQTTTopicName: Sendable, Hashable, CustomStringConvertible {
     static func isValid(_ string: String) -> Bool {
         let utf8 = string.utf8
         guard !utf8.isEmpty, utf8.count <= 65_535 else { return false }
-        for byte in utf8 where byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") || byte == 0 {
-            return false
-        }
-        return true
+        return !MQTTEncodingCheck.scan(string) { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == 0 }
     }
 }
 
