@@ -45,6 +45,12 @@ public struct KafkaConfiguration: Sendable {
     /// considered wedged (e.g. an idempotent producer whose cluster lost its state) and is
     /// recreated. `nil` disables this watchdog. Default 15 s; keep it below `deliveryTimeout`.
     public var stallTimeout: Duration?
+    /// Watch an idempotent producer's epoch in its statistics (every second, whatever
+    /// `statisticsInterval` says): `recreateAfterConsecutiveFailures` epoch bumps or more between two
+    /// reports without a delivery mean librdkafka is retrying UNKNOWN_PRODUCER_ID forever (it bumps
+    /// the epoch locally and never asks for a new producer id; the cluster lost its state), and the
+    /// producer is recreated. Default `true`; needs `stallTimeout` non-nil.
+    public var watchProducerEpoch: Bool
     /// This many consecutive delivery failures with producer-state errors (`UNKNOWN_PRODUCER_ID`,
     /// `OUT_OF_ORDER_SEQUENCE_NUMBER`, `INVALID_PRODUCER_EPOCH`) or `_MSG_TIMED_OUT` recreate the
     /// producer. Default 3.
@@ -80,6 +86,7 @@ public struct KafkaConfiguration: Sendable {
         self.deliveryTimeout = .seconds(30)
         self.stallTimeout = .seconds(15)
         self.recreateAfterConsecutiveFailures = 3
+        self.watchProducerEpoch = true
         self.shutdownFlushTimeout = .seconds(5)
         self.maxBatchSize = 500
         self.fetchWaitMax = .milliseconds(50)

@@ -16,8 +16,9 @@ import Synchronization
 /// - **Fatal errors**: librdkafka's fatal errors (e.g. a fenced idempotent producer),
 ///   `recreateAfterConsecutiveFailures` delivery failures in a row with producer-state errors
 ///   (`UNKNOWN_PRODUCER_ID`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, `INVALID_PRODUCER_EPOCH`) or
-///   `_MSG_TIMED_OUT`, or no successful delivery for `stallTimeout` while messages are in flight
-///   (an idempotent producer whose cluster lost its state never delivers again) make the poll
+///   `_MSG_TIMED_OUT`, an epoch that keeps being bumped without a delivery (`watchProducerEpoch`),
+///   or no successful delivery for `stallTimeout` while messages are in flight (an idempotent
+///   producer whose cluster lost its state never delivers again) make the poll
 ///   thread recreate the producer: sends are refused with `_STATE` (retriable) for the moment,
 ///   every message still in the old instance is failed once with a fatal, retriable
 ///   `KafkaError` (it may or may not be in Kafka; it is never reported as delivered), the old
@@ -131,6 +132,11 @@ extension KafkaProducer {
             var recreationCause: KafkaError?
             /// Once set, failures are reported with this error instead of their own.
             var failureOverride: KafkaError?
+            /// Producer id and epoch at the last statistics report, and whether a delivery
+            /// succeeded since.
+            var lastProducerId: Int64 = -1
+            var lastProducerEpoch: Int64 = -1
+            var deliveredSinceStatistics = false
         }
 
         let state = Mutex(State())
@@ -179,6 +185,7 @@ extension KafkaProducer {
                 case .success:
                     state.lastProgress = .now
                     state.consecutiveFailures = 0
+                    state.deliveredSinceStatistics = true
                     return result
                 case .failure(let error):
                     if KafkaError.producerStateCodes.contains(error.code) || error.code == KafkaError.Code.msgTimedOut {
@@ -197,6 +204,32 @@ extension KafkaProducer {
             }
             guard let outcome else { return }
             unmanaged.takeRetainedValue().completion(outcome)
+        }
+
+        /// Statistics (poll thread): an idempotent producer that keeps bumping its epoch without
+        /// delivering anything is retrying UNKNOWN_PRODUCER_ID forever (librdkafka bumps the epoch
+        /// locally and never asks the cluster for a new producer id; Tansu after a restart).
+        func observe(producerId: Int64, epoch: Int64) {
+            state.withLock { state in
+                defer {
+                    state.lastProducerId = producerId
+                    state.lastProducerEpoch = epoch
+                    state.deliveredSinceStatistics = false
+                }
+                guard producerId >= 0, producerId == state.lastProducerId, state.lastProducerEpoch >= 0,
+                      epoch - state.lastProducerEpoch >= Int64(failureThreshold),
+                      !state.deliveredSinceStatistics, !state.pending.isEmpty, state.recreationCause == nil
+                else { return }
+                let cause = KafkaError(
+                    code: KafkaError.Code.unknownProducerId,
+                    name: "UNKNOWN_PRODUCER_ID",
+                    message: "the idempotent producer bumped its epoch \(epoch - state.lastProducerEpoch) times (to \(epoch)) without a delivery: the cluster does not know its producer id",
+                    isFatal: true,
+                    isRetriable: false
+                )
+                state.recreationCause = cause
+                state.failureOverride = .producerRecreated(cause: cause)
+            }
         }
 
         /// Why this instance must be recreated now, if it must: a recorded cause, or messages
@@ -275,6 +308,8 @@ extension KafkaProducer {
         let onRecreated: (@Sendable (KafkaError) -> Void)?
         let state = Mutex(State())
         let thread = KafkaPollThread(name: "kafka-producer")
+        /// How often statistics feed the epoch-bump watchdog.
+        static let epochCheckInterval = Duration.seconds(1)
         /// Wakes the poll thread from a retry back-off when shutting down.
         private let wake = DispatchSemaphore(value: 0)
 
@@ -303,12 +338,33 @@ extension KafkaProducer {
             events.error = { error in
                 if error.isFatal { tracker.markFatal(error) }
             }
-            if let statistics {
+            // Statistics also feed the epoch-bump watchdog (see DeliveryTracker.observe), so they
+            // are on at least every `epochCheckInterval` for an idempotent producer; the caller's
+            // callback still gets them at its own interval.
+            var clientConfiguration = configuration
+            let watchEpochs = configuration.idempotent && configuration.watchProducerEpoch && configuration.stallTimeout != nil
+            if watchEpochs {
+                clientConfiguration.statisticsInterval = min(configuration.statisticsInterval ?? Self.epochCheckInterval, Self.epochCheckInterval)
+            }
+            if watchEpochs || statistics != nil {
+                let userInterval = configuration.statisticsInterval
+                let lastDelivered = Mutex<ContinuousClock.Instant?>(nil)
+                let statistics = self.statistics
                 events.statistics = { json in
-                    if let parsed = KafkaStatistics(json: json) { statistics(parsed) }
+                    guard let parsed = KafkaStatistics(json: json) else { return }
+                    if watchEpochs { tracker.observe(producerId: parsed.producerId, epoch: parsed.producerEpoch) }
+                    guard let statistics, let userInterval else { return }
+                    let now = ContinuousClock.now
+                    let due = lastDelivered.withLock { last in
+                        // 10% slack so a 1 s report still counts for a 1 s interval.
+                        guard last.map({ now - $0 >= userInterval * 0.9 }) ?? true else { return false }
+                        last = now
+                        return true
+                    }
+                    if due { statistics(parsed) }
                 }
             }
-            let client = try RDKafkaClient.make(role: .producer, configuration: configuration, events: events, logger: logger)
+            let client = try RDKafkaClient.make(role: .producer, configuration: clientConfiguration, events: events, logger: logger)
             return Generation(number: number, client: client, tracker: tracker)
         }
 

@@ -20,6 +20,9 @@ public struct KafkaStatistics: Sendable, Hashable {
     /// `tx` / `rx`: protocol requests sent and responses received.
     public var requestsSent: Int64
     public var responsesReceived: Int64
+    /// `eos.producer_id` and `eos.producer_epoch` of an idempotent producer (-1 when none).
+    public var producerId: Int64
+    public var producerEpoch: Int64
     /// Per broker (`brokers.*`, bootstrap pseudo-brokers left out): average round-trip time.
     public var brokers: [Broker]
     /// The unparsed JSON, for fields not listed above.
@@ -48,6 +51,8 @@ public struct KafkaStatistics: Sendable, Hashable {
         self.transmittedBytes = raw.txmsg_bytes ?? 0
         self.receivedMessages = raw.rxmsgs ?? 0
         self.receivedBytes = raw.rxmsg_bytes ?? 0
+        self.producerId = raw.eos?.producer_id ?? -1
+        self.producerEpoch = raw.eos?.producer_epoch ?? -1
         self.requestsSent = raw.tx ?? 0
         self.responsesReceived = raw.rx ?? 0
         self.brokers = (raw.brokers ?? [:]).values
@@ -76,6 +81,12 @@ public struct KafkaStatistics: Sendable, Hashable {
         var rxmsgs: Int64?
         var rxmsg_bytes: Int64?
         var brokers: [String: RawBroker]?
+        var eos: RawEOS?
+    }
+
+    private struct RawEOS: Decodable {
+        var producer_id: Int64?
+        var producer_epoch: Int64?
     }
 
     private struct RawBroker: Decodable {

@@ -68,12 +68,16 @@ struct KafkaProducerRecoveryTests {
         }
     }
 
-    @Test func producerRecreatesItselfWhenTansuRestartsUnderLoad() async throws {
-        try await withProcesses { scope in
+    /// Run twice: with the epoch watchdog (stall timeout at a realistic 10 s, so the epoch
+    /// watchdog or a fatal error must be what recovers), and with only the stall watchdog (3 s).
+    @Test(arguments: [true, false])
+    func producerRecreatesItselfWhenTansuRestartsUnderLoad(watchProducerEpoch: Bool) async throws {
+        try await withProcesses("producerRecreatesItselfWhenTansuRestartsUnderLoad-\(watchProducerEpoch)") { scope in
             let first = try await KafkaTest.startTansu(scope, name: "tansu-before")
             let port = first.port
             var configuration = KafkaTest.configuration(first, clientId: "recovery")
-            configuration.stallTimeout = .seconds(3)
+            configuration.watchProducerEpoch = watchProducerEpoch
+            configuration.stallTimeout = watchProducerEpoch ? .seconds(10) : .seconds(3)
             configuration.deliveryTimeout = .seconds(20)
             let topic = KafkaTopicSpecification(name: "load", partitions: 3)
             let admin = try KafkaAdmin(configuration: configuration)
@@ -162,6 +166,11 @@ struct KafkaProducerRecoveryTests {
             #expect(failures.allSatisfy { $0.isRetriable }, "\(Set(failures.map(\.name)))")
             let recreations = producer.producerRecreations
             #expect(recreations >= 1)
+            if watchProducerEpoch {
+                // Recovered by librdkafka's fatal error or the epoch watchdog, not the 10 s stall timeout.
+                #expect(causes.withLock { $0 }.allSatisfy { $0.hasPrefix("UNKNOWN_PRODUCER_ID") }, "\(causes.withLock { $0 })")
+                #expect(firstSuccessAfterRestart - killedAt < .seconds(8))
+            }
             #expect(recreatedAt.withLock { $0.count } == recreations)
 
             // Nothing reported delivered after the restart is missing from the new log, and
@@ -186,7 +195,7 @@ struct KafkaProducerRecoveryTests {
             let failedNames = Dictionary(grouping: failures, by: \.name).mapValues(\.count)
             print(
                 """
-                Tansu restart under load: \(sentCount) sends, \(entries.count) accepted, \(failures.count) failed \(failedNames), \
+                Tansu restart under load (epoch watchdog \(watchProducerEpoch ? "on" : "off"), stall timeout \(configuration.stallTimeout!)): \(sentCount) sends, \(entries.count) accepted, \(failures.count) failed \(failedNames), \
                 rejected at send \(load.rejections.withLock { $0 }), recreations \(recreations) \(causes.withLock { $0 }); \
                 kill→listening \(listeningAt - killedAt), kill→topic recreated \(topicAt - killedAt), \
                 kill→recreated \(recreatedAt.withLock { $0.first.map { $0 - killedAt } }.map { "\($0)" } ?? "-"), \
