@@ -137,6 +137,13 @@ extension KafkaProducer {
             var lastProducerId: Int64 = -1
             var lastProducerEpoch: Int64 = -1
             var deliveredSinceStatistics = false
+
+            /// Records why the instance must be recreated (the first cause wins); failures from
+            /// now on are reported as "producer recreated".
+            mutating func markForRecreation(_ cause: KafkaError) {
+                if recreationCause == nil { recreationCause = cause }
+                if failureOverride == nil { failureOverride = .producerRecreated(cause: cause) }
+            }
         }
 
         let state = Mutex(State())
@@ -162,10 +169,7 @@ extension KafkaProducer {
 
         /// Records a cause for recreation (the first one wins) and reports later failures with it.
         func markFatal(_ cause: KafkaError) {
-            state.withLock {
-                if $0.recreationCause == nil { $0.recreationCause = cause }
-                if $0.failureOverride == nil { $0.failureOverride = .producerRecreated(cause: cause) }
-            }
+            state.withLock { $0.markForRecreation(cause) }
         }
 
         func overrideFailures(with error: KafkaError) {
@@ -190,15 +194,9 @@ extension KafkaProducer {
                 case .failure(let error):
                     if KafkaError.producerStateCodes.contains(error.code) || error.code == KafkaError.Code.msgTimedOut {
                         state.consecutiveFailures += 1
-                        if state.consecutiveFailures >= failureThreshold, state.recreationCause == nil {
-                            state.recreationCause = error
-                            state.failureOverride = .producerRecreated(cause: error)
-                        }
+                        if state.consecutiveFailures >= failureThreshold { state.markForRecreation(error) }
                     }
-                    if error.isFatal, state.recreationCause == nil {
-                        state.recreationCause = error
-                        state.failureOverride = .producerRecreated(cause: error)
-                    }
+                    if error.isFatal { state.markForRecreation(error) }
                     return .failure(state.failureOverride ?? error)
                 }
             }
@@ -220,15 +218,13 @@ extension KafkaProducer {
                       epoch - state.lastProducerEpoch >= Int64(failureThreshold),
                       !state.deliveredSinceStatistics, !state.pending.isEmpty, state.recreationCause == nil
                 else { return }
-                let cause = KafkaError(
-                    code: KafkaError.Code.unknownProducerId,
-                    name: "UNKNOWN_PRODUCER_ID",
-                    message: "the idempotent producer bumped its epoch \(epoch - state.lastProducerEpoch) times (to \(epoch)) without a delivery: the cluster does not know its producer id",
-                    isFatal: true,
-                    isRetriable: false
+                state.markForRecreation(
+                    KafkaError(
+                        code: KafkaError.Code.unknownProducerId, name: "UNKNOWN_PRODUCER_ID",
+                        message: "the idempotent producer bumped its epoch \(epoch - state.lastProducerEpoch) times (to \(epoch)) without a delivery: the cluster does not know its producer id",
+                        isFatal: true, isRetriable: false
+                    )
                 )
-                state.recreationCause = cause
-                state.failureOverride = .producerRecreated(cause: cause)
             }
         }
 
@@ -240,16 +236,14 @@ extension KafkaProducer {
                 guard let stallTimeout, !state.pending.isEmpty else { return nil }
                 let waited = ContinuousClock.now - state.lastProgress
                 guard waited > stallTimeout else { return nil }
-                let cause = KafkaError(
-                    code: KafkaError.Code.msgTimedOut,
-                    name: "_MSG_TIMED_OUT",
-                    message: "\(state.pending.count) messages in flight and no delivery for \(waited)",
-                    isFatal: false,
-                    isRetriable: true
+                state.markForRecreation(
+                    KafkaError(
+                        code: KafkaError.Code.msgTimedOut, name: "_MSG_TIMED_OUT",
+                        message: "\(state.pending.count) messages in flight and no delivery for \(waited)",
+                        isFatal: false, isRetriable: true
+                    )
                 )
-                state.recreationCause = cause
-                state.failureOverride = .producerRecreated(cause: cause)
-                return cause
+                return state.recreationCause
             }
         }
 
