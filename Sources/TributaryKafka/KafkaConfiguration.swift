@@ -22,7 +22,9 @@ public struct KafkaConfiguration: Sendable {
     /// librdkafka properties applied verbatim after the typed fields.
     public var properties: [String: String]
     /// How often librdkafka emits statistics (delivered to the `statistics` callback of the
-    /// producer or consumer); `nil` disables them.
+    /// producer or consumer); `nil` disables them. An idempotent producer with
+    /// `watchProducerEpoch` reads them every second regardless, and still calls its callback at
+    /// this interval only.
     public var statisticsInterval: Duration?
     /// Longest blocking wait of one poll call on the dedicated thread. It bounds how long
     /// `shutdown()`/`close()` wait for the thread to notice; it is not a sleep (polls return as
