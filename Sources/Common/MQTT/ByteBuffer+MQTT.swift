@@ -162,3 +162,82 @@ enum MQTTEncodingCheck {
         return packetId
     }
 }
+
+/// Reads MQTT data representations from raw bytes (one packet's property block), so that a whole block costs
+/// one access to the `ByteBuffer`. Running out of bytes is a Malformed Packet.
+struct MQTTRawReader {
+    let bytes: UnsafeRawBufferPointer
+    private(set) var offset = 0
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    var isAtEnd: Bool { offset >= bytes.count }
+
+    @inline(__always)
+    mutating func byte() throws(MQTTCodecError) -> UInt8 {
+        guard offset < bytes.count else { throw .malformed("packet ends inside a byte field") }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+
+    @inline(__always)
+    mutating func uint16() throws(MQTTCodecError) -> UInt16 {
+        guard bytes.count - offset >= 2 else { throw .malformed("packet ends inside a two byte integer") }
+        defer { offset += 2 }
+        return UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
+    }
+
+    @inline(__always)
+    mutating func uint32() throws(MQTTCodecError) -> UInt32 {
+        guard bytes.count - offset >= 4 else { throw .malformed("packet ends inside a four byte integer") }
+        defer { offset += 4 }
+        return UInt32(bytes[offset]) << 24 | UInt32(bytes[offset + 1]) << 16 | UInt32(bytes[offset + 2]) << 8
+            | UInt32(bytes[offset + 3])
+    }
+
+    mutating func variableByteInteger() throws(MQTTCodecError) -> UInt32 {
+        var value: UInt32 = 0
+        for index in 0..<4 {
+            let byte = try self.byte()
+            value |= UInt32(byte & 0x7F) << (7 * UInt32(index))
+            if byte & 0x80 == 0 {
+                if byte == 0 && index > 0 { throw .malformed("variable byte integer is not minimally encoded") }
+                return value
+            }
+        }
+        throw .malformed("variable byte integer longer than four bytes")
+    }
+
+    /// The range of a validated UTF-8 Encoded String's bytes.
+    mutating func stringRange() throws(MQTTCodecError) -> Range<Int> {
+        let length = Int(try uint16())
+        guard bytes.count - offset >= length else { throw .malformed("string longer than the packet") }
+        let range = offset..<offset + length
+        guard ByteBuffer.validateMQTTStringBytes(UnsafeRawBufferPointer(rebasing: bytes[range])) else {
+            throw .malformed("string is not valid UTF-8 or contains U+0000")
+        }
+        offset += length
+        return range
+    }
+
+    mutating func string() throws(MQTTCodecError) -> String {
+        let range = try stringRange()
+        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+    }
+
+    /// The range of Binary Data's bytes (after its two byte length).
+    mutating func binaryRange() throws(MQTTCodecError) -> Range<Int> {
+        let length = Int(try uint16())
+        guard bytes.count - offset >= length else { throw .malformed("binary data longer than the packet") }
+        defer { offset += length }
+        return offset..<offset + length
+    }
+
+    mutating func flag(_ what: StaticString) throws(MQTTCodecError) -> Bool {
+        switch try byte() {
+        case 0: return false
+        case 1: return true
+        default: throw .protocolError("\(what) must be 0 or 1")
+        }
+    }
+}

@@ -6,19 +6,54 @@ extension MQTTProperties {
     /// appear once is a Protocol Error, and so are the out-of-range values each property's section names.
     static func decode(from buffer: inout ByteBuffer, context: Context) throws(MQTTCodecError) -> MQTTProperties {
         let length = Int(try buffer.readMQTTVariableByteInteger())
-        guard var block = buffer.readSlice(length: length) else {
+        guard let block = buffer.readSlice(length: length) else {
             throw .malformed("property length exceeds the packet")
         }
-        let whole = block
+        if length == 0 { return MQTTProperties() }
+        // One access to the buffer for the whole block; binary values and user properties become slices after.
+        var parsed = Parsed()
+        var failure: MQTTCodecError? = nil
+        block.withUnsafeReadableBytes { raw in
+            var reader = MQTTRawReader(raw)
+            do throws(MQTTCodecError) {
+                try parse(&reader, context: context, into: &parsed)
+            } catch {
+                failure = error
+            }
+        }
+        if let failure { throw failure }
+        func slice(_ range: Range<Int>) -> ByteBuffer {
+            block.getSlice(at: block.readerIndex + range.lowerBound, length: range.count) ?? ByteBuffer()
+        }
+        if let range = parsed.correlationData { parsed.properties.correlationData = slice(range) }
+        if let range = parsed.authenticationData { parsed.properties.authenticationData = slice(range) }
+        if let array = parsed.userPropertyArray {
+            parsed.properties.userPropertyStorage = .array(array)
+        } else if let range = parsed.userPropertyWire {
+            parsed.properties.userPropertyStorage = .wire(slice(range))
+        }
+        if context == .connect, parsed.properties.authenticationData != nil, parsed.properties.authenticationMethod == nil {
+            throw .protocolError("authentication data without authentication method")
+        }
+        return parsed.properties
+    }
+
+    /// A property block parsed from raw bytes; binary values and user properties as byte ranges.
+    struct Parsed {
         var properties = MQTTProperties()
-        if length == 0 { return properties }
+        var correlationData: Range<Int>?
+        var authenticationData: Range<Int>?
+        /// The contiguous run of user properties (identifier, name, value, repeated).
+        var userPropertyWire: Range<Int>?
+        /// User properties that were not contiguous, as values.
+        var userPropertyArray: [MQTTUserProperty]?
+    }
+
+    static func parse(_ reader: inout MQTTRawReader, context: Context, into parsed: inout Parsed) throws(MQTTCodecError) {
         var seen: UInt64 = 0
-        var userStart = -1
-        var userEnd = -1
-        var userArray: [MQTTUserProperty]? = nil
-        while block.readableBytes > 0 {
-            let start = block.readerIndex
-            let wideIdentifier = try block.readMQTTVariableByteInteger()
+        while !reader.isAtEnd {
+            let start = reader.offset
+            let wideIdentifier = try reader.variableByteInteger()
             guard wideIdentifier < allowedContexts.count, allowedContexts[Int(wideIdentifier)] != 0 else {
                 throw .malformed("unknown property identifier \(wideIdentifier)")
             }
@@ -36,107 +71,99 @@ extension MQTTProperties {
             seen |= bit
             switch identifier {
             case Identifier.payloadFormatIndicator:
-                guard let value = MQTTPayloadFormatIndicator(rawValue: try block.readMQTTByte()) else {
+                guard let value = MQTTPayloadFormatIndicator(rawValue: try reader.byte()) else {
                     throw .protocolError("payload format indicator must be 0 or 1")
                 }
-                properties.payloadFormatIndicator = value
+                parsed.properties.payloadFormatIndicator = value
             case Identifier.messageExpiryInterval:
-                properties.messageExpiryInterval = try block.readMQTTUInt32()
+                parsed.properties.messageExpiryInterval = try reader.uint32()
             case Identifier.contentType:
-                properties.contentType = try block.readMQTTString()
+                parsed.properties.contentType = try reader.string()
             case Identifier.responseTopic:
-                let topic = try block.readMQTTString()
+                let topic = try reader.string()
                 guard MQTTTopicName.isValid(topic) else {
                     throw MQTTCodecError(reasonCode: .topicNameInvalid, message: "response topic is not a valid topic name")
                 }
-                properties.responseTopic = topic
+                parsed.properties.responseTopic = topic
             case Identifier.correlationData:
-                properties.correlationData = try block.readMQTTBinary()
+                parsed.correlationData = try reader.binaryRange()
             case Identifier.subscriptionIdentifier:
-                let value = try block.readMQTTVariableByteInteger()
+                let value = try reader.variableByteInteger()
                 guard value != 0 else { throw .protocolError("subscription identifier 0") }
-                properties.subscriptionIdentifiers.append(value)
+                parsed.properties.subscriptionIdentifiers.append(value)
             case Identifier.sessionExpiryInterval:
-                properties.sessionExpiryInterval = try block.readMQTTUInt32()
+                parsed.properties.sessionExpiryInterval = try reader.uint32()
             case Identifier.assignedClientIdentifier:
-                properties.assignedClientIdentifier = try block.readMQTTString()
+                parsed.properties.assignedClientIdentifier = try reader.string()
             case Identifier.serverKeepAlive:
-                properties.serverKeepAlive = try block.readMQTTUInt16()
+                parsed.properties.serverKeepAlive = try reader.uint16()
             case Identifier.authenticationMethod:
-                properties.authenticationMethod = try block.readMQTTString()
+                parsed.properties.authenticationMethod = try reader.string()
             case Identifier.authenticationData:
-                properties.authenticationData = try block.readMQTTBinary()
+                parsed.authenticationData = try reader.binaryRange()
             case Identifier.requestProblemInformation:
-                properties.requestProblemInformation = try block.readMQTTFlag("request problem information")
+                parsed.properties.requestProblemInformation = try reader.flag("request problem information")
             case Identifier.willDelayInterval:
-                properties.willDelayInterval = try block.readMQTTUInt32()
+                parsed.properties.willDelayInterval = try reader.uint32()
             case Identifier.requestResponseInformation:
-                properties.requestResponseInformation = try block.readMQTTFlag("request response information")
+                parsed.properties.requestResponseInformation = try reader.flag("request response information")
             case Identifier.responseInformation:
-                properties.responseInformation = try block.readMQTTString()
+                parsed.properties.responseInformation = try reader.string()
             case Identifier.serverReference:
-                properties.serverReference = try block.readMQTTString()
+                parsed.properties.serverReference = try reader.string()
             case Identifier.reasonString:
-                properties.reasonString = try block.readMQTTString()
+                parsed.properties.reasonString = try reader.string()
             case Identifier.receiveMaximum:
-                let value = try block.readMQTTUInt16()
+                let value = try reader.uint16()
                 guard value != 0 else { throw .protocolError("receive maximum 0") }
-                properties.receiveMaximum = value
+                parsed.properties.receiveMaximum = value
             case Identifier.topicAliasMaximum:
-                properties.topicAliasMaximum = try block.readMQTTUInt16()
+                parsed.properties.topicAliasMaximum = try reader.uint16()
             case Identifier.topicAlias:
-                let value = try block.readMQTTUInt16()
+                let value = try reader.uint16()
                 guard value != 0 else {
                     throw MQTTCodecError(reasonCode: .topicAliasInvalid, message: "topic alias 0")
                 }
-                properties.topicAlias = value
+                parsed.properties.topicAlias = value
             case Identifier.maximumQoS:
-                let value = try block.readMQTTByte()
+                let value = try reader.byte()
                 guard value <= 1, let qos = MQTTQoS(rawValue: value) else {
                     throw .protocolError("maximum QoS must be 0 or 1")
                 }
-                properties.maximumQoS = qos
+                parsed.properties.maximumQoS = qos
             case Identifier.retainAvailable:
-                properties.retainAvailable = try block.readMQTTFlag("retain available")
+                parsed.properties.retainAvailable = try reader.flag("retain available")
             case Identifier.userProperty:
-                if userArray != nil {
-                    userArray!.append(MQTTUserProperty(name: try block.readMQTTString(), value: try block.readMQTTString()))
+                let name = try reader.stringRange()
+                let value = try reader.stringRange()
+                if parsed.userPropertyArray != nil {
+                    parsed.userPropertyArray?.append(
+                        MQTTUserProperty(
+                            name: String(decoding: UnsafeRawBufferPointer(rebasing: reader.bytes[name]), as: UTF8.self),
+                            value: String(decoding: UnsafeRawBufferPointer(rebasing: reader.bytes[value]), as: UTF8.self)))
+                } else if let wire = parsed.userPropertyWire, wire.upperBound != start {
+                    // Not contiguous with the earlier ones: keep all of them as values from here on.
+                    var joined = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: reader.bytes[wire]))
+                    joined.writeBytes(UnsafeRawBufferPointer(rebasing: reader.bytes[start..<reader.offset]))
+                    parsed.userPropertyArray = UserPropertyStorage.materialize(joined)
+                    parsed.userPropertyWire = nil
                 } else {
-                    try block.skipMQTTString()
-                    try block.skipMQTTString()
-                    if userStart < 0 {
-                        userStart = start
-                    } else if userEnd != start {
-                        // Not contiguous with the earlier ones: keep them as values from here on.
-                        var array = UserPropertyStorage.materialize(whole.getSlice(at: userStart, length: userEnd - userStart) ?? ByteBuffer())
-                        array.append(contentsOf: UserPropertyStorage.materialize(whole.getSlice(at: start, length: block.readerIndex - start) ?? ByteBuffer()))
-                        userArray = array
-                    }
-                    userEnd = block.readerIndex
+                    parsed.userPropertyWire = (parsed.userPropertyWire?.lowerBound ?? start)..<reader.offset
                 }
             case Identifier.maximumPacketSize:
-                let value = try block.readMQTTUInt32()
+                let value = try reader.uint32()
                 guard value != 0 else { throw .protocolError("maximum packet size 0") }
-                properties.maximumPacketSize = value
+                parsed.properties.maximumPacketSize = value
             case Identifier.wildcardSubscriptionAvailable:
-                properties.wildcardSubscriptionAvailable = try block.readMQTTFlag("wildcard subscription available")
+                parsed.properties.wildcardSubscriptionAvailable = try reader.flag("wildcard subscription available")
             case Identifier.subscriptionIdentifierAvailable:
-                properties.subscriptionIdentifiersAvailable = try block.readMQTTFlag("subscription identifier available")
+                parsed.properties.subscriptionIdentifiersAvailable = try reader.flag("subscription identifier available")
             case Identifier.sharedSubscriptionAvailable:
-                properties.sharedSubscriptionAvailable = try block.readMQTTFlag("shared subscription available")
+                parsed.properties.sharedSubscriptionAvailable = try reader.flag("shared subscription available")
             default:
                 throw .malformed("unknown property identifier \(identifier)")
             }
         }
-        if let userArray {
-            properties.userPropertyStorage = .array(userArray)
-        } else if userStart >= 0, let wire = whole.getSlice(at: userStart, length: userEnd - userStart) {
-            properties.userPropertyStorage = .wire(wire)
-        }
-        if context == .connect, properties.authenticationData != nil, properties.authenticationMethod == nil {
-            throw .protocolError("authentication data without authentication method")
-        }
-        return properties
     }
 
     /// The length of the encoded properties without their length prefix. Throws if a property is not allowed
@@ -341,17 +368,6 @@ extension MQTTProperties {
         if let sharedSubscriptionAvailable {
             id(Identifier.sharedSubscriptionAvailable)
             buffer.writeInteger(UInt8(sharedSubscriptionAvailable ? 1 : 0))
-        }
-    }
-}
-
-extension ByteBuffer {
-    /// A one byte property that must be 0 or 1 (a Protocol Error otherwise).
-    mutating func readMQTTFlag(_ what: StaticString) throws(MQTTCodecError) -> Bool {
-        switch try readMQTTByte() {
-        case 0: return false
-        case 1: return true
-        default: throw .protocolError("\(what) must be 0 or 1")
         }
     }
 }

@@ -29,30 +29,144 @@ public struct MQTTProperties: Sendable, Equatable {
     public var correlationData: ByteBuffer?
     /// In PUBLISH from a server, one per matching subscription; at most one in SUBSCRIBE. Values 1...268,435,455.
     public var subscriptionIdentifiers: [UInt32] = []
-    public var sessionExpiryInterval: UInt32?
-    public var assignedClientIdentifier: String?
-    public var serverKeepAlive: UInt16?
-    public var authenticationMethod: String?
-    public var authenticationData: ByteBuffer?
-    public var requestProblemInformation: Bool?
-    public var willDelayInterval: UInt32?
-    public var requestResponseInformation: Bool?
-    public var responseInformation: String?
-    public var serverReference: String?
     public var reasonString: String?
-    public var receiveMaximum: UInt16?
-    public var topicAliasMaximum: UInt16?
     public var topicAlias: UInt16?
-    /// Only `.atMostOnce` and `.atLeastOnce` can be sent; absence means QoS 2 is supported.
-    public var maximumQoS: MQTTQoS?
-    public var retainAvailable: Bool?
-    public var maximumPacketSize: UInt32?
-    public var wildcardSubscriptionAvailable: Bool?
-    public var subscriptionIdentifiersAvailable: Bool?
-    public var sharedSubscriptionAvailable: Bool?
     var userPropertyStorage: UserPropertyStorage = .array([])
+    /// The properties of CONNECT, CONNACK, DISCONNECT, AUTH and wills, boxed so that a PUBLISH or an
+    /// acknowledgement (which never carry them) stays small to copy; nil while all of them are nil.
+    var connection: ConnectionProperties?
 
     public init() {}
+
+    public var sessionExpiryInterval: UInt32? {
+        get { connection?.sessionExpiryInterval }
+        set { setConnectionField(newValue) { $0.sessionExpiryInterval = newValue } }
+    }
+    public var assignedClientIdentifier: String? {
+        get { connection?.assignedClientIdentifier }
+        set { setConnectionField(newValue) { $0.assignedClientIdentifier = newValue } }
+    }
+    public var serverKeepAlive: UInt16? {
+        get { connection?.serverKeepAlive }
+        set { setConnectionField(newValue) { $0.serverKeepAlive = newValue } }
+    }
+    public var authenticationMethod: String? {
+        get { connection?.authenticationMethod }
+        set { setConnectionField(newValue) { $0.authenticationMethod = newValue } }
+    }
+    public var authenticationData: ByteBuffer? {
+        get { connection?.authenticationData }
+        set { setConnectionField(newValue) { $0.authenticationData = newValue } }
+    }
+    public var requestProblemInformation: Bool? {
+        get { connection?.requestProblemInformation }
+        set { setConnectionField(newValue) { $0.requestProblemInformation = newValue } }
+    }
+    public var willDelayInterval: UInt32? {
+        get { connection?.willDelayInterval }
+        set { setConnectionField(newValue) { $0.willDelayInterval = newValue } }
+    }
+    public var requestResponseInformation: Bool? {
+        get { connection?.requestResponseInformation }
+        set { setConnectionField(newValue) { $0.requestResponseInformation = newValue } }
+    }
+    public var responseInformation: String? {
+        get { connection?.responseInformation }
+        set { setConnectionField(newValue) { $0.responseInformation = newValue } }
+    }
+    public var serverReference: String? {
+        get { connection?.serverReference }
+        set { setConnectionField(newValue) { $0.serverReference = newValue } }
+    }
+    public var receiveMaximum: UInt16? {
+        get { connection?.receiveMaximum }
+        set { setConnectionField(newValue) { $0.receiveMaximum = newValue } }
+    }
+    public var topicAliasMaximum: UInt16? {
+        get { connection?.topicAliasMaximum }
+        set { setConnectionField(newValue) { $0.topicAliasMaximum = newValue } }
+    }
+    /// Only `.atMostOnce` and `.atLeastOnce` can be sent; absence means QoS 2 is supported.
+    public var maximumQoS: MQTTQoS? {
+        get { connection?.maximumQoS }
+        set { setConnectionField(newValue) { $0.maximumQoS = newValue } }
+    }
+    public var retainAvailable: Bool? {
+        get { connection?.retainAvailable }
+        set { setConnectionField(newValue) { $0.retainAvailable = newValue } }
+    }
+    public var maximumPacketSize: UInt32? {
+        get { connection?.maximumPacketSize }
+        set { setConnectionField(newValue) { $0.maximumPacketSize = newValue } }
+    }
+    public var wildcardSubscriptionAvailable: Bool? {
+        get { connection?.wildcardSubscriptionAvailable }
+        set { setConnectionField(newValue) { $0.wildcardSubscriptionAvailable = newValue } }
+    }
+    public var subscriptionIdentifiersAvailable: Bool? {
+        get { connection?.subscriptionIdentifiersAvailable }
+        set { setConnectionField(newValue) { $0.subscriptionIdentifiersAvailable = newValue } }
+    }
+    public var sharedSubscriptionAvailable: Bool? {
+        get { connection?.sharedSubscriptionAvailable }
+        set { setConnectionField(newValue) { $0.sharedSubscriptionAvailable = newValue } }
+    }
+
+    /// Copy-on-write for the boxed properties; setting nil where there is no box allocates nothing.
+    private mutating func setConnectionField<T>(_ newValue: T?, _ set: (ConnectionProperties) -> Void) {
+        if connection == nil {
+            guard newValue != nil else { return }
+            connection = ConnectionProperties()
+        } else if !isKnownUniquelyReferenced(&connection) {
+            connection = connection?.copy()
+        }
+        if let connection { set(connection) }
+    }
+
+    final class ConnectionProperties: @unchecked Sendable {
+        // Mutated only through `setConnectionField`, after making the box unique: value semantics.
+        var sessionExpiryInterval: UInt32?
+        var assignedClientIdentifier: String?
+        var serverKeepAlive: UInt16?
+        var authenticationMethod: String?
+        var authenticationData: ByteBuffer?
+        var requestProblemInformation: Bool?
+        var willDelayInterval: UInt32?
+        var requestResponseInformation: Bool?
+        var responseInformation: String?
+        var serverReference: String?
+        var receiveMaximum: UInt16?
+        var topicAliasMaximum: UInt16?
+        var maximumQoS: MQTTQoS?
+        var retainAvailable: Bool?
+        var maximumPacketSize: UInt32?
+        var wildcardSubscriptionAvailable: Bool?
+        var subscriptionIdentifiersAvailable: Bool?
+        var sharedSubscriptionAvailable: Bool?
+
+        func copy() -> ConnectionProperties {
+            let copy = ConnectionProperties()
+        copy.sessionExpiryInterval = sessionExpiryInterval
+        copy.assignedClientIdentifier = assignedClientIdentifier
+        copy.serverKeepAlive = serverKeepAlive
+        copy.authenticationMethod = authenticationMethod
+        copy.authenticationData = authenticationData
+        copy.requestProblemInformation = requestProblemInformation
+        copy.willDelayInterval = willDelayInterval
+        copy.requestResponseInformation = requestResponseInformation
+        copy.responseInformation = responseInformation
+        copy.serverReference = serverReference
+        copy.receiveMaximum = receiveMaximum
+        copy.topicAliasMaximum = topicAliasMaximum
+        copy.maximumQoS = maximumQoS
+        copy.retainAvailable = retainAvailable
+        copy.maximumPacketSize = maximumPacketSize
+        copy.wildcardSubscriptionAvailable = wildcardSubscriptionAvailable
+        copy.subscriptionIdentifiersAvailable = subscriptionIdentifiersAvailable
+        copy.sharedSubscriptionAvailable = sharedSubscriptionAvailable
+            return copy
+        }
+    }
 
     public init(userProperties: [MQTTUserProperty]) {
         self.userPropertyStorage = .array(userProperties)
