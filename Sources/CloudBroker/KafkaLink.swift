@@ -25,6 +25,8 @@ final class KafkaLink: Service, Sendable {
         var ready = false
         var reason = "Kafka metadata not fetched yet"
         var partitions: [String: Int32] = [:]
+        /// Every assigned partition has answered a fetch (its start position is fixed).
+        var positioned = false
         /// Per partition: records older than the node's start are skipped until a newer one was seen
         /// (Tansu resolves "end" to the start of its last batch).
         var live: Set<KafkaTopicPartition> = []
@@ -44,9 +46,13 @@ final class KafkaLink: Service, Sendable {
         self.logger = logger
     }
 
-    /// nil when Kafka metadata was reachable at the last check, else why not.
+    /// nil when Kafka metadata was reachable at the last check and the consumers have their start
+    /// positions, else why not.
     func readiness() -> String? {
-        state.withLock { $0.ready ? nil : $0.reason }
+        state.withLock { state in
+            guard state.ready else { return state.reason }
+            return state.positioned ? nil : "Kafka consumers are not positioned yet"
+        }
     }
 
     /// Creates missing topics; throws `BrokerError(.kafkaTopics)` if the cluster refuses one, retries
@@ -100,7 +106,9 @@ final class KafkaLink: Service, Sendable {
                 let stats = registry.store.statistics()
                 BrokerMetrics.sessions.record(stats.sessions + registry.onlineCount)
                 BrokerMetrics.sessionQueuedMessages.record(stats.queuedMessages)
-                try? await Task.sleep(for: self.settings.checkInterval)  // periodic health check
+                // Periodic health check; faster until the consumers are positioned.
+                let positioned = self.state.withLock { $0.positioned }
+                try? await Task.sleep(for: positioned ? self.settings.checkInterval : .milliseconds(100))
             }
         }
     }
@@ -137,6 +145,19 @@ final class KafkaLink: Service, Sendable {
             return
         }
         var changed: [(String, Int32)] = []
+        let wasPositioned = state.withLock { $0.positioned }
+        if !wasPositioned {
+            // A partition's start position is fixed once it answered a fetch (its high watermark is
+            // known): from then on, every record produced is delivered.
+            let counts = state.withLock { $0.partitions }
+            let positioned = !counts.isEmpty && settings.messagesTopics.allSatisfy { topic in
+                (0..<(counts[topic] ?? 0)).allSatisfy { messages.highWatermark(topic: topic, partition: $0) != nil }
+            }
+            if positioned {
+                state.withLock { $0.positioned = true }
+                logger.info("Kafka consumers positioned")
+            }
+        }
         state.withLock { state in
             state.ready = true
             for spec in settings.topics {
