@@ -54,7 +54,8 @@ import Testing
             try await Self.produce(scope, bootstrap: tansu.bootstrapServers, topic: "sim-check", records: records)
 
             let byPayload = try await Self.verify(
-                scope, ["--bootstrap", tansu.bootstrapServers, "--topic", "sim-check", "--expect", "8"], expectExit: 1)
+                scope, ["--bootstrap", tansu.bootstrapServers, "--topic", "sim-check", "--expect", "8", "--idle-timeout", "1"],
+                expectExit: 1)
             #expect(byPayload.contains(" received=8 "), "\(byPayload)")
             #expect(byPayload.contains(" distinct=7 "), "\(byPayload)")
             #expect(byPayload.contains(" lost=1 "), "\(byPayload)")

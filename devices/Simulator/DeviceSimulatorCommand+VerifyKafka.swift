@@ -27,6 +27,9 @@ extension DeviceSimulatorCommand {
         @Option(help: ArgumentHelp("Give up reading after this many seconds (default 60).", valueName: "S"))
         var timeout: Double = 60
 
+        @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("At the end of the topic but short of --expect: stop after this many seconds without a new record (default 10).", valueName: "S"))
+        var idleTimeout: Double = 10
+
         @Flag(name: .customLong("allow-duplicates"), help: "Only loss fails the check (at-least-once).")
         var allowDuplicates = false
 
@@ -39,6 +42,7 @@ extension DeviceSimulatorCommand {
                 throw ValidationError("--client-header and --seq-header go together")
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+            guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be positive") }
         }
 
         func run() async throws {
@@ -46,7 +50,7 @@ extension DeviceSimulatorCommand {
                 if let clientHeader, let sequenceHeader { .headers(client: clientHeader, sequence: sequenceHeader) } else { .payload }
             let verifier = KafkaVerifier(
                 bootstrapServers: bootstrap, topic: topic, identity: identity, expected: expect,
-                timeout: Run.seconds(timeout), progressInterval: .seconds(5))
+                timeout: Run.seconds(timeout), idleTimeout: Run.seconds(idleTimeout), progressInterval: .seconds(5))
             let summary = try await verifier.run { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
             print(summary.line())
             if json { print(summary.json()) }

@@ -16,6 +16,9 @@ struct KafkaVerifier: Sendable {
     var identity: Identity
     var expected: Int?
     var timeout: Duration
+    /// At the end of every partition with fewer than `expected` messages: give up after this long without a
+    /// new record (the rest is lost, not late).
+    var idleTimeout: Duration
     var progressInterval: Duration
 
     private struct State {
@@ -62,13 +65,20 @@ struct KafkaVerifier: Sendable {
 
         let deadline = ContinuousClock.now + timeout
         var lastProgress = ContinuousClock.now
+        var lastCount = -1
+        var lastChange = ContinuousClock.now
         while ContinuousClock.now < deadline {
             let (records, offsets, distinct) = state.withLock { ($0.records, $0.nextOffset, $0.accounting.distinct) }
+            if records != lastCount {
+                lastCount = records
+                lastChange = ContinuousClock.now
+            }
             let atEnd = (0..<partitions).allSatisfy { partition in
                 guard let high = consumer.highWatermark(topic: topic, partition: partition) else { return false }
                 return (offsets[partition] ?? 0) >= high
             }
             if atEnd && (expected.map { distinct >= $0 } ?? true) { break }
+            if atEnd && ContinuousClock.now - lastChange >= idleTimeout { break }
             if ContinuousClock.now - lastProgress >= progressInterval {
                 lastProgress = ContinuousClock.now
                 progress("device-sim progress mode=verify-kafka records=\(records) distinct=\(distinct)")
