@@ -31,7 +31,7 @@ struct StateFileWriter {
 
 struct StateFileReader {
     let bytes: [UInt8]
-    var offset = 8
+    var offset = 4
 
     /// nil if the magic, version or checksum is wrong.
     init?(_ bytes: [UInt8], magic: String) {

@@ -1,0 +1,138 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Common
+import Foundation
+import NIOCore
+import Testing
+import TestSupport
+
+/// Real processes: Python devices (paho) → edge-agent → mosquitto → a QoS 2 persistent subscriber that
+/// writes (agent, seq, device, payload) per message. Scaled down for CI (see each test).
+@Suite("Edge agent end to end", .serialized)
+struct EdgeAgentEndToEndTests {
+    @Test("devices → agent → mosquitto: every message exactly once, in order per device (100 devices × 100, QoS 1)")
+    func exactlyOnceInOrder() async throws {
+        try await withProcesses { scope in
+            let devices = 100, messages = 100
+            let data = try AgentHarness.temporaryDirectory("in-order")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output)
+            let ports = try AgentHarness.ports()
+            _ = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port)
+            let start = ContinuousClock.now
+            let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 1)
+            let exit = await fleet.waitForExit(timeout: .seconds(120))
+            #expect(exit == .exited(0), "devices: \(fleet.logTail(lines: 5))")
+            let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages, timeout: .seconds(120))
+            let seconds = Double((ContinuousClock.now - start).components.seconds) + 0.001
+            print("e2e in-order: \(tally.lines.count) messages upstream in \(Int(seconds)) s (\(Int(Double(tally.lines.count) / seconds)) msg/s end to end); devices: \(fleet.logTail(lines: 1))")
+            #expect(tally.missing(devices: devices, messages: messages, prefix: "dev-").isEmpty)
+            #expect(tally.duplicateSequences == 0)
+            #expect(tally.duplicatePayloads == 0)
+            #expect(tally.devicesOutOfOrder.isEmpty)
+            #expect(Set(tally.lines.map(\.agent)) == ["gw-e2e"])
+        }
+    }
+
+    @Test("agent SIGKILLed 5 times and mosquitto stopped 30 s: lost 0, duplicates 0 (20 devices × 400, QoS 2)")
+    func killsAndOutage() async throws {
+        try await withProcesses { scope in
+            let devices = 20, messages = 400
+            let data = try AgentHarness.temporaryDirectory("kills")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output)
+            let ports = try AgentHarness.ports()
+            var agent = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port)
+            // 8 msg/s per device: the fleet runs ~50 s, so every kill and the outage hit live traffic.
+            let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 2, rate: 8)
+            var kills = 0
+            for round in 0..<6 {
+                // Random moments: the test's schedule of faults, not synchronisation.
+                try await Task.sleep(for: .milliseconds(Int.random(in: 2_000...5_000)))
+                if round == 2 {
+                    broker.process.send(SIGSTOP)
+                    print("e2e kills: mosquitto stopped")
+                }
+                agent.send(SIGKILL)
+                _ = await agent.waitForExit()
+                kills += 1
+                agent = try await AgentHarness.startAgent(
+                    scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, name: "edge-agent-\(round + 1)")
+                if round == 2 {
+                    try await Task.sleep(for: .seconds(30))
+                    broker.process.send(SIGCONT)
+                    print("e2e kills: mosquitto continued after 30 s")
+                }
+            }
+            let exit = await fleet.waitForExit(timeout: .seconds(240))
+            #expect(exit == .exited(0), "devices: \(fleet.logTail(lines: 5))")
+            let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages, timeout: .seconds(120))
+            let missing = tally.missing(devices: devices, messages: messages, prefix: "dev-")
+            print("e2e kills: kills=\(kills) upstream=\(tally.lines.count) missing=\(missing.count) duplicate_seqs=\(tally.duplicateSequences) duplicate_payloads=\(tally.duplicatePayloads)")
+            #expect(kills >= 5)
+            #expect(missing.isEmpty, "missing: \(missing.prefix(20))")
+            #expect(tally.duplicateSequences == 0)
+            #expect(tally.duplicatePayloads == 0)
+            #expect(tally.devicesOutOfOrder.isEmpty)
+        }
+    }
+
+    @Test("a device resending PUBLISH(DUP) and PUBREL after an agent restart gets PUBREC / PUBCOMP and nothing is stored twice; a malformed device closes only itself")
+    func deviceConformanceAcrossRestart() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("conformance")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output)
+            let ports = try AgentHarness.ports()
+            var agent = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port)
+
+            let connect = MQTTPacket.connect(MQTTConnect(
+                protocolVersion: .v5, clientIdentifier: "conf-1", cleanStart: false, keepAlive: 60,
+                properties: { var p = MQTTProperties(); p.sessionExpiryInterval = 3600; return p }()))
+            let publish = MQTTPublish(topic: "devices/conf-1/data", payload: ByteBuffer(string: "conf-1:0"), qos: .exactlyOnce, packetId: 7)
+
+            var device = try RawMQTTPeer(port: ports.device, version: .v5)
+            try device.send(connect)
+            guard case .connack(let first)? = try device.receive() else { throw HarnessError("expected CONNACK") }
+            #expect(first.sessionPresent == false)
+            try device.send(.publish(publish))
+            #expect(try device.receive() == .pubrec(MQTTPublishAck(packetId: 7)))
+
+            agent.send(SIGKILL)
+            _ = await agent.waitForExit()
+            agent = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, name: "edge-agent-2")
+
+            device = try RawMQTTPeer(port: ports.device, version: .v5)
+            try device.send(connect)
+            guard case .connack(let second)? = try device.receive() else { throw HarnessError("expected CONNACK") }
+            #expect(second.sessionPresent == true)
+            var again = publish
+            again.dup = true
+            try device.send(.publish(again))
+            #expect(try device.receive() == .pubrec(MQTTPublishAck(packetId: 7)))
+
+            // Meanwhile a device sends garbage: only its connection closes.
+            let bad = try RawMQTTPeer(port: ports.device, version: .v5)
+            try bad.send(.connect(MQTTConnect(protocolVersion: .v5, clientIdentifier: "bad-1")))
+            _ = try bad.receive()
+            try bad.sendRaw([0x00, 0x02, 0xFF, 0xFF])  // reserved packet type 0
+            #expect(bad.closedByPeer())
+
+            try device.send(.pubrel(MQTTPublishAck(packetId: 7)))
+            #expect(try device.receive() == .pubcomp(MQTTPublishAck(packetId: 7)))
+            try device.send(.pubrel(MQTTPublishAck(packetId: 7)))
+            #expect(try device.receive() == .pubcomp(MQTTPublishAck(packetId: 7, reasonCode: .packetIdentifierNotFound)))
+            // A new message after the malformed peer: the agent keeps forwarding.
+            try device.send(.publish(MQTTPublish(topic: "devices/conf-1/data", payload: ByteBuffer(string: "conf-1:1"), qos: .atLeastOnce, packetId: 8)))
+            #expect(try device.receive() == .puback(MQTTPublishAck(packetId: 8)))
+
+            let tally = try await UpstreamTally.waitFor(path: output, expected: 2, timeout: .seconds(30))
+            #expect(tally.lines.map(\.payload).sorted() == ["conf-1:0", "conf-1:1"])
+            #expect(agent.isRunning)
+        }
+    }
+}
