@@ -58,6 +58,7 @@ struct State {
     /// Segment files removed from `segments` by drop-oldest, for the writer to unlink.
     var unlinkQueue: [String] = []
     var droppedRecords: UInt64 = 0
+    var syncs: UInt64 = 0
     /// Where the last read stopped, so the next sequential read starts without a scan.
     var readHint: (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?
 
@@ -90,7 +91,8 @@ struct State {
             oldestUnacknowledgedAgeSeconds: age,
             lastSequence: writtenThrough,
             acknowledgedThrough: acknowledgedThrough,
-            droppedRecords: droppedRecords
+            droppedRecords: droppedRecords,
+            syncs: syncs
         )
     }
 }

@@ -239,13 +239,15 @@ final class Writer: @unchecked Sendable {
         unsynced = false
         core.metrics.fsyncs.increment()
         core.metrics.fsyncDuration.recordNanoseconds(Int64(end - start))
-        if case .interval = policy {
-            let waiters = core.lock.withLock { state -> [Waiter] in
-                state.readableThrough = state.writtenThrough
-                return takeReadyWaiters(&state)
-            }
-            for waiter in waiters { waiter.continuation.resume() }
+        let readableAdvances: Bool
+        if case .interval = policy { readableAdvances = true } else { readableAdvances = false }
+        let waiters = core.lock.withLock { state -> [Waiter] in
+            state.syncs += 1
+            guard readableAdvances else { return [] }
+            state.readableThrough = state.writtenThrough
+            return takeReadyWaiters(&state)
         }
+        for waiter in waiters { waiter.continuation.resume() }
     }
 
     /// The interval sync (and the final one on close). A failure is logged and retried at the next tick.

@@ -73,6 +73,8 @@ public final class DiskBuffer: Sendable {
         public var acknowledgedThrough: UInt64
         /// Records lost since open: drop-oldest overflow, damage found while reading, missing segments.
         public var droppedRecords: UInt64
+        /// Segment syncs (fdatasync) since open.
+        public var syncs: UInt64
     }
 
     let core: Core
@@ -93,7 +95,7 @@ public final class DiskBuffer: Sendable {
     /// Fails with ``DiskBufferError/Code/directoryLocked`` if another buffer has the directory open.
     public static func open(
         _ configuration: Configuration,
-        logger: Logger
+        logger: Logger = Logger(label: "tributary.buffer")
     ) throws(DiskBufferError) -> (DiskBuffer, RecoveryReport) {
         try Recovery.open(configuration, logger: logger)
     }
