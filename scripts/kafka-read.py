@@ -3,7 +3,8 @@
 summary: record count, per-agent exactly-once accounting by the tributary-agent / tributary-seq headers, and
 the first few records with key and headers. Used by scripts/demo; tests use the Swift reader in TestSupport.
 
-Usage: kafka-read.py BOOTSTRAP TOPIC [--show N] [--expect-min N] [--timeout S]
+Usage: kafka-read.py BOOTSTRAP TOPIC [--show N] [--timeout S] [--expect-agent ID --expect N]
+With --expect, exits 1 unless agent ID's records are exactly sequences 1..N, each once.
 """
 import argparse
 import collections
@@ -19,6 +20,8 @@ def main():
     parser.add_argument("topic")
     parser.add_argument("--show", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--expect-agent")
+    parser.add_argument("--expect", type=int)
     args = parser.parse_args()
 
     consumer = Consumer({
@@ -75,12 +78,22 @@ def main():
         missing = top - len(counts)
         print(f"kafka-read: agent {agent}: {len(counts)} distinct sequences, highest {top}, "
               f"duplicates {duplicates}, gaps {missing}")
+    verdict = 0
+    if args.expect is not None:
+        counts = by_agent.get(args.expect_agent or "", collections.Counter())
+        duplicates = sum(c - 1 for c in counts.values() if c > 1)
+        lost = sum(1 for seq in range(1, args.expect + 1) if seq not in counts)
+        extra = sum(1 for seq in counts if seq > args.expect or seq < 1)
+        print(f"kafka-read: expected sequences 1..{args.expect} of agent {args.expect_agent}: "
+              f"lost {lost}, duplicates {duplicates}, unexpected {extra}")
+        if lost or duplicates or extra:
+            verdict = 1
     for message in records[: args.show]:
         headers = ", ".join(f"{k}={v.decode(errors='replace')}" for k, v in (message.headers() or []))
         value = message.value() or b""
         print(f"  partition {message.partition()} offset {message.offset()} key={message.key()!r} "
               f"value={len(value)} bytes headers: {headers}")
-    return 0
+    return verdict
 
 
 if __name__ == "__main__":
