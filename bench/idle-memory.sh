@@ -53,7 +53,7 @@ measure_peer() {
     if [ -n "$peer_url" ] && measure "$1" "$peer_pid" "$peer_url"; then
         echo "RESULT idle-memory ratio $1/mosquitto=$(ratio "$last_per_conn" "$mosquitto_per")"
     else
-        echo "idle-memory: $1 does not accept MQTT yet (${peer_note:-no output}); mosquitto baseline only"
+        echo "idle-memory: $1 not measured (not accepting MQTT, or not all connections taken: ${peer_note:-no output})"
     fi
 }
 

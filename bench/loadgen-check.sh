@@ -25,13 +25,17 @@ for qos in 0 1 2; do
     best_c=0
     best_sim=0
     for round in $(seq 1 "$rounds"); do
+        ticks=$(cpu_ticks "$broker_pid")
         c_line=$("$loadgen" 127.0.0.1 "$broker_port" "$clients" "$count" "$qos" "$size" "$inflight" 4 "loadgen$round")
         c_rate=$(field rate_msgs_per_s "$c_line")
+        c_busy=$(busy "$broker_pid" "$ticks" "$(field elapsed_s "$c_line")")
+        ticks=$(cpu_ticks "$broker_pid")
         sim_line=$("$sim" --broker "mqtt://127.0.0.1:$broker_port" --clients "$clients" --count "$count" --rate 0 \
             --size "$size" --qos "$qos" --inflight "$inflight" --topic "sim/{client}/data" --client-id-prefix "sim$round" \
             --progress-interval 60 | grep '^device-sim summary')
         sim_rate=$(field rate_msgs_per_s "$sim_line")
-        echo "  qos $qos round $round: mqtt-loadgen $c_rate msg/s, device-sim $sim_rate msg/s (acked $(field acked "$sim_line"), ack p50 $(field ack_p50_ms "$sim_line") ms)"
+        sim_busy=$(busy "$broker_pid" "$ticks" "$(field elapsed_s "$sim_line")")
+        echo "  qos $qos round $round: mqtt-loadgen $c_rate msg/s (mosquitto CPU ${c_busy}%), device-sim $sim_rate msg/s (mosquitto CPU ${sim_busy}%, acked $(field acked "$sim_line"), ack p50 $(field ack_p50_ms "$sim_line") ms)"
         best_c=$(python3 -c "print(max($best_c, $c_rate))")
         best_sim=$(python3 -c "print(max($best_sim, $sim_rate))")
     done

@@ -124,3 +124,12 @@ compare_ingest() {
         echo "RESULT $name qos=$qos mosquitto_msgs_per_s=$m_rate mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") peer_msgs_per_s=${p_rate:-n/a} peer_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
     done
 }
+
+cpu_ticks() {  # cpu_ticks PID: user + system CPU time in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# busy PID TICKS_BEFORE SECONDS: the percentage of one core PID used since TICKS_BEFORE over SECONDS.
+busy() {
+    python3 -c "import os,sys; t=os.sysconf('SC_CLK_TCK'); print(f'{(int(sys.argv[1])-int(sys.argv[2]))/t/float(sys.argv[3])*100:.0f}')" "$(cpu_ticks "$1")" "$2" "$3"
+}
