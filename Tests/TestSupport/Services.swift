@@ -56,14 +56,25 @@ public final class ProcessScope: Sendable {
     }
 
     /// Starts Tansu on `port` (a free one by default) and returns once it answers a Metadata request.
+    /// A free port can be taken by another process between the kernel handing it out and Tansu binding it;
+    /// then Tansu exits at once, and (unless `port` was given) it is started again on another free port.
     public func startTansu(port: Int? = nil, storage: String? = nil, name: String = "tansu") async throws -> TansuBroker {
-        let port = try port ?? FreePort.next()
-        var arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(port)", "--advertised-listener-url", "tcp://127.0.0.1:\(port)"]
-        if let storage { arguments += ["--storage-engine", storage] }
-        let process = try launch(name: name, executable: TestEnvironment.tansuBinary, arguments: arguments)
-        try await TCPProbe.waitUntilServing(
-            port: port, request: TansuBroker.metadataRequest, minimumReply: 8, timeout: .seconds(30), process: process)
-        return TansuBroker(process: process, port: port)
+        var attempt = 0
+        while true {
+            attempt += 1
+            let chosen = try port ?? FreePort.next()
+            var arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(chosen)", "--advertised-listener-url", "tcp://127.0.0.1:\(chosen)"]
+            if let storage { arguments += ["--storage-engine", storage] }
+            let process = try launch(name: name, executable: TestEnvironment.tansuBinary, arguments: arguments)
+            do {
+                try await TCPProbe.waitUntilServing(
+                    port: chosen, request: TansuBroker.metadataRequest, minimumReply: 8, timeout: .seconds(30), process: process)
+                return TansuBroker(process: process, port: chosen)
+            } catch {
+                let lostThePort = process.exitStatus != nil && process.logText().contains("AddrInUse")
+                guard lostThePort, port == nil, attempt < 5 else { throw error }
+            }
+        }
     }
 
     /// Starts mosquitto with no persistence on a free loopback port; `extraConfiguration` lines are appended.
