@@ -67,6 +67,7 @@ enum DeviceConnection {
                 var id = connect.clientIdentifier
                 if id.isEmpty {
                     guard connect.cleanStart else {
+                        state = .loadingSession(connect, clientId: "")
                         return close(.clientIdentifierNotValid, "empty client id without clean start")
                     }
                     id = "tributary-auto-\(assignedCounter)"
