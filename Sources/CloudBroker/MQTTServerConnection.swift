@@ -45,6 +45,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         self.machine = StateMachine(limits: broker.limits)
     }
 
+    /// What this connection shares with the node (for tests).
+    var brokerContext: BrokerContext { broker }
+
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -68,7 +71,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             requestedKeepAlive = connect.keepAlive
             if let size = connect.properties.maximumPacketSize { clientMaximumPacketSize = Int(size) }
         }
-        perform(machine.packetReceived(packet, now: .now(), wallClock: Date()))
+        perform(machine.packetReceived(packet, now: context.eventLoop.now, wallClock: Date()))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -177,8 +180,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 connectTimeoutTask?.cancel()
                 keepAliveTask?.cancel()
                 let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-                keepAliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { _ in
-                    loopBound.value.perform(loopBound.value.machine.keepAliveCheck(now: .now()))
+                let loop = context.eventLoop
+                keepAliveTask = loop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { _ in
+                    loopBound.value.perform(loopBound.value.machine.keepAliveCheck(now: loop.now))
                 }
             case .dropped(let qos):
                 BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
