@@ -8,9 +8,13 @@ import Synchronization
 protocol RecordSink: Sendable {
     /// Returns once the record is durable under the buffer's fsync policy.
     func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64
+    /// The last sequence appended so far.
+    var lastSequence: UInt64 { get }
 }
 
-extension DiskBuffer: RecordSink {}
+extension DiskBuffer: RecordSink {
+    var lastSequence: UInt64 { stats.lastSequence }
+}
 
 /// Which connection holds each client id; a new CONNECT with the same id closes the old connection.
 final class DeviceRegistry: Sendable {
@@ -173,13 +177,25 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     }
 
     private func enqueueStore(_ publish: MQTTPublish, completion: DeviceConnection.StateMachine.Completion, context: ChannelHandlerContext) {
-        let body = AgentRecord.encode(publish, deviceId: machine.clientId, receivedAtMilliseconds: Self.wallMilliseconds())
+        let body = AgentRecord.encode(
+            publish, deviceId: machine.clientId, persistentSession: machine.persistent, receivedAtMilliseconds: Self.wallMilliseconds())
         AgentMetrics.received(qos: publish.qos == .atMostOnce ? .zero : publish.qos == .atLeastOnce ? .one : .two).increment()
         AgentMetrics.receivedBytes.increment(by: publish.payload.readableBytes)
         pendingStores += 1
         enqueue(context: context) { [sink, sessions, clientId = machine.clientId] in
-            _ = try await sink.append(body)
-            if case .pubrec(let id, persist: true) = completion { try await sessions.insert(id, for: clientId) }
+            guard case .pubrec(let id, persist: true) = completion else {
+                _ = try await sink.append(body)
+                return
+            }
+            let token = sessions.beginStore(lastSequence: sink.lastSequence)
+            do {
+                let sequence = try await sink.append(body)
+                try await sessions.insert(id, for: clientId)
+                sessions.endStore(token, sequence: sequence)
+            } catch {
+                sessions.endStore(token, sequence: nil)
+                throw error
+            }
         } then: { handler, result in
             handler.pendingStores -= 1
             switch result {

@@ -29,6 +29,7 @@ enum EdgeAgent {
     static func runServices(configuration: EdgeAgentConfiguration, buffer: DiskBuffer, logger: Logger) async throws {
         let directory = configuration.buffer.directory
         let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
+        try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
         let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
         let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger)
         let listener = DeviceListener(
@@ -55,6 +56,23 @@ enum EdgeAgent {
         group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
         try await ServiceGroup(configuration: group).run()
         notifier.stopping()
+    }
+
+    /// Reads the buffer after the device session file's covered point and restores QoS 2 ids a crash cut off.
+    static func recoverDeviceSessions(_ sessions: DeviceSessionStore, buffer: DiskBuffer, logger: Logger) async throws {
+        let last = buffer.stats.lastSequence
+        var next = sessions.coveredThrough + 1
+        var records: [AgentRecord] = []
+        while next <= last {
+            let batch = try buffer.read(from: next, maxRecords: 4096)
+            guard let final = batch.last else { break }
+            records += batch.compactMap { AgentRecord(decoding: $0.body) }.filter { $0.qos == .exactlyOnce && $0.persistentSession }
+            next = final.sequence + 1
+        }
+        let recovered = try await sessions.recover(from: records, lastSequence: last)
+        if recovered > 0 {
+            logger.info("Recovered device QoS 2 state from the buffer", metadata: ["device.recovered_ids": "\(recovered)"])
+        }
     }
 
     static func uplinkSettings(_ configuration: EdgeAgentConfiguration) throws -> Uplink.Settings {

@@ -47,4 +47,27 @@ struct AgentPersistenceTests {
         #expect(reloaded.session("a") == Set(UInt16(1)...50).subtracting([7]))
         #expect(reloaded.session("b") == nil)
     }
+
+    @Test("a persistent QoS 2 store still in progress holds back the covered point, so start-up recovery restores its id")
+    func coveredPointAndRecovery() async throws {
+        let path = try AgentHarness.temporaryDirectory("device-covered") + "/device-sessions"
+        let store = try DeviceSessionStore.load(path: path)
+        _ = store.open("a")
+        let finished = store.beginStore(lastSequence: 10)
+        try await store.insert(1, for: "a")
+        store.endStore(finished, sequence: 11)
+        // Device "b" appended record 12 and the process died before its id was written.
+        _ = store.beginStore(lastSequence: 11)
+        try await store.insert(2, for: "a")  // another write happens meanwhile
+        let reloaded = try DeviceSessionStore.load(path: path)
+        #expect(reloaded.coveredThrough == 11)
+        #expect(reloaded.session("b") == nil)
+        let lost = AgentRecord(qos: .exactlyOnce, retain: false, persistentSession: true, devicePacketId: 9, receivedAtMilliseconds: 0, deviceId: "b", topic: "t", payload: [])
+        let clean = AgentRecord(qos: .exactlyOnce, retain: false, persistentSession: false, devicePacketId: 4, receivedAtMilliseconds: 0, deviceId: "c", topic: "t", payload: [])
+        #expect(AgentRecord(decoding: lost.encoded()) == lost)
+        #expect(try await reloaded.recover(from: [lost, clean], lastSequence: 12) == 1)
+        #expect(reloaded.session("b") == [9])
+        #expect(reloaded.session("c") == nil)
+        #expect(try DeviceSessionStore.load(path: path).coveredThrough == 12)
+    }
 }
