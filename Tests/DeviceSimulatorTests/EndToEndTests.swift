@@ -93,6 +93,19 @@ import Testing
         }
     }
 
+    @Test func givesUpAtTheTimeoutWhenNoBrokerAnswers() async throws {
+        try await withProcesses { scope in
+            let port = try FreePort.next()  // nothing listens here
+            let fields = try await Self.runSimulator(scope, [
+                "--broker", "mqtt://127.0.0.1:\(port)", "--clients", "3", "--count", "5", "--timeout", "1",
+                "--reconnect-min", "0.05", "--reconnect-max", "0.1", "--check",
+            ], expectExit: 1)
+            #expect(fields["connects"] == "0")
+            #expect(Int(fields["connect_failures"] ?? "0")! >= 3)
+            #expect(fields["acked"] == "0")
+        }
+    }
+
     @Test func rejectsBadInputWithExitTwo() async throws {
         try await withProcesses { scope in
             for arguments in [["--qos", "3", "--count", "1"], ["--clients", "1"], ["--topic", "a/+/b", "--count", "1"]] {

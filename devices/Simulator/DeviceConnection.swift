@@ -194,7 +194,7 @@ final class DeviceConnection {
     private func connAckReceived(_ ack: MQTTConnAck) {
         guard case .connecting(let since) = phase else { return }
         guard !ack.reasonCode.isFailure else {
-            shard.summary.protocolErrors += 1
+            // Counted as a connect failure when the channel closes (still connecting).
             handler?.close()
             return
         }

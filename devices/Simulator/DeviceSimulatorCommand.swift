@@ -110,6 +110,9 @@ extension DeviceSimulatorCommand {
         @Option(name: .customLong("progress-interval"), help: ArgumentHelp("Seconds between progress lines (default 5).", valueName: "S"))
         var progressInterval: Double?
 
+        @Option(help: ArgumentHelp("Stop publishing after this many seconds whatever the state (default: none).", valueName: "S"))
+        var timeout: Double?
+
         @Flag(help: "Also print the summary as JSON (last line of standard output).")
         var json = false
 
@@ -167,6 +170,10 @@ extension DeviceSimulatorCommand {
             if let drainTimeout { settings.drainTimeout = Self.seconds(drainTimeout) }
             if let progressInterval { settings.progressInterval = Self.seconds(max(0.1, progressInterval)) }
             settings.json = json
+            if let timeout {
+                guard timeout > 0 else { throw ConfigError(key: "timeout", "must be positive") }
+                settings.timeout = Self.seconds(timeout)
+            }
             if let workerIndex, let workerCount, workerCount > 0, (0..<workerCount).contains(workerIndex) {
                 let first = clients * workerIndex / workerCount
                 let next = clients * (workerIndex + 1) / workerCount

@@ -123,6 +123,14 @@ final class Fleet: Sendable {
                 progress(await snapshot(expected: nil).progressLine())
             }
         }
+        let limiter = Task {
+            guard let timeout = settings.timeout else { return }
+            try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled else { return }
+            progress("device-sim: --timeout reached; stopping every device")
+            _ = await onShards { shard in shard.connections.forEach { $0.finish() } }
+        }
+        defer { limiter.cancel() }
         if let duration = settings.duration {
             let stopper = Task {
                 try? await Task.sleep(for: duration + rampUp)

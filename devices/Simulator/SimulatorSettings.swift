@@ -106,6 +106,8 @@ struct SimulatorSettings: Sendable {
     /// After publishing stops, how long to wait for outstanding acks and for subscribers to catch up.
     var drainTimeout: Duration = .seconds(15)
     var progressInterval: Duration = .seconds(5)
+    /// Hard limit of the publishing phase (a broker that refuses or never answers must not hang a script).
+    var timeout: Duration?
     var threads = System.coreCount
     var processes = 1
     var json = false
