@@ -191,6 +191,7 @@ extension DeviceSimulatorCommand {
             var settings = try settings()
             let fileLimit = WorkerProcesses.raiseOpenFileLimit()
             let isWorker = workerIndex != nil
+            if isWorker { WorkerProcesses.exitWithParent() }
             let processCount = isWorker
                 ? 1
                 : processes ?? WorkerProcesses.processesNeeded(

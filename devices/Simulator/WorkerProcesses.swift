@@ -10,6 +10,15 @@ enum WorkerProcesses {
     /// Marks the line a worker prints with its raw summary.
     static let summaryPrefix = "device-sim worker-summary "
 
+    /// In a worker: exit when the parent goes away (a killed `device-sim` leaves no devices behind). The
+    /// parent holds the write end of the worker's standard input; end of file means the parent is gone.
+    static func exitWithParent() {
+        Thread.detachNewThread {
+            _ = FileHandle.standardInput.readDataToEndOfFile()
+            exit(1)
+        }
+    }
+
     /// Raises the soft open-file limit to the hard limit; returns the limit now in force.
     @discardableResult
     static func raiseOpenFileLimit() -> Int {
@@ -55,6 +64,9 @@ enum WorkerProcesses {
     static func run(arguments: [String], count: Int) async throws(SimulatorError) -> SimulatorSummary {
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var running: [(Process, Pipe)] = []
+        // Kept open until this process exits: the workers' standard input (see `exitWithParent`).
+        var lifelines: [Pipe] = []
+        defer { withExtendedLifetime(lifelines) {} }
         for index in 0..<count {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
@@ -62,6 +74,9 @@ enum WorkerProcesses {
             let pipe = Pipe()
             process.standardOutput = pipe
             process.standardError = FileHandle.standardError
+            let lifeline = Pipe()
+            process.standardInput = lifeline
+            lifelines.append(lifeline)
             do {
                 try process.run()
             } catch {
