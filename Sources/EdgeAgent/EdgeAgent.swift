@@ -103,7 +103,9 @@ enum EdgeAgent {
             backoffInitial: configuration.reconnectInitial, backoffMaximum: configuration.reconnectMax,
             connectTimeout: configuration.connectTimeout,
             tcpUserTimeout: configuration.tcpUserTimeout == .zero ? nil : configuration.tcpUserTimeout,
-            maxBatchBytes: 1 << 20, progressInterval: .seconds(5))
+            maxBatchBytes: 1 << 20,
+            maxBytesPerSecond: configuration.maxBytesPerSecond > 0 ? configuration.maxBytesPerSecond : nil,
+            progressInterval: .seconds(5))
     }
 }
 

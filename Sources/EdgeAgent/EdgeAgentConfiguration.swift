@@ -19,6 +19,7 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("upstream.connect_timeout", default: "10s", help: "TCP (and TLS) connect timeout upstream."),
         ConfigKey("upstream.session_expiry", default: "7d", help: "MQTT 5 Session Expiry Interval requested upstream (s, m, h or d); the broker keeps QoS 2 state this long while the agent is away."),
         ConfigKey("upstream.max_inflight", default: "100", help: "Cap on forwarded records in flight; the broker's Receive Maximum lowers it."),
+        ConfigKey("upstream.max_bytes_per_second", default: "0", help: "Replay pacing: cap on forwarded bytes per second (e.g. 512KiB); 0 means no cap."),
         ConfigKey("upstream.topic_prefix", default: "", help: "Prepended to each device topic upstream (e.g. site-7/)."),
         ConfigKey("upstream.username", help: "User name upstream (optional)."),
         ConfigKey("upstream.password", help: "Password upstream (optional; prefer TRIBUTARY_UPSTREAM_PASSWORD)."),
@@ -58,6 +59,7 @@ struct EdgeAgentConfiguration: Sendable {
     var sessionExpirySeconds: UInt32
     var maxInflight: Int
     var topicPrefix: String
+    var maxBytesPerSecond: Int
     var username: String?
     var password: String?
     var reconnectInitial: Duration
@@ -94,6 +96,7 @@ struct EdgeAgentConfiguration: Sendable {
         sessionExpirySeconds = try Self.seconds(values, "upstream.session_expiry")
         maxInflight = try values.int("upstream.max_inflight", range: 1...65_535)
         topicPrefix = values.optionalString("upstream.topic_prefix") ?? ""
+        maxBytesPerSecond = try values.bytes("upstream.max_bytes_per_second")
         username = values.optionalString("upstream.username")
         password = values.optionalString("upstream.password")
         reconnectInitial = try values.duration("upstream.reconnect_initial")

@@ -18,6 +18,10 @@ extension Uplink {
         var stopped = false
         var acknowledgedSinceTick = 0
         var lastTick = ContinuousClock.now
+        /// Replay pacing (`upstream.max_bytes_per_second`): a token bucket of payload bytes, one second deep.
+        var tokens: Double = 0
+        var lastRefill = ContinuousClock.now
+        var pacingWake: Task<Void, Never>?
 
         init(uplink: Uplink, channel: any Channel, continuation: AsyncStream<Event>.Continuation) {
             self.uplink = uplink
@@ -58,6 +62,7 @@ extension Uplink {
 
         mutating func recordsAvailable() {
             waiter = nil
+            pacingWake = nil
             fill()
         }
 
@@ -65,13 +70,39 @@ extension Uplink {
             stopped = true
             waiter?.cancel()
             waiter = nil
+            pacingWake?.cancel()
+            pacingWake = nil
+        }
+
+        /// Whether `bytes` may go now under the bytes/s cap; if not, a wake-up is scheduled.
+        mutating func admit(_ bytes: Int) -> Bool {
+            guard let rate = uplink.settings.maxBytesPerSecond, rate > 0 else { return true }
+            let now = ContinuousClock.now
+            tokens = min(Double(rate), tokens + Double((now - lastRefill).nanoseconds) / 1e9 * Double(rate))
+            lastRefill = now
+            // A record larger than the bucket goes when the bucket is full.
+            let needed = min(Double(bytes), Double(rate))
+            if tokens >= needed {
+                tokens -= Double(bytes)
+                return true
+            }
+            if pacingWake == nil {
+                let delay = Duration.nanoseconds(Int64((needed - tokens) / Double(rate) * 1e9) + 1_000_000)
+                let continuation = self.continuation
+                pacingWake = Task {
+                    try? await Task.sleep(for: delay)  // the pacing timer itself
+                    if !Task.isCancelled { continuation.yield(.recordsAvailable) }
+                }
+            }
+            return false
         }
 
         /// Hands records to the client while the window has room; waits for the buffer otherwise.
         mutating func fill() {
             guard !stopped, window > 0 else { return }
             var wrote = false
-            while outstanding.count < window {
+            var paced = false
+            while outstanding.count < window && !paced {
                 let records: [DiskBuffer.Record]
                 do {
                     records = try uplink.buffer.read(
@@ -93,6 +124,10 @@ extension Uplink {
                     break
                 }
                 for record in records {
+                    if !admit(record.body.count) {
+                        paced = true
+                        break
+                    }
                     nextToRead = record.sequence + 1
                     guard let publish = uplink.publish(for: record) else {
                         AgentMetrics.undecodable.increment()

@@ -34,6 +34,8 @@ final class Uplink: Service, Sendable {
         /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the connection (dead-link detection).
         var tcpUserTimeout: Duration?
         var maxBatchBytes: Int
+        /// Replay pacing: cap on forwarded record bytes per second (nil: none).
+        var maxBytesPerSecond: Int?
         var progressInterval: Duration
     }
 
