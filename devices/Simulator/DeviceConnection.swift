@@ -31,6 +31,7 @@ final class DeviceConnection {
     private var phase = Phase.idle
     private var handler: DeviceChannelHandler?
     private var everConnected = false
+    private var everSubscribed = false
     private var disconnectedAtUptime: UInt64?
     private var attempts = 0
     private var random: FastRandom
@@ -120,12 +121,13 @@ final class DeviceConnection {
 
     func channelInactive() {
         handler = nil
-        sendTimerCancelForDisconnect()
+        // The send schedule keeps running while disconnected: due messages accumulate in `pendingTicks` and go
+        // out after the reconnect, as a device with a local queue would send them.
         keepAliveTimer?.cancel()
         keepAliveTimer = nil
         pingsSent = 0
         pingsAnswered = 0
-        if fencePing != nil { fencePing = nil }
+        fencePing = nil
         switch phase {
         case .finished:
             return
@@ -188,8 +190,6 @@ final class DeviceConnection {
             handler?.close()
         }
     }
-
-    private var everSubscribed = false
 
     private func connAckReceived(_ ack: MQTTConnAck) {
         guard case .connecting(let since) = phase else { return }
@@ -393,11 +393,6 @@ final class DeviceConnection {
         if wasPublisher { shard.publisherFinished() }
         targetPromise?.succeed()
         targetPromise = nil
-    }
-
-    private func sendTimerCancelForDisconnect() {
-        // The schedule keeps running while disconnected: due messages accumulate in `pendingTicks` and go out
-        // after the reconnect, as a device with a local queue would send them.
     }
 
     private func startKeepAlive() {
