@@ -67,12 +67,15 @@ public struct MQTTClientSession: Sendable, Equatable {
     /// Incoming QoS 2 packet ids delivered and awaiting PUBREL.
     public private(set) var incomingAwaitingRelease: Set<UInt16> = []
     private var nextPacketId: UInt16 = 1
+    /// The packet ids of `outgoing`, for O(1) allocation.
+    private var idsInUse: Set<UInt16> = []
 
     public init() {}
 
     /// Rebuilds a session from persisted entries (any order; resent in `tag` order) and incoming ids.
     public init(restoring entries: [Outgoing], incomingAwaitingRelease: Set<UInt16> = []) {
         self.outgoing = entries.sorted { $0.tag < $1.tag }
+        self.idsInUse = Set(entries.map(\.packetId))
         self.incomingAwaitingRelease = incomingAwaitingRelease
         if let last = entries.max(by: { $0.tag < $1.tag }) {
             nextPacketId = last.packetId == UInt16.max ? 1 : last.packetId + 1
@@ -92,23 +95,27 @@ public struct MQTTClientSession: Sendable, Equatable {
     /// A packet id not used by any outgoing entry (ids in use are at most the receive maximum, < 65535).
     mutating func allocatePacketId(reserved: Set<UInt16> = []) -> UInt16? {
         guard outgoing.count + reserved.count < Int(UInt16.max) else { return nil }
-        let inUse = Set(outgoing.map(\.packetId)).union(reserved)
         var candidate = nextPacketId
-        while inUse.contains(candidate) {
+        while idsInUse.contains(candidate) || reserved.contains(candidate) {
             candidate = candidate == UInt16.max ? 1 : candidate + 1
         }
         nextPacketId = candidate == UInt16.max ? 1 : candidate + 1
         return candidate
     }
 
-    mutating func append(_ entry: Outgoing) { outgoing.append(entry) }
+    mutating func append(_ entry: Outgoing) {
+        outgoing.append(entry)
+        idsInUse.insert(entry.packetId)
+    }
 
     mutating func setPhase(_ phase: Phase, at index: Int) { outgoing[index].phase = phase }
 
     @discardableResult
-    mutating func remove(at index: Int) -> Outgoing { outgoing.remove(at: index) }
-
-    mutating func removeAllOutgoing() { outgoing.removeAll() }
+    mutating func remove(at index: Int) -> Outgoing {
+        let entry = outgoing.remove(at: index)
+        idsInUse.remove(entry.packetId)
+        return entry
+    }
 
     mutating func insertIncoming(_ packetId: UInt16) -> Bool { incomingAwaitingRelease.insert(packetId).inserted }
 
