@@ -39,6 +39,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var lastWrite: EventLoopFuture<Void>?
     private var closing = false
     private var lateMessages: [OutboundMessage] = []
+    private var inactive = false
+    private var handleClientId: String?
 
     init(broker: BrokerContext) {
         self.broker = broker
@@ -107,7 +109,11 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             takeOverPromise.succeed(session)
         } else if attached, let handle {
             broker.registry.detach(endpoint: handle, session: session, will: will, takenOver: false)
+        } else if let handle, let clientId = session?.clientId {
+            // Closed while its session was being attached: only drop the registration.
+            broker.registry.forget(endpoint: handle, clientId: clientId)
         }
+        inactive = true
         if let clientId = session?.clientId {
             for message in lateMessages { broker.registry.redeliver(clientId: clientId, message) }
         }
@@ -126,6 +132,10 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     // MARK: Calls from the broker (on this event loop)
 
     fileprivate func deliverFromBroker(_ message: OutboundMessage) {
+        if inactive, let clientId = machine.clientId ?? handleClientId {
+            broker.registry.redeliver(clientId: clientId, message)
+            return
+        }
         if machine.isClosed {
             lateMessages.append(message)
             return
@@ -218,6 +228,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     private func attach(_ request: StateMachine.SessionRequest, context: ChannelHandlerContext) {
+        handleClientId = request.clientId
         let handle = Handle(connection: self, eventLoop: context.eventLoop)
         self.handle = handle
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -260,7 +271,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         closing = true
         context.flush()
         if let lastWrite {
-            lastWrite.whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            lastWrite.whenComplete { _ in channel.close(promise: nil) }
         } else {
             context.close(promise: nil)
         }

@@ -102,6 +102,13 @@ final class SessionRegistry: Sendable {
         scheduleWill(will, clientId: clientId, sessionExpiry: session.expiryInterval, takenOver: takenOver)
     }
 
+    /// Drops the registration of `endpoint` (a connection that closed before its session was attached).
+    func forget(endpoint: any ConnectionEndpoint, clientId: String) {
+        state.withLock { state in
+            if let current = state.online[clientId], current === endpoint { state.online.removeValue(forKey: clientId) }
+        }
+    }
+
     /// Publishes `will` now, or after its Will Delay Interval bounded by the session expiry unless the
     /// client reconnects first (MQTT 5.0 section 3.1.3.2.2).
     func scheduleWill(_ will: MQTTWill?, clientId: String, sessionExpiry: UInt32, takenOver: Bool) {
