@@ -16,6 +16,8 @@
 #   --no-build        use .build/release as it is
 #   --no-static       link the Swift runtime dynamically (then the host needs the Swift runtime libraries)
 #   --no-start        install and enable, but do not start (or restart) the units
+#   --strip           strip debug information from the installed binaries (keeps symbol names, so crash
+#                     backtraces stay readable): 124 MB -> 90 MB for edge-agent on x86_64
 #   --dry-run         print what would be done and exit
 #   --uninstall       stop and disable the units, remove binaries, units and the sysusers entry; keep
 #                     /etc/tributary and the agent's buffer in /var/lib/tributary-edge-agent (it may hold
@@ -37,6 +39,7 @@ binary_dir=""
 build=1
 static=1
 start=1
+strip_binaries=0
 dry_run=0
 uninstall=0
 purge=0
@@ -49,12 +52,13 @@ while [ $# -gt 0 ]; do
         --no-build) build=0; shift ;;
         --no-static) static=0; shift ;;
         --no-start) start=0; shift ;;
+        --strip) strip_binaries=1; shift ;;
         --dry-run) dry_run=1; shift ;;
         --uninstall) uninstall=1; shift ;;
         --purge) purge=1; shift ;;
         edge-agent|cloud-broker) components+=("$1"); shift ;;
         all) components+=(edge-agent cloud-broker); shift ;;
-        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -192,6 +196,7 @@ done
 
 for component in "${components[@]}"; do
     install_file 0755 "$binary_dir/$component" "$prefix/bin/$component"
+    [ "$strip_binaries" -eq 0 ] || run strip --strip-debug "$destdir$prefix/bin/$component"
     install_unit "tributary-$component.service"
     install_config 0640 "$(shipped_config "$component")" "/etc/tributary/$component.yaml"
     install_config 0640 "$root/systemd/$component.env" "/etc/tributary/$component.env"
