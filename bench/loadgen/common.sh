@@ -53,7 +53,7 @@ field() {
 }
 
 ratio() {  # ratio A B: A/B with 2 decimals, "n/a" if B is 0 or empty
-    python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if not b or float(b)==0 or not a else f'{float(a)/float(b):.2f}')" "${1:-0}" "${2:-0}"
+    python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if not b or not a or float(b)==0 else f'{float(a)/float(b):.2f}')" "${1:-}" "${2:-}"
 }
 
 rss_kib() {  # rss_kib PID: resident set size in KiB
@@ -121,7 +121,7 @@ compare_ingest() {
             p_line=$("$sim" --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}" | grep '^device-sim summary' || true)
             p_rate=$(field rate_msgs_per_s "$p_line")
         fi
-        echo "RESULT $name qos=$qos mosquitto_msgs_per_s=$m_rate mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") peer_msgs_per_s=${p_rate:-n/a} peer_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
+        echo "RESULT $name qos=$qos mosquitto_msgs_per_s=$m_rate mosquitto_ack_p50_ms=$(field ack_p50_ms "$m_line") mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") peer_msgs_per_s=${p_rate:-n/a} peer_ack_p50_ms=$(field ack_p50_ms "$p_line") peer_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
     done
 }
 
