@@ -1,0 +1,86 @@
+import Common
+import DiskBuffer
+import Logging
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import Testing
+
+@testable import EdgeAgent
+
+/// A buffer whose appends finish only when the test says so: each pending append is handed to the test.
+final class GatedSink: RecordSink {
+    struct Pending: Sendable {
+        var body: [UInt8]
+        var continuation: CheckedContinuation<UInt64, Never>
+    }
+
+    let requests: AsyncStream<Pending>
+    private let input: AsyncStream<Pending>.Continuation
+    private let last = Mutex<UInt64>(0)
+
+    init() { (requests, input) = AsyncStream.makeStream(of: Pending.self) }
+
+    func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64 {
+        let sequence = await withCheckedContinuation { input.yield(Pending(body: body, continuation: $0)) }
+        last.withLock { $0 = max($0, sequence) }
+        return sequence
+    }
+
+    var lastSequence: UInt64 { last.withLock { $0 } }
+}
+
+func makeDeviceChannel(sink: GatedSink, sessionsPath: String) async throws -> NIOAsyncTestingChannel {
+    let channel = NIOAsyncTestingChannel()
+    let sessions = try DeviceSessionStore.load(path: sessionsPath)
+    try await channel.testingEventLoop.executeInContext {
+        try channel.pipeline.syncOperations.addHandler(DeviceConnectionHandler(
+            sink: sink, sessions: sessions, registry: DeviceRegistry(), receiveMaximum: 10, logger: Logger(label: "test")))
+    }
+    try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883))
+    return channel
+}
+
+@Suite("Device connection handler (NIOAsyncTestingChannel)")
+struct DeviceConnectionHandlerTests {
+    @Test("G1: PUBACK and PUBREC go out only after the buffer append returned, in the order received")
+    func ackAfterDurableAppend() async throws {
+        let sink = GatedSink()
+        let directory = try AgentHarness.temporaryDirectory("handler-g1")
+        let channel = try await makeDeviceChannel(sink: sink, sessionsPath: directory + "/device-sessions")
+        try await channel.writeInbound(deviceConnect("d1", cleanStart: false))
+        guard case .connack = try await channel.waitForOutboundWrite(as: MQTTPacket.self) else {
+            Issue.record("expected CONNACK")
+            return
+        }
+        try await channel.writeInbound(MQTTPacket.publish(MQTTPublish(topic: "s/1", payload: ByteBuffer(string: "a"), qos: .atLeastOnce, packetId: 1)))
+        try await channel.writeInbound(qos2(2))
+        var pending = sink.requests.makeAsyncIterator()
+        let first = try #require(await pending.next())
+        #expect(AgentRecord(decoding: first.body)?.payload == Array("a".utf8))
+        // The append has not returned: nothing may be acknowledged yet.
+        #expect(try await channel.readOutbound(as: MQTTPacket.self) == nil)
+        first.continuation.resume(returning: 1)
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: 1)))
+        let second = try #require(await pending.next())
+        #expect(AgentRecord(decoding: second.body)?.devicePacketId == 2)
+        #expect(try await channel.readOutbound(as: MQTTPacket.self) == nil)
+        second.continuation.resume(returning: 2)
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .pubrec(MQTTPublishAck(packetId: 2)))
+        // The id was written to device-sessions before PUBREC.
+        #expect(try DeviceSessionStore.load(path: directory + "/device-sessions").session("d1") == [2])
+        _ = try? await channel.finish()
+    }
+
+    @Test("a malformed packet closes the connection with DISCONNECT 0x81 (MQTT 5)")
+    func malformedCloses() async throws {
+        let sink = GatedSink()
+        let directory = try AgentHarness.temporaryDirectory("handler-malformed")
+        let channel = try await makeDeviceChannel(sink: sink, sessionsPath: directory + "/device-sessions")
+        try await channel.writeInbound(deviceConnect("d2", cleanStart: true))
+        _ = try await channel.waitForOutboundWrite(as: MQTTPacket.self)
+        channel.pipeline.fireErrorCaught(MQTTCodecError(reasonCode: .malformedPacket, message: "test"))
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .disconnect(MQTTDisconnect(reasonCode: .malformedPacket)))
+        try await channel.closeFuture.get()
+    }
+}
