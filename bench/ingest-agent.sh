@@ -5,7 +5,7 @@
 # the mosquitto baseline is measured.
 #
 #   bench/ingest-agent.sh [CLIENTS] [COUNT_PER_CLIENT] [SIZE]     (defaults 8 20000 256)
-# Environment: DEVICE_SIM, EDGE_AGENT (default .build/release/...).
+# Environment: INFLIGHT (default 20), DEVICE_SIM, EDGE_AGENT (default .build/release/...).
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 start_mosquitto mosquitto
