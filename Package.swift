@@ -158,6 +158,7 @@ let package = Package(
             dependencies: [
                 "DeviceSimulator", "Common", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         .testTarget(
