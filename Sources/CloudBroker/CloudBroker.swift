@@ -40,7 +40,9 @@ enum CloudBroker {
             let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
             publisher.publish(publish, clientId: clientId, eventLoop: willLoop, blocked: { _ in }, completion: { _ in })
         }
-        let broker = BrokerContext(registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger)
+        let broker = BrokerContext(
+            registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger,
+            passwordFile: configuration.passwordFile)
         let replication = Int16(configuration.replicationFactor)
         var topics = configuration.messagesTopics.map {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)

@@ -14,6 +14,8 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.max_session_expiry", default: "86400", help: "Longest session expiry interval granted, in seconds (MQTT 3.1.1 persistent sessions get this)."),
         ConfigKey("mqtt.connect_timeout", default: "10s", help: "A connection that sends no CONNECT within this time is closed."),
         ConfigKey("mqtt.retain_available", default: "true", help: "Whether retained messages are supported."),
+        ConfigKey("auth.password_file", default: "", help: "Password file (USER:pbkdf2-sha256$...; write it with 'cloud-broker passwd FILE USER'). Empty: no authentication."),
+        ConfigKey("auth.allow_anonymous", default: "false", help: "With a password file: accept clients that send no user name."),
         ConfigKey("kafka.bootstrap_servers", help: "Comma-separated Kafka bootstrap servers, HOST:PORT."),
         ConfigKey("kafka.messages_topic", default: "mqtt.messages", help: "Kafka topic receiving published messages when no rule matches."),
         ConfigKey("kafka.messages_partitions", default: "6", help: "Partitions of the messages topics when the broker creates them."),
@@ -44,6 +46,7 @@ struct CloudBrokerConfiguration: Sendable {
     var fetchWaitMax: Duration
     var defaultQoS: MQTTQoS
     var limits: BrokerLimits
+    var passwordFile: PasswordFile?
 
     init(_ values: ConfigValues) throws(ConfigError) {
         nodeId = try values.string("node_id")
@@ -89,6 +92,14 @@ struct CloudBrokerConfiguration: Sendable {
             connectTimeout: try values.duration("mqtt.connect_timeout"),
             retainAvailable: try values.bool("mqtt.retain_available")
         )
+        if let path = values.optionalString("auth.password_file") {
+            do {
+                passwordFile = try PasswordFile.load(path: path)
+            } catch {
+                throw ConfigError(key: "auth.password_file", origin: values.raw("auth.password_file")?.origin, error.message)
+            }
+            limits.authentication = .passwordFile(allowAnonymous: try values.bool("auth.allow_anonymous"))
+        }
         guard (5...MQTTPacket.protocolMaximumPacketSize).contains(limits.maximumPacketSize) else {
             throw ConfigError(key: "mqtt.max_packet_size", "must be between 5 bytes and 256MiB")
         }
@@ -114,4 +125,14 @@ struct BrokerLimits: Sendable, Equatable {
     var maxSessionExpiry: UInt32 = 86_400
     var connectTimeout: Duration = .seconds(10)
     var retainAvailable: Bool = true
+    var authentication: Authentication = .none
+}
+
+/// How CONNECT credentials are checked.
+enum Authentication: Sendable, Equatable {
+    /// Anyone may connect; user names and passwords are ignored.
+    case none
+    /// A user name must match a password in `auth.password_file`; clients without a user name are
+    /// accepted only if `allowAnonymous`.
+    case passwordFile(allowAnonymous: Bool)
 }

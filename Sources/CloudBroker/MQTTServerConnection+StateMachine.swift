@@ -14,6 +14,8 @@ extension MQTTServerConnection {
     struct StateMachine {
         enum Action {
             case send(MQTTPacket)
+            /// Check these credentials against the password file (off the event loop), then call `authenticated`.
+            case authenticate(username: String, password: [UInt8])
             /// Look up or create the session, take over any connection of the same client, then call
             /// `sessionAttached`.
             case attachSession(SessionRequest)
@@ -78,6 +80,7 @@ extension MQTTServerConnection {
 
         enum State {
             case awaitingConnect
+            case authenticating(Connected, assignedClientId: Bool, request: SessionRequest)
             case connecting(Connected, assignedClientId: Bool)
             case connected(Connected)
             case closed(Connected?)
@@ -95,7 +98,7 @@ extension MQTTServerConnection {
         var version: MQTTProtocolVersion? {
             switch state {
             case .awaitingConnect: nil
-            case .connecting(let c, _), .connected(let c): c.version
+            case .authenticating(let c, _, _), .connecting(let c, _), .connected(let c): c.version
             case .closed(let c): c?.version
             }
         }
@@ -103,7 +106,7 @@ extension MQTTServerConnection {
         var clientId: String? {
             switch state {
             case .awaitingConnect: nil
-            case .connecting(let c, _), .connected(let c): c.clientId
+            case .authenticating(let c, _, _), .connecting(let c, _), .connected(let c): c.clientId
             case .closed(let c): c?.clientId
             }
         }
@@ -151,8 +154,31 @@ extension MQTTServerConnection {
                 session: SessionState(clientId: clientId, expiryInterval: expiry),
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
             connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
+            let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry)
+            switch limits.authentication {
+            case .none:
+                break
+            case .passwordFile(let allowAnonymous):
+                if let username = connect.username {
+                    state = .authenticating(connected, assignedClientId: assigned, request: request)
+                    return [.pauseReading, .authenticate(username: username, password: connect.password.map { Array($0.readableBytesView) } ?? [])]
+                }
+                if !allowAnonymous { return refuse(.notAuthorized) }
+            }
             state = .connecting(connected, assignedClientId: assigned)
-            return [.pauseReading, .attachSession(SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry))]
+            return [.pauseReading, .attachSession(request)]
+        }
+
+        /// The password check finished.
+        mutating func authenticated(_ accepted: Bool) -> [Action] {
+            guard case .authenticating(let connected, let assigned, let request) = state else { return [] }
+            guard accepted else {
+                state = .closed(nil)
+                ending = .normal
+                return [.send(.connack(MQTTConnAck(reasonCode: .badUserNameOrPassword))), .close]
+            }
+            state = .connecting(connected, assignedClientId: assigned)
+            return [.attachSession(request)]
         }
 
         /// The broker found (`present`) or created the session.
@@ -194,7 +220,7 @@ extension MQTTServerConnection {
             case .awaitingConnect:
                 if case .connect(let connect) = packet { return connectReceived(connect, now: now) }
                 return close(ending: .abnormal)
-            case .connecting:
+            case .connecting, .authenticating:
                 if case .connect = packet { return protocolError("second CONNECT") }
                 // A v5 client may send before CONNACK; we paused reading, so this is rare: treat as error.
                 return protocolError("packet before CONNACK")
@@ -463,6 +489,7 @@ extension MQTTServerConnection {
             let connected: Connected?
             switch state {
             case .awaitingConnect: connected = nil
+            case .authenticating(let c, _, _): connected = c
             case .connecting(let c, _), .connected(let c): connected = c
             case .closed(let c): connected = c
             }
@@ -495,6 +522,7 @@ extension MQTTServerConnection {
         private mutating func close(ending: Ending) -> [Action] {
             switch state {
             case .connecting(let c, _), .connected(let c): state = .closed(c)
+            case .authenticating(let c, _, _): state = .closed(c)
             case .awaitingConnect: state = .closed(nil)
             case .closed: return []
             }

@@ -2,6 +2,7 @@ import Common
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 
 /// What every connection of a node shares.
 struct BrokerContext: Sendable {
@@ -10,6 +11,8 @@ struct BrokerContext: Sendable {
     var retained: RetainedStore
     var limits: BrokerLimits
     var logger: Logger
+    /// Checked for CONNECTs with a user name when `limits.authentication` is `.passwordFile`.
+    var passwordFile: PasswordFile? = nil
 }
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
@@ -34,6 +37,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var keepAliveTask: RepeatedTask?
     private var connectTimeoutTask: Scheduled<Void>?
     private var requestedKeepAlive: UInt16 = 0
+    /// The version of the CONNECT received, for a refusing CONNACK sent after the machine closed.
+    private var connectVersion: MQTTProtocolVersion?
     private var clientMaximumPacketSize = MQTTPacket.protocolMaximumPacketSize
     private var takeOverPromise: EventLoopPromise<SessionState?>?
     private var lastWrite: EventLoopFuture<Void>?
@@ -71,6 +76,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         BrokerMetrics.packetsReceived[packet.type]?.increment()
         if case .connect(let connect) = packet {
             requestedKeepAlive = connect.keepAlive
+            connectVersion = connect.protocolVersion
             if let size = connect.properties.maximumPacketSize { clientMaximumPacketSize = Int(size) }
         }
         perform(machine.packetReceived(packet, now: context.eventLoop.now, wallClock: Date()))
@@ -165,6 +171,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             switch action {
             case .send(let packet):
                 send(packet, context: context)
+            case .authenticate(let username, let password):
+                authenticate(username: username, password: password, context: context)
             case .attachSession(let request):
                 attach(request, context: context)
             case .produce(let token, let publish):
@@ -204,7 +212,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     private func send(_ packet: MQTTPacket, context: ChannelHandlerContext) {
-        guard !closing, let version = machine.version else {
+        guard !closing else { return }
+        guard let version = machine.version ?? connectVersion else {
             // Only a CONNACK refusing an unknown version is sent before the version is known.
             if case .connack = packet, let buffer = try? packet.encoded(version: .v311, allocator: context.channel.allocator) {
                 lastWrite = context.writeAndFlush(wrapOutboundOut(buffer))
@@ -240,6 +249,21 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             case .failure:
                 connection.context?.close(promise: nil)
             }
+        }
+    }
+
+    private func authenticate(username: String, password: [UInt8], context: ChannelHandlerContext) {
+        let passwordFile = broker.passwordFile ?? PasswordFile()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let logger = broker.logger
+        // PBKDF2 takes milliseconds: never on the event loop.
+        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+            passwordFile.verify(user: username, password: password)
+        }.whenComplete { result in
+            let accepted = (try? result.get()) ?? false
+            if !accepted { logger.info("authentication failed", metadata: ["mqtt.username": "\(username)"]) }
+            let connection = loopBound.value
+            connection.perform(connection.machine.authenticated(accepted))
         }
     }
 
