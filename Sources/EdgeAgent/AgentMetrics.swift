@@ -27,6 +27,7 @@ enum AgentMetrics {
     static let bufferBytes = Gauge(label: "tributary_agent_buffer_bytes")
     static let bufferOldestAge = Gauge(label: "tributary_agent_buffer_oldest_age_seconds")
     static let bufferDropped = Gauge(label: "tributary_agent_buffer_dropped_records")
+    static let commandsDelivered = Counter(label: "tributary_agent_commands_delivered_total")
     static let persistSeconds = Timer(label: "tributary_agent_uplink_state_persist_seconds")
 }
 

@@ -17,6 +17,9 @@ enum DeviceConnection {
             case store(MQTTPublish, completion: Completion)
             /// For a persistent session, forget `packetId` durably; then call `released(_:)`.
             case release(packetId: UInt16, persist: Bool)
+            /// Commands from the cloud matching these filters go to this device (granted QoS at most 1).
+            case subscribe([MQTTSubscription])
+            case unsubscribe([MQTTTopicFilter])
             /// Close; with a reason code, send it first (CONNACK before a session, DISCONNECT in MQTT 5).
             case close(MQTTReasonCode?, String)
         }
@@ -144,12 +147,27 @@ enum DeviceConnection {
                 state = .closed
                 return [.close(nil, "the device disconnected")]
             case .subscribe(let subscribe):
-                // Command delivery to devices is not built yet: refuse each filter.
-                let code: MQTTReasonCode = version == .v5 ? .implementationSpecificError : .unspecifiedError
-                return [.send(.suback(MQTTSubAck(packetId: subscribe.packetId, reasonCodes: subscribe.subscriptions.map { _ in code })))]
+                // Commands the uplink receives are delivered at QoS 0 or 1 (best effort from the agent on).
+                var granted: [MQTTSubscription] = []
+                var codes: [MQTTReasonCode] = []
+                for var subscription in subscribe.subscriptions {
+                    if subscription.topicFilter.isShared {
+                        codes.append(version == .v5 ? .sharedSubscriptionsNotSupported : .unspecifiedError)
+                        continue
+                    }
+                    subscription.qos = min(subscription.qos, .atLeastOnce)
+                    granted.append(subscription)
+                    codes.append(subscription.qos == .atMostOnce ? .grantedQoS0 : .grantedQoS1)
+                }
+                var actions: [Action] = granted.isEmpty ? [] : [.subscribe(granted)]
+                actions.append(.send(.suback(MQTTSubAck(packetId: subscribe.packetId, reasonCodes: codes))))
+                return actions
             case .unsubscribe(let unsubscribe):
-                let codes: [MQTTReasonCode] = unsubscribe.topicFilters.map { _ in .noSubscriptionExisted }
-                return [.send(.unsuback(MQTTUnsubAck(packetId: unsubscribe.packetId, reasonCodes: version == .v5 ? codes : [])))]
+                let codes: [MQTTReasonCode] = unsubscribe.topicFilters.map { _ in .success }
+                return [
+                    .unsubscribe(unsubscribe.topicFilters),
+                    .send(.unsuback(MQTTUnsubAck(packetId: unsubscribe.packetId, reasonCodes: version == .v5 ? codes : []))),
+                ]
             case .puback, .pubrec, .pubcomp:
                 // We never send publishes to devices yet; ignore stray acks.
                 return []

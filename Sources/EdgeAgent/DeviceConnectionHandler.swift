@@ -16,24 +16,68 @@ extension DiskBuffer: RecordSink {
     var lastSequence: UInt64 { stats.lastSequence }
 }
 
-/// Which connection holds each client id; a new CONNECT with the same id closes the old connection.
+/// Which connection holds each client id (a new CONNECT with the same id closes the old connection), and
+/// each connection's command subscriptions.
 final class DeviceRegistry: Sendable {
-    private let connections = Mutex<[String: (ObjectIdentifier, any Channel)]>([:])
+    struct Entry {
+        var owner: ObjectIdentifier
+        var channel: any Channel
+        var subscriptions: [MQTTTopicFilter: MQTTQoS] = [:]
+        var nextPacketId: UInt16 = 1
+    }
+
+    private let connections = Mutex<[String: Entry]>([:])
     private let counter = Mutex(0)
+
+    func subscribe(_ clientId: String, owner: ObjectIdentifier, _ subscriptions: [MQTTSubscription]) {
+        connections.withLock { table in
+            guard table[clientId]?.owner == owner else { return }
+            for subscription in subscriptions { table[clientId]?.subscriptions[subscription.topicFilter] = subscription.qos }
+        }
+    }
+
+    func unsubscribe(_ clientId: String, owner: ObjectIdentifier, _ filters: [MQTTTopicFilter]) {
+        connections.withLock { table in
+            guard table[clientId]?.owner == owner else { return }
+            for filter in filters { table[clientId]?.subscriptions[filter] = nil }
+        }
+    }
+
+    /// Sends a command from the cloud to every connected device with a matching subscription, at
+    /// min(its QoS, the granted QoS). Best effort: not queued for offline devices, not retried. Returns
+    /// how many devices it went to.
+    @discardableResult
+    func deliver(_ publish: MQTTPublish) -> Int {
+        let targets = connections.withLock { table -> [(any Channel, MQTTPublish)] in
+            var targets: [(any Channel, MQTTPublish)] = []
+            for (clientId, entry) in table {
+                guard let granted = entry.subscriptions.filter({ $0.key.matches(publish.topic) }).values.max() else { continue }
+                var message = MQTTPublish(topic: publish.topic, payload: publish.payload, qos: min(granted, publish.qos))
+                if message.qos != .atMostOnce {
+                    message.packetId = entry.nextPacketId
+                    table[clientId]?.nextPacketId = entry.nextPacketId == UInt16.max ? 1 : entry.nextPacketId + 1
+                }
+                targets.append((entry.channel, message))
+            }
+            return targets
+        }
+        for (channel, message) in targets { channel.writeAndFlush(MQTTPacket.publish(message), promise: nil) }
+        return targets.count
+    }
 
     func nextConnectionNumber() -> Int { counter.withLock { $0 += 1; return $0 } }
 
     func register(_ clientId: String, owner: ObjectIdentifier, channel: any Channel) {
         let previous = connections.withLock { table in
-            defer { table[clientId] = (owner, channel) }
+            defer { table[clientId] = Entry(owner: owner, channel: channel) }
             return table[clientId]
         }
-        if let previous, previous.0 != owner { previous.1.close(promise: nil) }
+        if let previous, previous.owner != owner { previous.channel.close(promise: nil) }
     }
 
     func unregister(_ clientId: String, owner: ObjectIdentifier) {
         connections.withLock { table in
-            if table[clientId]?.0 == owner { table[clientId] = nil }
+            if table[clientId]?.owner == owner { table[clientId] = nil }
         }
     }
 
@@ -160,6 +204,10 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
                 perform(machine.sessionLoaded(existing: existing))
             case .store(let publish, let completion):
                 enqueueStore(publish, completion: completion, context: context)
+            case .subscribe(let subscriptions):
+                registry.subscribe(machine.clientId, owner: ObjectIdentifier(self), subscriptions)
+            case .unsubscribe(let filters):
+                registry.unsubscribe(machine.clientId, owner: ObjectIdentifier(self), filters)
             case .release(let packetId, let persist):
                 enqueue(context: context) { [sessions, clientId = machine.clientId] in
                     if persist { try await sessions.remove(packetId, for: clientId) }

@@ -31,11 +31,15 @@ enum EdgeAgent {
         let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
         try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
         let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
-        let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger)
         let listener = DeviceListener(
             address: configuration.deviceListen, sink: buffer, sessions: sessions,
             receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
             logger: logger)
+        let registry = listener.registry
+        let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger) { command in
+            let devices = registry.deliver(command)
+            AgentMetrics.commandsDelivered.increment(by: devices)
+        }
         let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
             listener.port == nil ? "the device listener is not bound yet" : nil
         }
@@ -105,7 +109,7 @@ enum EdgeAgent {
             tcpUserTimeout: configuration.tcpUserTimeout == .zero ? nil : configuration.tcpUserTimeout,
             maxBatchBytes: 1 << 20,
             maxBytesPerSecond: configuration.maxBytesPerSecond > 0 ? configuration.maxBytesPerSecond : nil,
-            progressInterval: .seconds(5))
+            progressInterval: .seconds(5), commandTopics: configuration.commandTopics)
     }
 }
 

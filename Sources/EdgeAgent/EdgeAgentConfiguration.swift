@@ -20,6 +20,7 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("upstream.session_expiry", default: "7d", help: "MQTT 5 Session Expiry Interval requested upstream (s, m, h or d); the broker keeps QoS 2 state this long while the agent is away."),
         ConfigKey("upstream.max_inflight", default: "100", help: "Cap on forwarded records in flight; the broker's Receive Maximum lowers it."),
         ConfigKey("upstream.max_bytes_per_second", default: "0", help: "Replay pacing: cap on forwarded bytes per second (e.g. 512KiB); 0 means no cap."),
+        ConfigKey("upstream.command_topics", default: "", help: "Comma-separated topic filters the uplink subscribes to (QoS 1); messages on them go to devices subscribed to matching topics."),
         ConfigKey("upstream.topic_prefix", default: "", help: "Prepended to each device topic upstream (e.g. site-7/)."),
         ConfigKey("upstream.username", help: "User name upstream (optional)."),
         ConfigKey("upstream.password", help: "Password upstream (optional; prefer TRIBUTARY_UPSTREAM_PASSWORD)."),
@@ -60,6 +61,7 @@ struct EdgeAgentConfiguration: Sendable {
     var maxInflight: Int
     var topicPrefix: String
     var maxBytesPerSecond: Int
+    var commandTopics: [MQTTTopicFilter]
     var username: String?
     var password: String?
     var reconnectInitial: Duration
@@ -97,6 +99,15 @@ struct EdgeAgentConfiguration: Sendable {
         maxInflight = try values.int("upstream.max_inflight", range: 1...65_535)
         topicPrefix = values.optionalString("upstream.topic_prefix") ?? ""
         maxBytesPerSecond = try values.bytes("upstream.max_bytes_per_second")
+        var filters: [MQTTTopicFilter] = []
+        for text in values.list("upstream.command_topics") {
+            do {
+                filters.append(try MQTTTopicFilter(text))
+            } catch {
+                throw ConfigError(key: "upstream.command_topics", "'\(text)' is not a valid topic filter: \(error.message)")
+            }
+        }
+        commandTopics = filters
         username = values.optionalString("upstream.username")
         password = values.optionalString("upstream.password")
         reconnectInitial = try values.duration("upstream.reconnect_initial")

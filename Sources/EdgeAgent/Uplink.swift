@@ -37,6 +37,8 @@ final class Uplink: Service, Sendable {
         /// Replay pacing: cap on forwarded record bytes per second (nil: none).
         var maxBytesPerSecond: Int?
         var progressInterval: Duration
+        /// Filters the uplink subscribes to; messages arriving on them go to `onCommand`.
+        var commandTopics: [MQTTTopicFilter] = []
     }
 
     enum Event: Sendable {
@@ -51,11 +53,17 @@ final class Uplink: Service, Sendable {
     let store: UplinkStateStore
     let group: any EventLoopGroup
     let logger: Logger
+    let onCommand: @Sendable (MQTTPublish) -> Void
     private let current = Mutex<(shuttingDown: Bool, continuation: AsyncStream<Event>.Continuation?)>((false, nil))
     /// 0 disconnected, 1 connecting, 2 connected: for /metrics and logs.
     let state = Atomic<Int>(0)
 
-    init(settings: Settings, buffer: DiskBuffer, store: UplinkStateStore, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+    init(
+        settings: Settings, buffer: DiskBuffer, store: UplinkStateStore,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        onCommand: @escaping @Sendable (MQTTPublish) -> Void = { _ in }
+    ) {
+        self.onCommand = onCommand
         self.settings = settings
         self.buffer = buffer
         self.store = store
@@ -195,10 +203,16 @@ final class Uplink: Service, Sendable {
                     "uplink.window": "\(window)", "uplink.resending": "\(session.inflightCount)",
                 ])
                 forwarder.connected(window: window, session: session)
+                if !settings.commandTopics.isEmpty {
+                    let subscriptions = settings.commandTopics.map { MQTTSubscription(topicFilter: $0, qos: .atLeastOnce) }
+                    channel.writeAndFlush(MQTTClientConnection.Command.subscribe(subscriptions), promise: nil)
+                }
             case .client(.acknowledged(let tag, let reasonCode)):
                 forwarder.acknowledged(tag, reasonCode: reasonCode)
-            case .client(.message), .client(.subscribed):
-                break
+            case .client(.message(let publish)):
+                onCommand(publish)
+            case .client(.subscribed(_, let codes)):
+                logger.info("Uplink subscribed to command topics", metadata: ["mqtt.reason_codes": "\(codes)"])
             case .recordsAvailable:
                 forwarder.recordsAvailable()
             case .progressTick:

@@ -135,4 +135,33 @@ struct EdgeAgentEndToEndTests {
             #expect(agent.isRunning)
         }
     }
+
+    @Test("commands: a message the cloud publishes on a command topic reaches the device subscribed to it")
+    func commandsReachDevices() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("commands")
+            let broker = try await scope.startMosquitto()
+            let ports = try AgentHarness.ports()
+            let agent = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port,
+                extra: ["--set", "upstream.command_topics=commands/#"])
+            try await agent.waitForLog(containing: "Uplink subscribed to command topics", timeout: .seconds(20))
+            let device = try RawMQTTPeer(port: ports.device, version: .v5)
+            try device.send(.connect(MQTTConnect(protocolVersion: .v5, clientIdentifier: "cmd-1")))
+            _ = try device.receive()
+            try device.send(.subscribe(MQTTSubscribe(packetId: 1, subscriptions: [MQTTSubscription(topicFilter: try MQTTTopicFilter("commands/cmd-1/#"), qos: .exactlyOnce)])))
+            #expect(try device.receive() == .suback(MQTTSubAck(packetId: 1, reasonCodes: [.grantedQoS1])))
+            let publisher = try scope.launch(
+                name: "mosquitto_pub", executable: TestEnvironment.which("mosquitto_pub") ?? "/usr/bin/mosquitto_pub",
+                arguments: ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "commands/cmd-1/reboot", "-m", "now", "-q", "1"])
+            _ = await publisher.waitForExit(timeout: .seconds(10))
+            guard case .publish(let command)? = try device.receive() else {
+                Issue.record("expected the command PUBLISH")
+                return
+            }
+            #expect(command.topic == "commands/cmd-1/reboot")
+            #expect(command.payload == ByteBuffer(string: "now"))
+            #expect(command.qos == .atLeastOnce)
+        }
+    }
 }
