@@ -9,13 +9,14 @@ enum CloudBroker {
     /// The services of one node and the parts tests look at.
     struct Node: Sendable {
         var listener: MQTTListener
+        var tlsListener: MQTTListener?
         var kafka: KafkaLink
         var http: ObservabilityServer
         var producer: KafkaProducer
         var registry: SessionRegistry
         var retained: RetainedStore
 
-        var services: [any Service] { [kafka, listener, http] }
+        var services: [any Service] { [kafka, listener] + (tlsListener.map { [$0] } ?? []) + [http] }
     }
 
     static func build(configuration: CloudBrokerConfiguration, logger: Logger) throws -> Node {
@@ -54,10 +55,18 @@ enum CloudBroker {
                 defaultQoS: configuration.defaultQoS),
             registry: registry, retained: retained, logger: logger)
         let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
+        var tlsListener: MQTTListener?
+        if let tls = configuration.tls {
+            do {
+                tlsListener = MQTTListener(address: tls.listen, broker: broker, tls: try tls.makeContext())
+            } catch {
+                throw BrokerError(.configuration, "TLS listener: \(error)")
+            }
+        }
         let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
             link.readiness()
         }
-        return Node(listener: listener, kafka: link, http: http, producer: producer, registry: registry, retained: retained)
+        return Node(listener: listener, tlsListener: tlsListener, kafka: link, http: http, producer: producer, registry: registry, retained: retained)
     }
 
     static func run(configuration: CloudBrokerConfiguration) async throws {

@@ -5,6 +5,11 @@ struct CloudBrokerConfiguration: Sendable {
     static let keys: [ConfigKey] = ConfigKey.common + [
         ConfigKey("node_id", help: "Unique id of this node in the cluster; appears in session ownership records."),
         ConfigKey("mqtt.listen", default: "0.0.0.0:1883", help: "MQTT over TCP listener."),
+        ConfigKey("mqtt.tls_listen", default: "", help: "MQTT over TLS listener (HOST:PORT); empty: no TLS listener."),
+        ConfigKey("mqtt.tls_certificate", default: "", help: "PEM certificate chain of the TLS listener."),
+        ConfigKey("mqtt.tls_private_key", default: "", help: "PEM private key of the TLS listener."),
+        ConfigKey("mqtt.tls_client_ca", default: "", help: "PEM CA certificates that client certificates are verified against; empty: client certificates are not requested."),
+        ConfigKey("mqtt.tls_client_certificates", default: "optional", help: "With mqtt.tls_client_ca: 'optional' (verified when presented) or 'required'."),
         ConfigKey("mqtt.max_packet_size", default: "1MiB", help: "Largest MQTT packet accepted from a client (announced to MQTT 5 clients); larger ones close the connection with 0x95."),
         ConfigKey("mqtt.receive_maximum", default: "256", help: "QoS 1/2 publishes of one client waiting for Kafka at once (MQTT 5 Receive Maximum; for 3.1.1 the socket is simply not read beyond it)."),
         ConfigKey("mqtt.max_inflight_outbound", default: "64", help: "QoS 1/2 messages sent to one client and not yet acknowledged (lowered to the client's Receive Maximum)."),
@@ -47,6 +52,7 @@ struct CloudBrokerConfiguration: Sendable {
     var defaultQoS: MQTTQoS
     var limits: BrokerLimits
     var passwordFile: PasswordFile?
+    var tls: TLSSettings?
 
     init(_ values: ConfigValues) throws(ConfigError) {
         nodeId = try values.string("node_id")
@@ -92,6 +98,18 @@ struct CloudBrokerConfiguration: Sendable {
             connectTimeout: try values.duration("mqtt.connect_timeout"),
             retainAvailable: try values.bool("mqtt.retain_available")
         )
+        if let listen = values.optionalString("mqtt.tls_listen") {
+            let address: HostPort
+            do {
+                address = try HostPort(parsing: listen)
+            } catch {
+                throw ConfigError(key: "mqtt.tls_listen", origin: values.raw("mqtt.tls_listen")?.origin, error.message)
+            }
+            tls = TLSSettings(
+                listen: address, certificate: try values.string("mqtt.tls_certificate"), privateKey: try values.string("mqtt.tls_private_key"),
+                clientCA: values.optionalString("mqtt.tls_client_ca"),
+                requireClientCertificate: try values.oneOf("mqtt.tls_client_certificates", TLSSettings.ClientCertificates.self) == .required)
+        }
         if let path = values.optionalString("auth.password_file") {
             do {
                 passwordFile = try PasswordFile.load(path: path)
@@ -135,4 +153,15 @@ enum Authentication: Sendable, Equatable {
     /// A user name must match a password in `auth.password_file`; clients without a user name are
     /// accepted only if `allowAnonymous`.
     case passwordFile(allowAnonymous: Bool)
+}
+
+/// The TLS listener (`mqtt.tls_*`).
+struct TLSSettings: Sendable, Equatable {
+    enum ClientCertificates: String, CaseIterable { case optional, required }
+
+    var listen: HostPort
+    var certificate: String
+    var privateKey: String
+    var clientCA: String?
+    var requireClientCertificate: Bool
 }

@@ -2,6 +2,7 @@ import Common
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
@@ -13,11 +14,16 @@ final class MQTTListener: Service, Sendable {
     private let broker: BrokerContext
     private let group: any EventLoopGroup
     private let drainTimeout: Duration
+    private let tls: NIOSSLContext?
     private let boundPort = Mutex<Int?>(nil)
     private let waiters = Mutex<[CheckedContinuation<Int, any Error>]>([])
 
-    init(address: HostPort, broker: BrokerContext, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, drainTimeout: Duration = .seconds(5)) {
+    init(
+        address: HostPort, broker: BrokerContext, tls: NIOSSLContext? = nil,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, drainTimeout: Duration = .seconds(5)
+    ) {
         self.address = address
+        self.tls = tls
         self.broker = broker
         self.group = group
         self.drainTimeout = drainTimeout
@@ -45,6 +51,7 @@ final class MQTTListener: Service, Sendable {
 
     func run() async throws {
         let broker = self.broker
+        let tls = self.tls
         let children = ChildChannels()
         let server: any Channel
         do {
@@ -58,6 +65,7 @@ final class MQTTListener: Service, Sendable {
                     children.add(channel)
                     channel.closeFuture.whenComplete { _ in children.remove(channel) }
                     return channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                         try channel.pipeline.syncOperations.addHandlers([
                             ByteCountingHandler(),
                             ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: broker.limits.maximumPacketSize)),
@@ -75,7 +83,7 @@ final class MQTTListener: Service, Sendable {
         let port = server.localAddress?.port ?? address.port
         boundPort.withLock { $0 = port }
         resumeWaiters(.success(port))
-        broker.logger.info("MQTT listener started", metadata: ["mqtt.listen": "\(address.host):\(port)"])
+        broker.logger.info("MQTT listener started", metadata: ["mqtt.listen": "\(address.host):\(port)", "mqtt.tls": "\(tls != nil)"])
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {
@@ -100,4 +108,21 @@ private final class ChildChannels: Sendable {
     func remove(_ channel: any Channel) { _ = channels.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
     var count: Int { channels.withLock { $0.count } }
     var all: [any Channel] { channels.withLock { Array($0.values) } }
+}
+
+extension TLSSettings {
+    /// The server context: certificate chain and key, and client certificate verification against
+    /// `clientCA` when set (optional or required).
+    func makeContext() throws -> NIOSSLContext {
+        let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: privateKey, format: .pem)
+        var configuration: TLSConfiguration
+        if let clientCA {
+            configuration = .makeServerConfigurationWithMTLS(certificateChain: chain, privateKey: .privateKey(key), trustRoots: .file(clientCA))
+            configuration.certificateVerification = requireClientCertificate ? .noHostnameVerification : .optionalVerification
+        } else {
+            configuration = .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        }
+        return try NIOSSLContext(configuration: configuration)
+    }
 }
