@@ -164,4 +164,26 @@ struct EdgeAgentEndToEndTests {
             #expect(command.qos == .atLeastOnce)
         }
     }
+
+    @Test("SIGTERM: the agent stops cleanly (exit 0) within shutdown.timeout, also with the upstream broker stopped")
+    func gracefulShutdown() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("sigterm")
+            let broker = try await scope.startMosquitto()
+            let ports = try AgentHarness.ports()
+            let agent = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, extra: ["--set", "shutdown.timeout=5s"])
+            let device = try RawMQTTPeer(port: ports.device, version: .v311)
+            try device.send(.connect(MQTTConnect(protocolVersion: .v311, clientIdentifier: "term-1")))
+            _ = try device.receive()
+            broker.process.send(SIGSTOP)
+            defer { broker.process.send(SIGCONT) }
+            let start = ContinuousClock.now
+            agent.send(SIGTERM)
+            let status = await agent.waitForExit(timeout: .seconds(8))
+            print("e2e sigterm: exit \(String(describing: status)) after \(ContinuousClock.now - start)")
+            #expect(status == .exited(0))
+            #expect(agent.logText().contains("Edge agent stopped"))
+        }
+    }
 }
