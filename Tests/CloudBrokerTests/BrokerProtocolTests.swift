@@ -151,4 +151,17 @@ struct BrokerProtocolTests {
             try await Self.publishQoS1(healthy, "still/alive", "yes", id: 1)
         }
     }
+
+    @Test func gracefulShutdownSendsServerShuttingDownAndExitsCleanly() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu)
+            let client = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await client.handshake(Self.v5("leaving"))
+            broker.process.send(SIGTERM)
+            let disconnect = try await client.next { if case .disconnect(let d) = $0 { d } else { nil } }
+            #expect(disconnect.reasonCode == .serverShuttingDown)
+            #expect(await broker.process.waitForExit(timeout: .seconds(15)) == .exited(0))
+        }
+    }
 }

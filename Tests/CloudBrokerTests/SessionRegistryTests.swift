@@ -91,4 +91,26 @@ struct SessionRegistryTests {
         #expect(present)
         #expect(state.outbound.queue.map(\.message.topic) == ["q/2"])
     }
+
+    @Test func delayedWillIsCancelledByAReconnectAndPublishedOtherwise() async throws {
+        let published = Mutex<[String]>([])
+        let registry = SessionRegistry(store: InMemorySessionStore(), limits: BrokerLimits(), logger: Logger(label: "test")) { will, _ in
+            published.withLock { $0.append(will.topic) }
+        }
+        var properties = MQTTProperties()
+        properties.willDelayInterval = 1
+        for (clientId, reconnects) in [("comes-back", true), ("stays-away", false)] {
+            let endpoint = try Self.attach(registry, clientId, expiry: 60)
+            let will = MQTTWill(topic: "will/\(clientId)", payload: ByteBuffer(string: "w"), properties: properties)
+            registry.detach(endpoint: endpoint, session: SessionState(clientId: clientId, expiryInterval: 60), will: will, takenOver: false)
+            #expect(published.withLock { $0 }.isEmpty, "not before the delay")
+            if reconnects { _ = try Self.attach(registry, clientId, expiry: 60) }
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while published.withLock({ $0 }).isEmpty && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))  // waiting for the delay under test
+        }
+        try await Task.sleep(for: .milliseconds(200))  // a cancelled will would have fired with the other
+        #expect(published.withLock { $0 } == ["will/stays-away"])
+    }
 }
