@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Broker ingest with a chosen in-flight window: the same device-sim load against mosquitto and cloud-broker
+# (Tansu behind it) in the same run, QoS 1 and 2. cloud-broker acknowledges only after Kafka did (G3), so its
+# rate is bounded by in-flight / (linger + Kafka round trip): this script shows how the ratio moves with the
+# window. bench/ingest-broker.sh is the fixed-window (20) comparison shared with the other peers.
+#
+#   bench/broker-ingest.sh [CLIENTS=4] [COUNT=10000] [SIZE=1024] [INFLIGHT=100]
+# Environment: DEVICE_SIM, CLOUD_BROKER (release builds), TRIBUTARY_KAFKA_LINGER etc. reach the broker.
+set -euo pipefail
+source "$(dirname "$0")/loadgen/common.sh"
+clients=${1:-4}
+count=${2:-10000}
+size=${3:-1024}
+inflight=${4:-100}
+start_mosquitto mosquitto
+start_cloud_broker
+[ -n "$peer_url" ] || { echo "broker-ingest: cloud-broker did not start: $peer_note" >&2; exit 1; }
+sim=$(device_sim)
+echo "broker-ingest: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
+machine_line
+for qos in 1 2; do
+    args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)
+    m_line=$("$sim" --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}" | grep '^device-sim summary')
+    p_line=$("$sim" --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}" | grep '^device-sim summary' || true)
+    m_rate=$(field rate_msgs_per_s "$m_line")
+    p_rate=$(field rate_msgs_per_s "$p_line")
+    echo "RESULT broker-ingest qos=$qos inflight=$inflight mosquitto_msgs_per_s=$m_rate mosquitto_ack_p50_ms=$(field ack_p50_ms "$m_line") mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") broker_msgs_per_s=${p_rate:-n/a} broker_ack_p50_ms=$(field ack_p50_ms "$p_line") broker_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
+done
