@@ -222,6 +222,51 @@ struct OperationsTests {
         for required in ["mode tcp", "option redispatch", "timeout connect 1s", "uri /ready", "inter 500ms", "check port 9100"] {
             #expect(text.contains(required), "config/haproxy.cfg lacks '\(required)'")
         }
+        // The commented-out TLS pass-through blocks are valid once uncommented.
+        let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            line.hasPrefix("# frontend mqtts") || line.hasPrefix("# backend tributary_brokers_tls") || line.hasPrefix("#     ") ? String(line.dropFirst(2)) : String(line)
+        }.joined(separator: "\n")
+        #expect(uncommented.contains("\nfrontend mqtts\n") && uncommented.contains("\nbackend tributary_brokers_tls\n"))
+        let directory = try Self.temporaryDirectory("haproxy-tls")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try uncommented.write(toFile: directory + "/haproxy.cfg", atomically: true, encoding: .utf8)
+        let tls = try await Self.run(Self.tool("haproxy") ?? "haproxy", ["-c", "-f", directory + "/haproxy.cfg"])
+        #expect(tls.status == .exited(0), "with the TLS blocks uncommented: \(tls.output)")
+    }
+
+    /// config/haproxy.cfg, moved to loopback ports with one server, in front of a real broker: HAProxy's
+    /// `/ready` check marks the node up, an MQTT publish goes through, and a stopped node is marked down.
+    @Test(.enabled(if: Self.tool("haproxy") != nil, "needs haproxy"), .timeLimit(.minutes(2)))
+    func haproxyExampleRoutesToReadyNodes() async throws {
+        let directory = try Self.temporaryDirectory("haproxy")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let (mqtt, http, front, stats) = (try FreePort.next(), try FreePort.next(), try FreePort.next(), try FreePort.next())
+            let broker = try scope.launch(
+                name: "cloud-broker", executable: TestEnvironment.binary("cloud-broker"),
+                arguments: ["--node-id", "lb-1", "--kafka-bootstrap", tansu.bootstrapServers, "--mqtt-listen", "127.0.0.1:\(mqtt)", "--http-listen", "127.0.0.1:\(http)"],
+                environment: TestEnvironment.kafkaClientEnvironment)
+            var text = try String(contentsOfFile: Self.root + "/config/haproxy.cfg", encoding: .utf8)
+            let edits = [
+                ("maxconn 200000", "maxconn 2000"), ("    bind :1883\n", "    bind 127.0.0.1:\(front)\n"), ("    bind :8404\n", "    bind 127.0.0.1:\(stats)\n"),
+                ("check port 9100", "check port \(http)"), ("server broker-1 10.0.0.11:1883", "server broker-1 127.0.0.1:\(mqtt)"),
+                ("    server broker-2 10.0.0.12:1883\n", ""), ("    server broker-3 10.0.0.13:1883\n", ""),
+                ("    log /dev/log local0\n", ""), ("    user haproxy\n", ""), ("    group haproxy\n", ""), ("    daemon\n", ""),
+            ]
+            for (from, to) in edits {
+                #expect(text.contains(from), "config/haproxy.cfg no longer contains '\(from)'")
+                text = text.replacingOccurrences(of: from, with: to)
+            }
+            try text.write(toFile: directory + "/haproxy.cfg", atomically: true, encoding: .utf8)
+            let haproxy = try scope.launch(name: "haproxy", executable: Self.tool("haproxy") ?? "haproxy", arguments: ["-f", directory + "/haproxy.cfg"])
+
+            try await Self.waitForServerStatus("UP", statsPort: stats, process: haproxy)
+            let publish = try await Self.run("mosquitto_pub", ["-h", "127.0.0.1", "-p", "\(front)", "-q", "1", "-t", "ops/lb", "-m", "through haproxy"], scope: scope)
+            #expect(publish.status == .exited(0), "publish through HAProxy: \(publish.output)")
+            await broker.stop()
+            try await Self.waitForServerStatus("DOWN", statsPort: stats, process: haproxy)
+        }
     }
 
     @Test(.enabled(if: Self.tool("promtool") != nil, "needs promtool (Debian package prometheus)"))
@@ -459,6 +504,22 @@ extension OperationsTests {
             if missing.isEmpty || clock.now >= deadline { return missing }
             try await Task.sleep(for: .milliseconds(200))  // a deadline-bounded poll of an HTTP endpoint
         }
+    }
+
+    /// Polls HAProxy's stats CSV until server broker-1 has `status` (deadline 20 s).
+    static func waitForServerStatus(_ status: String, statsPort: Int, process: ChildProcess) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        var last = ""
+        while clock.now < deadline {
+            if let (_, csv) = await HTTPProbe.get(port: statsPort, path: "/stats;csv") {
+                last = csv.split(separator: "\n").first { $0.hasPrefix("tributary_brokers,broker-1,") }.map(String.init) ?? csv
+                if last.split(separator: ",", omittingEmptySubsequences: false).dropFirst(17).first == Substring(status) { return }
+            }
+            if let exit = process.exitStatus { throw HarnessError("haproxy exited (\(exit)):\n\(process.logTail())") }
+            try await Task.sleep(for: .milliseconds(100))  // a deadline-bounded poll of an HTTP endpoint
+        }
+        throw HarnessError("HAProxy did not mark broker-1 \(status) within 20 s; stats: \(last)")
     }
 
     static func waitForHTTP(port: Int, path: String, status wanted: Int, process: ChildProcess) async throws {
