@@ -28,6 +28,22 @@ final class DeviceRegistry: Sendable {
 
     private let connections = Mutex<[String: Entry]>([:])
     private let counter = Mutex(0)
+    /// Store chains of closed connections still running, by client id: a reconnecting device's CONNACK
+    /// waits for them, so its session (QoS 2 ids) is complete before it can resend.
+    private let lingering = Mutex<[String: EventLoopFuture<Void>]>([:])
+
+    func linger(_ clientId: String, until drained: EventLoopFuture<Void>) {
+        lingering.withLock { $0[clientId] = drained }
+        drained.whenComplete { _ in
+            self.lingering.withLock { table in
+                if table[clientId] === drained { table[clientId] = nil }
+            }
+        }
+    }
+
+    func lingeringStores(_ clientId: String) -> EventLoopFuture<Void>? {
+        lingering.withLock { $0[clientId] }
+    }
 
     func subscribe(_ clientId: String, owner: ObjectIdentifier, _ subscriptions: [MQTTSubscription]) {
         connections.withLock { table in
@@ -67,12 +83,15 @@ final class DeviceRegistry: Sendable {
 
     func nextConnectionNumber() -> Int { counter.withLock { $0 += 1; return $0 } }
 
-    func register(_ clientId: String, owner: ObjectIdentifier, channel: any Channel) {
+    /// Registers the connection; closes a previous one with the same client id and returns its close future.
+    func register(_ clientId: String, owner: ObjectIdentifier, channel: any Channel) -> EventLoopFuture<Void>? {
         let previous = connections.withLock { table in
             defer { table[clientId] = Entry(owner: owner, channel: channel) }
             return table[clientId]
         }
-        if let previous, previous.owner != owner { previous.channel.close(promise: nil) }
+        guard let previous, previous.owner != owner else { return nil }
+        previous.channel.close(promise: nil)
+        return previous.channel.closeFuture
     }
 
     func unregister(_ clientId: String, owner: ObjectIdentifier) {
@@ -141,6 +160,11 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         AgentMetrics.deviceConnectionsTotal.increment()
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        if let registeredClientId, let chain { registry.linger(registeredClientId, until: chain) }
+        context.fireChannelInactive()
+    }
+
     func handlerRemoved(context: ChannelHandlerContext) {
         tickTask?.cancel()
         self.context = nil
@@ -192,16 +216,26 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
                 context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
             case .loadSession(let clientId, let cleanStart):
                 logger[metadataKey: "mqtt.client_id"] = "\(clientId)"
-                var existing: Set<UInt16>? = nil
-                if cleanStart {
-                    sessions.discard(clientId)
-                } else {
-                    let present = sessions.open(clientId)
-                    existing = present ? sessions.session(clientId) ?? [] : nil
-                }
-                registry.register(clientId, owner: ObjectIdentifier(self), channel: context.channel)
+                let previousClosed = registry.register(clientId, owner: ObjectIdentifier(self), channel: context.channel)
                 registeredClientId = clientId
-                perform(machine.sessionLoaded(existing: existing))
+                // A previous connection of this device may still be storing: wait for its stores first.
+                let eventLoop = context.eventLoop
+                let registry = self.registry
+                let closed = previousClosed?.hop(to: eventLoop) ?? eventLoop.makeSucceededVoidFuture()
+                let drained = closed.flatMap { registry.lingeringStores(clientId)?.hop(to: eventLoop) ?? eventLoop.makeSucceededVoidFuture() }
+                let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+                let sessions = self.sessions
+                drained.whenComplete { _ in
+                    let handler = loopBound.value
+                    var existing: Set<UInt16>? = nil
+                    if cleanStart {
+                        sessions.discard(clientId)
+                    } else {
+                        let present = sessions.open(clientId)
+                        existing = present ? sessions.session(clientId) ?? [] : nil
+                    }
+                    handler.perform(handler.machine.sessionLoaded(existing: existing))
+                }
             case .store(let publish, let completion):
                 enqueueStore(publish, completion: completion, context: context)
             case .subscribe(let subscriptions):

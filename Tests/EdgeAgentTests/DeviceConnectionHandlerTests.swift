@@ -31,11 +31,14 @@ final class GatedSink: RecordSink {
 }
 
 func makeDeviceChannel(sink: GatedSink, sessionsPath: String) async throws -> NIOAsyncTestingChannel {
+    try await makeDeviceChannel(sink: sink, sessions: try DeviceSessionStore.load(path: sessionsPath), registry: DeviceRegistry())
+}
+
+func makeDeviceChannel(sink: GatedSink, sessions: DeviceSessionStore, registry: DeviceRegistry) async throws -> NIOAsyncTestingChannel {
     let channel = NIOAsyncTestingChannel()
-    let sessions = try DeviceSessionStore.load(path: sessionsPath)
     try await channel.testingEventLoop.executeInContext {
         try channel.pipeline.syncOperations.addHandler(DeviceConnectionHandler(
-            sink: sink, sessions: sessions, registry: DeviceRegistry(), receiveMaximum: 10, logger: Logger(label: "test")))
+            sink: sink, sessions: sessions, registry: registry, receiveMaximum: 10, logger: Logger(label: "test")))
     }
     try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883))
     return channel
@@ -82,5 +85,33 @@ struct DeviceConnectionHandlerTests {
         channel.pipeline.fireErrorCaught(MQTTCodecError(reasonCode: .malformedPacket, message: "test"))
         #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .disconnect(MQTTDisconnect(reasonCode: .malformedPacket)))
         try await channel.closeFuture.get()
+    }
+
+    @Test("takeover: a reconnecting device's CONNACK waits for the old connection's stores, so its DUP is not stored twice")
+    func takeoverWaitsForStores() async throws {
+        let sink = GatedSink()
+        let directory = try AgentHarness.temporaryDirectory("handler-takeover")
+        let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
+        let registry = DeviceRegistry()
+        let old = try await makeDeviceChannel(sink: sink, sessions: sessions, registry: registry)
+        try await old.writeInbound(deviceConnect("d3", cleanStart: false))
+        _ = try await old.waitForOutboundWrite(as: MQTTPacket.self)
+        try await old.writeInbound(qos2(5))
+        var pending = sink.requests.makeAsyncIterator()
+        let store = try #require(await pending.next())
+
+        let new = try await makeDeviceChannel(sink: sink, sessions: sessions, registry: registry)
+        try await new.writeInbound(deviceConnect("d3", cleanStart: false))
+        try await old.closeFuture.get()
+        #expect(try await new.readOutbound(as: MQTTPacket.self) == nil, "CONNACK must wait for the old store")
+        store.continuation.resume(returning: 1)
+        guard case .connack(let connack) = try await new.waitForOutboundWrite(as: MQTTPacket.self) else {
+            Issue.record("expected CONNACK")
+            return
+        }
+        #expect(connack.sessionPresent)
+        try await new.writeInbound(qos2(5, dup: true))
+        #expect(try await new.waitForOutboundWrite(as: MQTTPacket.self) == .pubrec(MQTTPublishAck(packetId: 5)))
+        _ = try? await new.finish()
     }
 }
