@@ -21,6 +21,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.retain_available", default: "true", help: "Whether retained messages are supported."),
         ConfigKey("auth.password_file", default: "", help: "Password file (USER:pbkdf2-sha256$...; write it with 'cloud-broker passwd FILE USER'). Empty: no authentication."),
         ConfigKey("auth.allow_anonymous", default: "false", help: "With a password file: accept clients that send no user name."),
+        ConfigKey("auth.acl", default: "", help: "Ordered list of 'USER|* read|write|readwrite FILTER' (%u = user name, %c = client id); when set, what no rule allows is denied."),
         ConfigKey("kafka.bootstrap_servers", help: "Comma-separated Kafka bootstrap servers, HOST:PORT."),
         ConfigKey("kafka.messages_topic", default: "mqtt.messages", help: "Kafka topic receiving published messages when no rule matches."),
         ConfigKey("kafka.messages_partitions", default: "6", help: "Partitions of the messages topics when the broker creates them."),
@@ -118,6 +119,11 @@ struct CloudBrokerConfiguration: Sendable {
             }
             limits.authentication = .passwordFile(allowAnonymous: try values.bool("auth.allow_anonymous"))
         }
+        do {
+            limits.access = try AccessRules(parsing: values.list("auth.acl"))
+        } catch {
+            throw ConfigError(key: "auth.acl", origin: values.raw("auth.acl")?.origin, error.message)
+        }
         guard (5...MQTTPacket.protocolMaximumPacketSize).contains(limits.maximumPacketSize) else {
             throw ConfigError(key: "mqtt.max_packet_size", "must be between 5 bytes and 256MiB")
         }
@@ -144,6 +150,7 @@ struct BrokerLimits: Sendable, Equatable {
     var connectTimeout: Duration = .seconds(10)
     var retainAvailable: Bool = true
     var authentication: Authentication = .none
+    var access = AccessRules()
 }
 
 /// How CONNECT credentials are checked.

@@ -60,6 +60,8 @@ extension MQTTServerConnection {
         enum DeliveryOutcome: Equatable {
             case delivered
             case failed(reason: String)
+            /// Not produced: the ACL denies it (MQTT 5: acknowledged with 0x87; 3.1.1: acknowledged and dropped).
+            case denied
         }
 
         struct Connected {
@@ -69,6 +71,7 @@ extension MQTTServerConnection {
             var will: MQTTWill?
             var session: SessionState
             var clientReceiveMaximum: Int
+            var username: String?
             var requestedExpiry: UInt32 = 0
             var topicAliases: [UInt16: String] = [:]
             var pending: [PendingPublish] = []
@@ -154,6 +157,7 @@ extension MQTTServerConnection {
                 session: SessionState(clientId: clientId, expiryInterval: expiry),
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
             connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
+            connected.username = connect.username
             let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry)
             switch limits.authentication {
             case .none:
@@ -295,10 +299,11 @@ extension MQTTServerConnection {
                 state = .connected(c)
                 return disconnect(.retainNotSupported)
             }
+            let allowed = limits.access.mayPublish(topic: publish.topic, user: c.username, clientId: c.clientId)
             guard publish.qos != .atMostOnce, let packetId = publish.packetId else {
                 state = .connected(c)
                 nextToken += 1
-                return [.produce(token: nextToken, publish: publish)]
+                return allowed ? [.produce(token: nextToken, publish: publish)] : []
             }
             if publish.qos == .exactlyOnce && c.session.inboundAwaitingRelease.contains(packetId) {
                 // Already stored and PUBREC sent: acknowledge again, do not produce twice.
@@ -315,6 +320,12 @@ extension MQTTServerConnection {
                 return disconnect(.receiveMaximumExceeded)
             }
             nextToken += 1
+            guard allowed else {
+                // Acknowledged in turn, after the publishes before it.
+                c.pending.append(PendingPublish(token: nextToken, packetId: packetId, qos: publish.qos, outcome: .denied))
+                state = .connected(c)
+                return deliveryCompleted(token: nextToken, outcome: .denied)
+            }
             c.pending.append(PendingPublish(token: nextToken, packetId: packetId, qos: publish.qos))
             var actions: [Action] = [.produce(token: nextToken, publish: publish)]
             if c.pending.count >= limits.receiveMaximum && !c.readingPaused {
@@ -342,6 +353,11 @@ extension MQTTServerConnection {
                         c.session.inboundAwaitingRelease.insert(first.packetId)
                         actions.append(.send(.pubrec(MQTTPublishAck(packetId: first.packetId))))
                     }
+                case .denied:
+                    let code: MQTTReasonCode = c.version == .v5 ? .notAuthorized : .success
+                    if first.qos == .exactlyOnce && code == .success { c.session.inboundAwaitingRelease.insert(first.packetId) }
+                    let ack = MQTTPublishAck(packetId: first.packetId, reasonCode: code)
+                    actions.append(.send(first.qos == .atLeastOnce ? .puback(ack) : .pubrec(ack)))
                 case .failed(let reason):
                     guard c.version == .v5 else {
                         // MQTT 3.1.1 has no negative acknowledgement: close without acking; the client
@@ -370,6 +386,10 @@ extension MQTTServerConnection {
             var retained: [Action] = []
             let identifier = subscribe.properties.subscriptionIdentifiers.first
             for subscription in subscribe.subscriptions {
+                guard limits.access.maySubscribe(filter: subscription.topicFilter, user: c.username, clientId: c.clientId) else {
+                    codes.append(.notAuthorized)
+                    continue
+                }
                 let options = SubscriptionOptions(subscription: subscription, identifier: identifier)
                 let existed = c.session.subscriptions.updateValue(options, forKey: subscription.topicFilter.string) != nil
                 added.append(options)
