@@ -241,12 +241,8 @@ struct OperationsTests {
         let directory = try Self.temporaryDirectory("haproxy")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
-            let (mqtt, http, front, stats) = (try FreePort.next(), try FreePort.next(), try FreePort.next(), try FreePort.next())
-            let broker = try scope.launch(
-                name: "cloud-broker", executable: TestEnvironment.binary("cloud-broker"),
-                arguments: ["--node-id", "lb-1", "--kafka-bootstrap", tansu.bootstrapServers, "--mqtt-listen", "127.0.0.1:\(mqtt)", "--http-listen", "127.0.0.1:\(http)"],
-                environment: TestEnvironment.kafkaClientEnvironment)
+            let (broker, mqtt, http) = try await Self.startBroker(scope, nodeId: "lb-1")
+            let (front, stats) = (try FreePort.next(), try FreePort.next())
             var text = try String(contentsOfFile: Self.root + "/config/haproxy.cfg", encoding: .utf8)
             let edits = [
                 ("maxconn 200000", "maxconn 2000"), ("    bind :1883\n", "    bind 127.0.0.1:\(front)\n"), ("    bind :8404\n", "    bind 127.0.0.1:\(stats)\n"),
@@ -324,12 +320,8 @@ struct OperationsTests {
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
 
         try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
-            let (mqtt, brokerHTTP, devices, agentHTTP) = (try FreePort.next(), try FreePort.next(), try FreePort.next(), try FreePort.next())
-            let broker = try scope.launch(
-                name: "cloud-broker", executable: TestEnvironment.binary("cloud-broker"),
-                arguments: ["--node-id", "ops-1", "--kafka-bootstrap", tansu.bootstrapServers, "--mqtt-listen", "127.0.0.1:\(mqtt)", "--http-listen", "127.0.0.1:\(brokerHTTP)"],
-                environment: TestEnvironment.kafkaClientEnvironment)
+            let (broker, mqtt, brokerHTTP) = try await Self.startBroker(scope, nodeId: "ops-1")
+            let (devices, agentHTTP) = (try FreePort.next(), try FreePort.next())
             try await Self.waitForHTTP(port: brokerHTTP, path: "/ready", status: 200, process: broker)
             let agent = try scope.launch(
                 name: "edge-agent", executable: TestEnvironment.binary("edge-agent"),
@@ -504,6 +496,17 @@ extension OperationsTests {
             if missing.isEmpty || clock.now >= deadline { return missing }
             try await Task.sleep(for: .milliseconds(200))  // a deadline-bounded poll of an HTTP endpoint
         }
+    }
+
+    /// Starts Tansu and one cloud-broker on free loopback ports; returns the broker and its MQTT and HTTP ports.
+    static func startBroker(_ scope: ProcessScope, nodeId: String) async throws -> (ChildProcess, mqtt: Int, http: Int) {
+        let tansu = try await scope.startTansu()
+        let (mqtt, http) = (try FreePort.next(), try FreePort.next())
+        let broker = try scope.launch(
+            name: "cloud-broker", executable: TestEnvironment.binary("cloud-broker"),
+            arguments: ["--node-id", nodeId, "--kafka-bootstrap", tansu.bootstrapServers, "--mqtt-listen", "127.0.0.1:\(mqtt)", "--http-listen", "127.0.0.1:\(http)"],
+            environment: TestEnvironment.kafkaClientEnvironment)
+        return (broker, mqtt, http)
     }
 
     /// Polls HAProxy's stats CSV until server broker-1 has `status` (deadline 20 s).
