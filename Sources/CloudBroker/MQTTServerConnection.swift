@@ -41,7 +41,6 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var connectVersion: MQTTProtocolVersion?
     private var clientMaximumPacketSize = MQTTPacket.protocolMaximumPacketSize
     private var takeOverPromise: EventLoopPromise<SessionState?>?
-    private var lastWrite: EventLoopFuture<Void>?
     private var closing = false
     private var lateMessages: [OutboundMessage] = []
     private var inactive = false
@@ -196,6 +195,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 resumeReadingIfPossible(context: context)
             case .scheduleKeepAlive(let interval):
                 connectTimeoutTask?.cancel()
+                connectTimeoutTask = nil
                 keepAliveTask?.cancel()
                 let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
                 let loop = context.eventLoop
@@ -216,7 +216,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         guard let version = machine.version ?? connectVersion else {
             // Only a CONNACK refusing an unknown version is sent before the version is known.
             if case .connack = packet, let buffer = try? packet.encoded(version: .v311, allocator: context.channel.allocator) {
-                lastWrite = context.writeAndFlush(wrapOutboundOut(buffer))
+                context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
             }
             return
         }
@@ -233,7 +233,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
         BrokerMetrics.packetsSent[packet.type]?.increment()
         if case .publish(let publish) = packet { BrokerMetrics.messagesDelivered[Int(publish.qos.rawValue)].increment() }
-        lastWrite = context.write(wrapOutboundOut(buffer))
+        context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     private func attach(_ request: StateMachine.SessionRequest, context: ChannelHandlerContext) {
@@ -245,6 +245,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             let connection = loopBound.value
             switch result {
             case .success(let (session, present)):
+                connection.connectTimeoutTask?.cancel()
+                connection.connectTimeoutTask = nil
                 connection.perform(connection.machine.sessionAttached(session, present: present, requestedKeepAlive: connection.requestedKeepAlive, now: Date()))
             case .failure:
                 connection.context?.close(promise: nil)
@@ -293,13 +295,12 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private func closeAfterWrites(context: ChannelHandlerContext) {
         guard !closing else { return }
         closing = true
-        context.flush()
-        if let lastWrite {
-            let channel = context.channel
-            lastWrite.whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            context.close(promise: nil)
-        }
+        // Writes complete in order: once this empty one is written, so is the last packet (CONNACK or
+        // DISCONNECT with the reason code); then close. No promise per packet otherwise.
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        let channel = context.channel
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 }
 
