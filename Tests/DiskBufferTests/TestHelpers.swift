@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,7 +31,13 @@ func removeTree(_ path: String) {
     }
 }
 
-let testLogger = Logger(label: "tributary.buffer.test")
+/// Recovery and model tests damage buffers on purpose, thousands of times: their warnings are expected, so
+/// they are shown only with TRIBUTARY_TEST_LOG=1.
+let testLogger: Logger = {
+    var logger = Logger(label: "tributary.buffer.test")
+    logger.logLevel = ProcessInfo.processInfo.environment["TRIBUTARY_TEST_LOG"] == nil ? .error : .debug
+    return logger
+}()
 
 func segmentFiles(_ directory: String) -> [String] {
     ((try? FileSystem.listDirectory(directory)) ?? []).filter { $0.hasSuffix(".seg") }.sorted()
