@@ -288,6 +288,35 @@ struct OperationsTests {
         #expect(check.output.contains("SUCCESS: \(queries.count) rules found"), "\(check.output)")
     }
 
+    /// Each dashboard imports into Grafana: a uid and title, a Prometheus data source variable, unique panel
+    /// ids, panels within the 24-column grid, and every query with a refId.
+    @Test func dashboardsAreWellFormed() throws {
+        let directory = Self.root + "/dashboards"
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".json") }
+        #expect(Set(files) == ["tributary-broker-cluster.json", "tributary-edge-agents.json"])
+        for file in files {
+            let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + file))
+            let board = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(file) is not a JSON object")
+            #expect((board["uid"] as? String)?.isEmpty == false && (board["title"] as? String)?.isEmpty == false, "\(file): uid and title")
+            let variables = ((board["templating"] as? [String: Any])?["list"] as? [[String: Any]]) ?? []
+            #expect(variables.contains { $0["type"] as? String == "datasource" && $0["query"] as? String == "prometheus" }, "\(file): no Prometheus data source variable")
+            let panels = (board["panels"] as? [[String: Any]]) ?? []
+            let ids = panels.compactMap { $0["id"] as? Int }
+            #expect(ids.count == panels.count && Set(ids).count == ids.count, "\(file): panel ids missing or repeated")
+            for panel in panels {
+                let title = panel["title"] as? String ?? "?"
+                let grid = panel["gridPos"] as? [String: Int] ?? [:]
+                #expect((grid["x"] ?? 99) + (grid["w"] ?? 99) <= 24 && (grid["h"] ?? 0) > 0, "\(file): panel '\(title)' is off the grid")
+                guard panel["type"] as? String != "row" else { continue }
+                let targets = panel["targets"] as? [[String: Any]] ?? []
+                #expect(!targets.isEmpty, "\(file): panel '\(title)' has no query")
+                for target in targets {
+                    #expect(target["refId"] is String && (target["expr"] as? String)?.isEmpty == false, "\(file): panel '\(title)' has a query without refId or expr")
+                }
+            }
+        }
+    }
+
     // MARK: - dashboards against the running binaries
 
     /// Metrics that exist only once their event happened (an error, an overflow) and that this test does not
