@@ -193,6 +193,20 @@ struct OperationsTests {
             for entry in entries where entry.key != "node_id" {
                 #expect(entry.origin == path, "config/\(file) does not set \(entry.key) (its value comes from \(entry.origin))")
             }
+            // The comment of each key states the built-in default ("Default: 1ms."): a default changed in
+            // the code must be changed in the example too.
+            let required = binary == "cloud-broker" ? ["--node-id", "n", "--kafka-bootstrap", "127.0.0.1:9092"] : ["--agent-id", "a", "--upstream", "mqtt://127.0.0.1:1883"]
+            let defaults = try await Self.run(TestEnvironment.binary(binary), required + ["--check-config"], environment: environment)
+            let comments = Self.commentsByKey(try String(contentsOfFile: path, encoding: .utf8))
+            for entry in Self.parseCheckConfig(defaults.output) {
+                let comment = comments[entry.key] ?? ""
+                let stated: [String] = switch entry.origin {
+                case "command line": ["Default: none (required).", "Required."]
+                case _ where entry.value.isEmpty: ["Default: empty.", "Default: empty (", "Default: none ("]
+                default: ["Default: \(entry.value).", "Default: \(entry.value) (", "Defaults: \(entry.value) and", " and \(entry.value)."]
+                }
+                #expect(stated.contains { comment.contains($0) }, "config/\(file): the comment of \(entry.key) should state its default '\(entry.value)' (\(entry.origin)); it reads: \(comment)")
+            }
         }
     }
 
@@ -468,6 +482,36 @@ extension OperationsTests {
             entries.append(ConfigEntry(key: key, value: value, origin: origin))
         }
         return entries
+    }
+
+    /// The comment block that documents each key of a commented YAML example: the comment lines above the
+    /// key, or above the first of a group of sibling keys that share one comment.
+    static func commentsByKey(_ yaml: String) -> [String: String] {
+        var result: [String: String] = [:]
+        var sections: [(indent: Int, name: String)] = []
+        var pending: [String] = []
+        var lastComment = ""
+        for line in yaml.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("#") {
+                pending.append(String(trimmed.dropFirst()).trimmingCharacters(in: .whitespaces))
+                continue
+            }
+            if trimmed.isEmpty { pending = [] }  // a blank line ends a comment that documents no key
+            guard !trimmed.isEmpty, let colon = trimmed.firstIndex(of: ":") else { continue }
+            let indent = line.prefix { $0 == " " }.count
+            sections.removeAll { $0.indent >= indent }
+            let name = String(trimmed[..<colon])
+            if !pending.isEmpty { lastComment = pending.joined(separator: " ") }
+            pending = []
+            if trimmed.hasSuffix(":") {
+                sections.append((indent, name))
+                lastComment = ""
+            } else {
+                result[(sections.map(\.name) + [name]).joined(separator: ".")] = lastComment
+            }
+        }
+        return result
     }
 
     /// Every PromQL expression in dashboards/*.json (panel targets, also inside collapsed rows, and
