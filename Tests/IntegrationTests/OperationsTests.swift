@@ -134,7 +134,9 @@ struct OperationsTests {
 
         // The sysusers entry creates the two service users.
         if let sysusers = Self.tool("systemd-sysusers") {
-            let users = try await Self.run(sysusers, ["--root", try Self.temporaryDirectory("sysusers"), "--dry-run", stage + "/usr/lib/sysusers.d/tributary.conf"])
+            let usersRoot = try Self.temporaryDirectory("sysusers")
+            defer { try? FileManager.default.removeItem(atPath: usersRoot) }
+            let users = try await Self.run(sysusers, ["--root", usersRoot, "--dry-run", stage + "/usr/lib/sysusers.d/tributary.conf"])
             #expect(users.status == .exited(0), "\(users.output)")
             #expect(users.output.contains("Creating user 'tributary-agent'") && users.output.contains("Creating user 'tributary-broker'"), "\(users.output)")
         }
