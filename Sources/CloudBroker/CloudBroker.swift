@@ -73,12 +73,34 @@ enum CloudBroker {
         let logger = Logger(label: "tributary.cloud-broker")
         let node = try build(configuration: configuration, logger: logger)
         defer { node.producer.shutdown() }
+        let notifier = SystemdNotifier()
+        var services = node.services
+        if notifier.isEnabled {
+            services.append(SystemdReadiness(notifier: notifier, listener: node.listener))
+            if let interval = SystemdNotifier.watchdogInterval() {
+                services.append(SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) { true })
+            }
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: node.services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup) },
+                services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         logger.info("cloud-broker starting", metadata: ["node_id": "\(configuration.nodeId)", "kafka.bootstrap_servers": "\(configuration.kafkaBootstrapServers)"])
         try await group.run()
+    }
+}
+
+/// Tells systemd (Type=notify) the node is up once the MQTT listener is bound (Kafka may still be
+/// unreachable: that is `/ready`'s business), and that it is stopping on graceful shutdown.
+struct SystemdReadiness: Service {
+    let notifier: SystemdNotifier
+    let listener: MQTTListener
+
+    func run() async throws {
+        let port = try await listener.port()
+        notifier.ready(status: "serving MQTT on port \(port)")
+        try? await gracefulShutdown()
+        notifier.stopping()
     }
 }
