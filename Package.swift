@@ -70,6 +70,8 @@ let package = Package(
         .executableTarget(
             name: "EdgeAgent",
             dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 "Common",
                 "DiskBuffer",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -82,6 +84,8 @@ let package = Package(
         .executableTarget(
             name: "CloudBroker",
             dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 "Common",
                 "TributaryKafka",
                 .product(name: "NIOCore", package: "swift-nio"),

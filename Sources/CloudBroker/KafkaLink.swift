@@ -172,14 +172,18 @@ final class KafkaLink: Service, Sendable {
         let first = changed.count == settings.topics.count
         do {
             let counts = state.withLock { $0.partitions }
-            var assignments: [KafkaPartitionAssignment] = []
-            for topic in settings.messagesTopics {
-                // At start-up subscribers get what is produced from now on; a topic that was recreated is
-                // read from its start.
-                let offset: KafkaOffset = first ? .end : .beginning
-                for partition in 0..<(counts[topic] ?? 0) {
-                    assignments.append(KafkaPartitionAssignment(topic: topic, partition: partition, offset: offset))
-                }
+            // At start-up subscribers get what is produced from now on; a topic that was recreated is read
+            // from its start. "Now" is each partition's high watermark as reported by Fetch responses, not
+            // KafkaOffset.end: that is a ListOffsets query, which Tansu answers wrongly (start of the last
+            // batch + 1), and starting there would replay old records to subscribers.
+            let partitions = settings.messagesTopics.flatMap { topic in
+                (0..<(counts[topic] ?? 0)).map { KafkaTopicPartition(topic: topic, partition: $0) }
+            }
+            let ends = first ? try await admin.highWatermarks(for: partitions, timeout: .seconds(10)) : [:]
+            let assignments = partitions.map { partition in
+                KafkaPartitionAssignment(
+                    topic: partition.topic, partition: partition.partition,
+                    offset: first ? .offset(ends[partition] ?? 0) : .beginning)
             }
             try messages.assign(assignments)
             try retainedConsumer.assign(topic: settings.retainedTopic, partitionCount: counts[settings.retainedTopic] ?? 0, from: .beginning)
