@@ -87,17 +87,8 @@ struct OperationsTests {
             let isReady: (String) -> Bool = { $0.split(separator: "\n").contains { $0 == "READY=1" } }
             let messages = socket.receive(until: { $0.contains(where: isReady) && $0.filter(isPing).count >= 2 },
                                           timeout: .seconds(20), stopIf: { !process.isRunning })
-            let check = {
-                #expect(messages.contains(where: isReady), "\(binary) sent no READY=1 (got \(messages)); log:\n\(process.logTail())")
-                #expect(messages.filter(isPing).count >= 2, "\(binary) sent too few WATCHDOG=1 pings with WATCHDOG_USEC=1000000 (got \(messages))")
-            }
-            if binary == "cloud-broker" {
-                // Remove this wrapper when Sources/CloudBroker/CloudBroker.swift sends READY=1 and runs
-                // SystemdWatchdogService (the agent does): until then Type=notify cannot start the broker unit.
-                withKnownIssue("cloud-broker does not speak sd_notify yet") { check() }
-            } else {
-                check()
-            }
+            #expect(messages.contains(where: isReady), "\(binary) sent no READY=1 (got \(messages)); log:\n\(process.logTail())")
+            #expect(messages.filter(isPing).count >= 2, "\(binary) sent too few WATCHDOG=1 pings with WATCHDOG_USEC=1000000 (got \(messages))")
         }
     }
 
