@@ -152,12 +152,8 @@ extension Uplink {
             let rate = Double(acknowledgedSinceTick) / seconds
             lastTick = now
             acknowledgedSinceTick = 0
-            let stats = uplink.buffer.stats
             AgentMetrics.replayRate.record(rate)
-            AgentMetrics.backlogRecords.record(Int64(stats.records))
-            AgentMetrics.bufferBytes.record(stats.bytes)
-            AgentMetrics.bufferOldestAge.record(stats.oldestUnacknowledgedAgeSeconds ?? 0)
-            AgentMetrics.bufferDropped.record(Int64(stats.droppedRecords))
+            let stats = Uplink.recordBufferGauges(uplink.buffer)
             guard stats.records > 0 else { return }
             let eta = rate > 0 ? "\(Int(Double(stats.records) / rate))s" : "unknown"
             uplink.logger.info("Uplink progress", metadata: [

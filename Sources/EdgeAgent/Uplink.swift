@@ -71,7 +71,27 @@ final class Uplink: Service, Sendable {
         self.logger = logger
     }
 
+    /// Buffer gauges for /metrics; also refreshed while the uplink is down (backlog during an outage).
+    @discardableResult
+    static func recordBufferGauges(_ buffer: DiskBuffer) -> DiskBuffer.Stats {
+        let stats = buffer.stats
+        AgentMetrics.backlogRecords.record(Int64(stats.records))
+        AgentMetrics.bufferBytes.record(stats.bytes)
+        AgentMetrics.bufferOldestAge.record(stats.oldestUnacknowledgedAgeSeconds ?? 0)
+        AgentMetrics.bufferDropped.record(Int64(stats.droppedRecords))
+        return stats
+    }
+
     func run() async throws {
+        let buffer = self.buffer
+        let interval = settings.progressInterval
+        let gauges = Task {
+            while !Task.isCancelled {
+                Uplink.recordBufferGauges(buffer)
+                try? await Task.sleep(for: interval)  // a periodic metrics refresh, not synchronisation
+            }
+        }
+        defer { gauges.cancel() }
         var session = try restoreSession()
         var backoff = settings.backoffInitial
         await withGracefulShutdownHandler {
