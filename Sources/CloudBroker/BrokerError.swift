@@ -10,6 +10,8 @@ struct BrokerError: Error, Sendable, Equatable, CustomStringConvertible {
         case kafkaUnavailable
         case listener
         case deliveryFailed
+        /// A record of `mqtt.sessions` that cannot be read (logged and skipped).
+        case invalidSessionRecord
     }
 
     enum Scope: Sendable { case packet, connection, process }
@@ -26,7 +28,7 @@ struct BrokerError: Error, Sendable, Equatable, CustomStringConvertible {
         switch code {
         case .configuration, .kafkaTopics, .listener: .process
         case .kafkaUnavailable: .connection
-        case .deliveryFailed: .packet
+        case .deliveryFailed, .invalidSessionRecord: .packet
         }
     }
 

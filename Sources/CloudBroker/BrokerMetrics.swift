@@ -26,6 +26,8 @@ enum BrokerMetrics {
         static let retainedMessages = "tributary_broker_retained_messages"
         static let willsPublished = "tributary_broker_wills_published_total"
         static let protocolErrors = "tributary_broker_protocol_errors_total"
+        static let sessionRecordsWritten = "tributary_broker_session_records_written_total"
+        static let sessionRecordsRejected = "tributary_broker_session_records_rejected_total"
     }
 
     static let connections = Gauge(label: Name.connections)
@@ -54,6 +56,11 @@ enum BrokerMetrics {
     static let retainedMessages = Gauge(label: Name.retainedMessages)
     static let willsPublished = Counter(label: Name.willsPublished)
     static let protocolErrors = Counter(label: Name.protocolErrors)
+    /// Snapshots and tombstones written to `mqtt.sessions`, by outcome (`ok`, `failed`).
+    static let sessionRecordsWritten = Counter(label: Name.sessionRecordsWritten, dimensions: [("outcome", "ok")])
+    static let sessionRecordsWriteFailed = Counter(label: Name.sessionRecordsWritten, dimensions: [("outcome", "failed")])
+    /// Records of `mqtt.sessions` that could not be decoded (skipped).
+    static let sessionRecordsRejected = Counter(label: Name.sessionRecordsRejected)
 
     static func kafkaError(_ name: String) -> Counter {
         Counter(label: Name.kafkaErrors, dimensions: [("error", name)])

@@ -37,7 +37,14 @@ enum CloudBroker {
             retainedTopic: configuration.retainedTopic, retained: retained, deliveryTimeout: configuration.deliveryTimeout,
             defaultQoS: configuration.defaultQoS, logger: logger)
         let willLoop = NIOSingletons.posixEventLoopGroup.next()
-        let registry = SessionRegistry(store: InMemorySessionStore(), limits: configuration.limits, logger: logger) { will, clientId in
+        let sessions: KafkaSessionStore? = switch configuration.sessionsStore {
+        case .kafka:
+            KafkaSessionStore(
+                topic: configuration.sessionsTopic, nodeId: configuration.nodeId, logger: logger,
+                write: KafkaSessionStore.producerWriter(producer, logger: logger))
+        case .memory: nil
+        }
+        let registry = SessionRegistry(store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger) { will, clientId in
             let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
             publisher.publish(publish, clientId: clientId, eventLoop: willLoop, blocked: { _ in }, completion: { _ in })
         }
@@ -49,11 +56,14 @@ enum CloudBroker {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)
         }
         topics.append(.compacted(name: configuration.retainedTopic, partitions: Int32(configuration.retainedPartitions), replicationFactor: replication))
+        if sessions != nil {
+            topics.append(.compacted(name: configuration.sessionsTopic, partitions: Int32(configuration.sessionsPartitions), replicationFactor: replication))
+        }
         let link = KafkaLink(
             settings: .init(
-                kafka: kafka, messagesTopics: configuration.messagesTopics, retainedTopic: configuration.retainedTopic, topics: topics,
-                defaultQoS: configuration.defaultQoS),
-            registry: registry, retained: retained, logger: logger)
+                kafka: kafka, messagesTopics: configuration.messagesTopics, retainedTopic: configuration.retainedTopic,
+                sessionsTopic: sessions?.topic, topics: topics, defaultQoS: configuration.defaultQoS),
+            registry: registry, retained: retained, sessions: sessions, logger: logger)
         let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
         var tlsListener: MQTTListener?
         if let tls = configuration.tls {

@@ -27,6 +27,9 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.messages_partitions", default: "6", help: "Partitions of the messages topics when the broker creates them."),
         ConfigKey("kafka.retained_topic", default: "mqtt.retained", help: "Compacted Kafka topic holding retained messages (key = MQTT topic, tombstone clears)."),
         ConfigKey("kafka.retained_partitions", default: "3", help: "Partitions of the retained topic when the broker creates it."),
+        ConfigKey("kafka.sessions_topic", default: "mqtt.sessions", help: "Compacted Kafka topic holding persistent MQTT sessions (key = client id, tombstone when a session ends); read at start-up."),
+        ConfigKey("kafka.sessions_partitions", default: "3", help: "Partitions of the sessions topic when the broker creates it."),
+        ConfigKey("sessions.store", default: "kafka", help: "Where offline sessions are kept: 'kafka' (kafka.sessions_topic; they survive a node restart) or 'memory' (lost with the node)."),
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
         ConfigKey("kafka.linger", default: "1ms", help: "librdkafka linger.ms: how long the producer waits to batch publishes."),
@@ -44,6 +47,9 @@ struct CloudBrokerConfiguration: Sendable {
     var messagesPartitions: Int
     var retainedTopic: String
     var retainedPartitions: Int
+    var sessionsTopic: String
+    var sessionsPartitions: Int
+    var sessionsStore: SessionStoreKind
     var replicationFactor: Int
     var topicRules: [TopicRule]
     var linger: Duration
@@ -71,6 +77,9 @@ struct CloudBrokerConfiguration: Sendable {
         messagesPartitions = try values.int("kafka.messages_partitions", range: 1...10_000)
         retainedTopic = try values.string("kafka.retained_topic")
         retainedPartitions = try values.int("kafka.retained_partitions", range: 1...10_000)
+        sessionsTopic = try values.string("kafka.sessions_topic")
+        sessionsPartitions = try values.int("kafka.sessions_partitions", range: 1...10_000)
+        sessionsStore = try values.oneOf("sessions.store", SessionStoreKind.self)
         replicationFactor = try values.int("kafka.replication_factor", range: 1...100)
         topicRules = []
         for text in values.list("kafka.topic_rules") {
@@ -135,6 +144,11 @@ struct CloudBrokerConfiguration: Sendable {
         for rule in topicRules where !topics.contains(rule.kafkaTopic) { topics.append(rule.kafkaTopic) }
         return topics
     }
+}
+
+/// `sessions.store`.
+enum SessionStoreKind: String, Sendable, CaseIterable {
+    case kafka, memory
 }
 
 /// The protocol limits a node applies to every connection (from `mqtt.*` keys).

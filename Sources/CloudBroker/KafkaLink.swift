@@ -16,6 +16,8 @@ final class KafkaLink: Service, Sendable {
         var kafka: KafkaConfiguration
         var messagesTopics: [String]
         var retainedTopic: String
+        /// The compacted sessions topic, when sessions are kept in Kafka.
+        var sessionsTopic: String? = nil
         var topics: [KafkaTopicSpecification]
         var defaultQoS: MQTTQoS
         var checkInterval: Duration = .seconds(1)
@@ -35,14 +37,16 @@ final class KafkaLink: Service, Sendable {
     private let settings: Settings
     private let registry: SessionRegistry
     private let retained: RetainedStore
+    private let sessions: KafkaSessionStore?
     private let logger: Logger
     private let state = Mutex(State())
     private let startedAtMilliseconds = Int64(Date().timeIntervalSince1970 * 1000)
 
-    init(settings: Settings, registry: SessionRegistry, retained: RetainedStore, logger: Logger) {
+    init(settings: Settings, registry: SessionRegistry, retained: RetainedStore, sessions: KafkaSessionStore? = nil, logger: Logger) {
         self.settings = settings
         self.registry = registry
         self.retained = retained
+        self.sessions = sessions
         self.logger = logger
     }
 
@@ -95,9 +99,22 @@ final class KafkaLink: Service, Sendable {
             for record in records { retained.apply(record) }
             BrokerMetrics.retainedMessages.record(retained.count)
         }
+        let sessionsConsumer = try sessions.map { sessions in
+            try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
+                for record in records { sessions.apply(record) }
+            }
+        }
         defer {
             messages.close()
             retainedConsumer.close()
+            sessionsConsumer?.close()
+        }
+        if let sessions, let sessionsConsumer {
+            do {
+                try await cancelWhenGracefulShutdown { try await self.loadSessions(sessions, consumer: sessionsConsumer, admin: admin) }
+            } catch is CancellationError {
+                return  // shut down while loading
+            }
         }
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
@@ -111,6 +128,43 @@ final class KafkaLink: Service, Sendable {
                 try? await Task.sleep(for: positioned ? self.settings.checkInterval : .milliseconds(100))
             }
         }
+    }
+
+    /// Reads the sessions topic from the beginning up to its high watermark (as Fetch reports it; Tansu's
+    /// ListOffsets "latest" is wrong) into `sessions`, registers their subscriptions, then lets CONNECTs
+    /// proceed. The consumer keeps running afterwards (records of other nodes).
+    private func loadSessions(_ sessions: KafkaSessionStore, consumer: KafkaConsumer, admin: KafkaAdmin) async throws {
+        var announced = false
+        while true {
+            do {
+                let metadata = try await admin.metadata(timeout: .seconds(5))
+                let count = metadata.topic(sessions.topic)?.partitionCount ?? 0
+                guard count > 0 else { throw BrokerError(.kafkaTopics, "sessions topic has no partitions") }
+                let partitions = (0..<count).map { KafkaTopicPartition(topic: sessions.topic, partition: $0) }
+                let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
+                try consumer.assign(topic: sessions.topic, partitionCount: count, from: .beginning)
+                let started = ContinuousClock.now
+                while true {
+                    try Task.checkCancellation()
+                    let next = sessions.nextOffsets()
+                    if partitions.allSatisfy({ next[$0.partition] ?? 0 >= ends[$0] ?? 0 }) { break }
+                    if !announced && ContinuousClock.now - started > .seconds(10) {
+                        announced = true
+                        logger.warning("still reading the sessions topic", metadata: ["kafka.topic": "\(sessions.topic)"])
+                    }
+                    try await Task.sleep(for: .milliseconds(10))  // polls the consumer's progress
+                }
+                break
+            } catch let error as CancellationError {
+                throw error
+            } catch {
+                logger.warning("cannot read the sessions topic yet; retrying", metadata: ["kafka.topic": "\(sessions.topic)", "kafka.error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))  // retry back-off
+            }
+        }
+        let restored = sessions.finishLoading()
+        for (clientId, subscriptions) in restored { registry.register(clientId: clientId, subscriptions) }
+        logger.info("sessions loaded", metadata: ["kafka.topic": "\(sessions.topic)", "mqtt.sessions": "\(restored.count)"])
     }
 
     private func isLive(_ record: KafkaRecord) -> Bool {

@@ -69,11 +69,18 @@ final class SessionRegistry: Sendable {
         if let previous, previous !== endpoint {
             oldSession = previous.takeOver().hop(to: eventLoop)
         } else {
-            oldSession = eventLoop.makeSucceededFuture(store.take(clientId: request.clientId, now: .now))
+            let store = self.store
+            oldSession = store.whenLoaded(on: eventLoop).map { store.take(clientId: request.clientId, now: .now) }
         }
         return oldSession.map { old in
             if let old, !request.cleanStart {
+                // A session read from Kafka after a restart is not in the subscription index yet.
+                self.register(clientId: request.clientId, Array(old.subscriptions.values))
                 return (old, true)
+            }
+            if request.cleanStart {
+                // Ends a stored session (a tombstone in `mqtt.sessions` if it was written there).
+                self.store.remove(clientId: request.clientId)
             }
             if old != nil || request.cleanStart {
                 self.state.withLock { _ = $0.subscriptions.removeAll(key: request.clientId) }
@@ -96,6 +103,7 @@ final class SessionRegistry: Sendable {
             if session.expiryInterval > 0 {
                 store.put(session, now: .now)
             } else {
+                store.remove(clientId: clientId)
                 state.withLock { _ = $0.subscriptions.removeAll(key: clientId) }
             }
         }

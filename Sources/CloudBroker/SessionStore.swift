@@ -1,8 +1,9 @@
 import Common
+import NIOCore
 import Synchronization
 
-/// Where offline sessions live between connections. In memory for now (`InMemorySessionStore`); the
-/// cluster issue moves it to the compacted Kafka topic `mqtt.sessions` behind the same protocol.
+/// Where offline sessions live between connections: in memory (`InMemorySessionStore`, `sessions.store =
+/// memory`) or in the compacted Kafka topic `mqtt.sessions` (`KafkaSessionStore`, the default).
 ///
 /// Calls are synchronous and local: CONNACK never waits for a remote round trip when the answer is known
 /// locally. Implementations must be thread-safe.
@@ -19,6 +20,12 @@ protocol SessionStore: Sendable {
     func removeExpired(now: ContinuousClock.Instant) -> [SessionState]
     /// (sessions, queued messages) for metrics.
     func statistics() -> (sessions: Int, queuedMessages: Int)
+    /// Succeeds on `eventLoop` once the store knows every session (at once when it is already loaded).
+    func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+}
+
+extension SessionStore {
+    func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void> { eventLoop.makeSucceededVoidFuture() }
 }
 
 enum SessionEnqueueResult: Equatable {

@@ -1,0 +1,208 @@
+import Common
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import TributaryKafka
+
+/// Offline sessions kept in the compacted Kafka topic `mqtt.sessions` (key = client id, value = a
+/// `SessionSnapshot`, tombstone when the session ends or expires), with a local table in front.
+///
+/// - Writes: a snapshot when a session goes offline (`put`), a tombstone when a persisted session ends
+///   (`remove`, expiry, `take` of an expired one). Each write carries the node id and the client's next
+///   epoch (headers `tributary.node`, `tributary.epoch`), so a reader keeps the newest.
+/// - Reads: at start-up `KafkaLink` feeds every record from the beginning to the Fetch-reported high
+///   watermark through `apply`, then calls `finishLoading`; until then `whenLoaded` holds CONNECTs back.
+///   Afterwards records written by other nodes are applied; this node's own are skipped (it already knows).
+/// - Queued offline messages stay in the local table only (they are lost with the node).
+///
+/// Lookups (`take`, `enqueue`) are local: CONNACK never waits for Kafka once loading is done.
+final class KafkaSessionStore: SessionStore {
+    static let nodeHeader = "tributary.node"
+    static let epochHeader = "tributary.epoch"
+
+    private struct Meta {
+        /// Latest epoch written or read per client id (kept after the session ends).
+        var epochs: [String: UInt64] = [:]
+        /// Client ids whose latest record in the topic is a snapshot (a tombstone is due when they end).
+        var persisted: Set<String> = []
+        var loaded = false
+        var waiters: [EventLoopPromise<Void>] = []
+        /// Per partition, the next offset to apply (loading progress).
+        var nextOffsets: [Int32: Int64] = [:]
+        /// Subscriptions of sessions read while loading, registered with the router afterwards.
+        var restored: [String: [SubscriptionOptions]] = [:]
+    }
+
+    let topic: String
+    private let nodeId: String
+    private let local = InMemorySessionStore()
+    private let meta = Mutex(Meta())
+    private let logger: Logger
+    /// Hands a record to the producer (asynchronous; must keep the order of calls per key).
+    private let write: @Sendable (KafkaOutgoingMessage) -> Void
+
+    init(topic: String, nodeId: String, logger: Logger, write: @escaping @Sendable (KafkaOutgoingMessage) -> Void) {
+        self.topic = topic
+        self.nodeId = nodeId
+        self.logger = logger
+        self.write = write
+    }
+
+    /// Writes through `producer`, counting and logging failures.
+    static func producerWriter(_ producer: KafkaProducer, logger: Logger) -> @Sendable (KafkaOutgoingMessage) -> Void {
+        { message in
+            let clientId = String(decoding: message.key ?? [], as: UTF8.self)
+            do {
+                try producer.send(message) { result in
+                    switch result {
+                    case .success:
+                        BrokerMetrics.sessionRecordsWritten.increment()
+                    case .failure(let error):
+                        BrokerMetrics.sessionRecordsWriteFailed.increment()
+                        logger.error("cannot write session record", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
+                    }
+                }
+            } catch {
+                BrokerMetrics.sessionRecordsWriteFailed.increment()
+                logger.error("cannot write session record", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: SessionStore
+
+    func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        meta.withLock { meta in
+            if meta.loaded { return eventLoop.makeSucceededVoidFuture() }
+            let promise = eventLoop.makePromise(of: Void.self)
+            meta.waiters.append(promise)
+            return promise.futureResult
+        }
+    }
+
+    func take(clientId: String, now: ContinuousClock.Instant) -> SessionState? {
+        if let session = local.take(clientId: clientId, now: now) { return session }
+        // Not here (or expired): if the topic still holds a snapshot, the session has ended.
+        writeTombstoneIfPersisted(clientId: clientId)
+        return nil
+    }
+
+    func put(_ session: SessionState, now: ContinuousClock.Instant) {
+        local.put(session, now: now)
+        let storedAt = Int64(Date().timeIntervalSince1970 * 1000)
+        meta.withLock { meta in
+            let epoch = meta.epochs[session.clientId, default: 0] + 1
+            meta.epochs[session.clientId] = epoch
+            meta.persisted.insert(session.clientId)
+            let snapshot = SessionSnapshot(session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt)
+            // Under the lock: the producer queue gets one client's records in epoch order.
+            write(record(clientId: session.clientId, value: snapshot.encoded(), epoch: epoch))
+        }
+    }
+
+    @discardableResult
+    func remove(clientId: String) -> Bool {
+        let removed = local.remove(clientId: clientId)
+        writeTombstoneIfPersisted(clientId: clientId)
+        return removed
+    }
+
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult {
+        local.enqueue(clientId: clientId, message: message, limit: limit)
+    }
+
+    func removeExpired(now: ContinuousClock.Instant) -> [SessionState] {
+        let expired = local.removeExpired(now: now)
+        for session in expired { writeTombstoneIfPersisted(clientId: session.clientId) }
+        return expired
+    }
+
+    func statistics() -> (sessions: Int, queuedMessages: Int) {
+        local.statistics()
+    }
+
+    // MARK: Reading the topic
+
+    /// Applies one record of the sessions topic: the newest epoch per client id wins, a tombstone ends
+    /// the session, an unreadable record is logged and skipped.
+    func apply(_ record: KafkaRecord) {
+        let loaded = meta.withLock { meta in
+            meta.nextOffsets[record.partition] = max(meta.nextOffsets[record.partition] ?? 0, record.offset + 1)
+            return meta.loaded
+        }
+        guard let key = record.key, let clientId = String(validating: key, as: UTF8.self) else {
+            BrokerMetrics.sessionRecordsRejected.increment()
+            logger.warning("skipping session record without a client id", metadata: ["kafka.topic": "\(record.topic)", "kafka.offset": "\(record.offset)"])
+            return
+        }
+        let writer = record.headers.first { $0.name == Self.nodeHeader }.map { String(decoding: $0.value, as: UTF8.self) }
+        if loaded && writer == nodeId { return }
+        guard let value = record.value, !value.isEmpty else {
+            let epoch = record.headers.first { $0.name == Self.epochHeader }.flatMap { UInt64(String(decoding: $0.value, as: UTF8.self)) } ?? 0
+            meta.withLock { meta in
+                if epoch > 0 && epoch < meta.epochs[clientId, default: 0] { return }
+                meta.epochs[clientId] = max(epoch, meta.epochs[clientId, default: 0])
+                meta.persisted.remove(clientId)
+                meta.restored[clientId] = nil
+                local.remove(clientId: clientId)
+            }
+            return
+        }
+        let snapshot: SessionSnapshot
+        do {
+            snapshot = try SessionSnapshot.decode(value)
+        } catch {
+            BrokerMetrics.sessionRecordsRejected.increment()
+            logger.warning(
+                "skipping unreadable session record",
+                metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(record.topic)", "kafka.offset": "\(record.offset)", "kafka.error": "\(error)"])
+            return
+        }
+        let nowWall = Int64(Date().timeIntervalSince1970 * 1000)
+        let session = snapshot.session
+        meta.withLock { meta in
+            guard snapshot.epoch >= meta.epochs[clientId, default: 0] else { return }
+            meta.epochs[clientId] = snapshot.epoch
+            meta.persisted.insert(clientId)
+            if !meta.loaded { meta.restored[clientId] = Array(session.subscriptions.values) }
+            // The expiry counts from when the session went offline (bounded, so the instant stays sane).
+            let elapsedMilliseconds = min(max(0, nowWall - snapshot.storedAtMilliseconds), Int64(snapshot.expiryInterval) * 1000 + 1000)
+            local.put(session, now: .now - .milliseconds(elapsedMilliseconds))
+        }
+    }
+
+    /// The next offset to apply per partition (what was read so far).
+    func nextOffsets() -> [Int32: Int64] {
+        meta.withLock { $0.nextOffsets }
+    }
+
+    /// Loading is done: CONNECTs proceed. Returns the subscriptions of the sessions read, by client id.
+    func finishLoading() -> [String: [SubscriptionOptions]] {
+        let (waiters, restored) = meta.withLock { meta in
+            meta.loaded = true
+            defer {
+                meta.waiters = []
+                meta.restored = [:]
+            }
+            return (meta.waiters, meta.restored)
+        }
+        for waiter in waiters { waiter.succeed() }
+        return restored
+    }
+
+    private func writeTombstoneIfPersisted(clientId: String) {
+        meta.withLock { meta in
+            guard meta.persisted.remove(clientId) != nil else { return }
+            let epoch = meta.epochs[clientId, default: 0] + 1
+            meta.epochs[clientId] = epoch
+            write(record(clientId: clientId, value: nil, epoch: epoch))
+        }
+    }
+
+    private func record(clientId: String, value: [UInt8]?, epoch: UInt64) -> KafkaOutgoingMessage {
+        KafkaOutgoingMessage(
+            topic: topic, key: Array(clientId.utf8), value: value,
+            headers: [KafkaHeader(Self.nodeHeader, Array(nodeId.utf8)), KafkaHeader(Self.epochHeader, Array("\(epoch)".utf8))])
+    }
+}
