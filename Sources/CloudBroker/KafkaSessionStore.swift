@@ -8,7 +8,8 @@ import TributaryKafka
 /// Offline sessions kept in the compacted Kafka topic `mqtt.sessions` (key = client id, value = a
 /// `SessionSnapshot`, tombstone when the session ends or expires), with a local table in front.
 ///
-/// - Writes: a snapshot when a session goes offline (`put`), a tombstone when a persisted session ends
+/// - Writes: a snapshot when a persistent session is attached, changes its subscriptions (`persist`) or
+///   goes offline (`put`), a tombstone when a persisted session ends
 ///   (`remove`, expiry, `take` of an expired one). Each write carries the node id and the client's next
 ///   epoch (headers `tributary.node`, `tributary.epoch`), so a reader keeps the newest.
 /// - Reads: at start-up `KafkaLink` feeds every record from the beginning to the Fetch-reported high
@@ -90,6 +91,11 @@ final class KafkaSessionStore: SessionStore {
 
     func put(_ session: SessionState, now: ContinuousClock.Instant) {
         local.put(session, now: now)
+        persist(session)
+    }
+
+    /// Writes the snapshot of `session` (online or offline) with the client's next epoch.
+    func persist(_ session: SessionState) {
         let storedAt = Int64(Date().timeIntervalSince1970 * 1000)
         meta.withLock { meta in
             let epoch = meta.epochs[session.clientId, default: 0] + 1

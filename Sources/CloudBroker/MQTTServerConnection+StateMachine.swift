@@ -114,6 +114,12 @@ extension MQTTServerConnection {
             }
         }
 
+        /// The session of an attached connection (its snapshot is written when it changes).
+        var attachedSession: SessionState? {
+            if case .connected(let c) = state, c.attached { return c.session }
+            return nil
+        }
+
         var isClosed: Bool {
             if case .closed = state { return true }
             return false

@@ -178,6 +178,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 produce(token: token, publish: publish, context: context)
             case .registerSubscriptions(let subscriptions):
                 if let clientId = machine.clientId { broker.registry.register(clientId: clientId, subscriptions) }
+                if let session = machine.attachedSession { broker.registry.sessionChanged(session) }
             case .sendRetained(let options):
                 let filter = options.subscription.topicFilter
                 for message in broker.retained.matching(filter) {
@@ -188,6 +189,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 }
             case .unregisterSubscriptions(let filters):
                 if let clientId = machine.clientId { broker.registry.unregister(clientId: clientId, filters) }
+                if let session = machine.attachedSession { broker.registry.sessionChanged(session) }
             case .pauseReading:
                 machinePausedReading = true
             case .resumeReading:
@@ -248,6 +250,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 connection.connectTimeoutTask?.cancel()
                 connection.connectTimeoutTask = nil
                 connection.perform(connection.machine.sessionAttached(session, present: present, requestedKeepAlive: connection.requestedKeepAlive, now: Date()))
+                if let session = connection.machine.attachedSession { connection.broker.registry.sessionChanged(session) }
             case .failure:
                 connection.context?.close(promise: nil)
             }

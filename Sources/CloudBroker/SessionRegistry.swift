@@ -110,6 +110,12 @@ final class SessionRegistry: Sendable {
         scheduleWill(will, clientId: clientId, sessionExpiry: session.expiryInterval, takenOver: takenOver)
     }
 
+    /// The session of a connected client was attached or its subscriptions changed: a persistent one is
+    /// written to the store (so it outlives a node that dies while the client is connected).
+    func sessionChanged(_ session: SessionState) {
+        if session.expiryInterval > 0 { store.persist(session) }
+    }
+
     /// Drops the registration of `endpoint` (a connection that closed before its session was attached).
     func forget(endpoint: any ConnectionEndpoint, clientId: String) {
         state.withLock { state in

@@ -20,11 +20,15 @@ protocol SessionStore: Sendable {
     func removeExpired(now: ContinuousClock.Instant) -> [SessionState]
     /// (sessions, queued messages) for metrics.
     func statistics() -> (sessions: Int, queuedMessages: Int)
+    /// Records the state of a connected persistent session (it stays with its connection; nothing is kept
+    /// locally). No-op for stores that do not outlive the node.
+    func persist(_ session: SessionState)
     /// Succeeds on `eventLoop` once the store knows every session (at once when it is already loaded).
     func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void>
 }
 
 extension SessionStore {
+    func persist(_ session: SessionState) {}
     func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void> { eventLoop.makeSucceededVoidFuture() }
 }
 

@@ -31,7 +31,7 @@ struct SessionPersistenceTests {
 
     static func isTombstone(_ record: KafkaRecord) -> Bool { record.value?.isEmpty ?? true }
 
-    func restartKeepsSession(signal: Int32, clientId: String) async throws {
+    func restartKeepsSession(signal: Int32, clientId: String, stayConnected: Bool = false) async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
             let first = try await scope.startBroker(tansu: tansu)
@@ -44,12 +44,15 @@ struct SessionPersistenceTests {
             try await client.send(.subscribe(MQTTSubscribe(packetId: 1, subscriptions: [MQTTSubscription(topicFilter: filter, qos: .atLeastOnce)], properties: properties)))
             let suback = try await client.next { if case .suback(let ack) = $0 { ack } else { nil } }
             #expect(suback.reasonCodes == [.granted(.atLeastOnce)])
-            try await client.send(.disconnect(MQTTDisconnect()))
-            #expect(try await client.next() == .closed)
+            if !stayConnected {
+                try await client.send(.disconnect(MQTTDisconnect()))
+                #expect(try await client.next() == .closed)
+            }
 
-            // The snapshot is in Kafka once the session went offline (before any shutdown).
+            // The snapshot is in Kafka once the session changed or went offline (before any shutdown).
             let written = try await Self.waitForSessionRecords(tansu, clientId: clientId, "the session snapshot") { records in
-                records.last.map { !Self.isTombstone($0) } ?? false
+                guard let last = records.last, !Self.isTombstone(last), let value = last.value else { return false }
+                return (try? SessionSnapshot.decode(value))?.subscriptions.count == 1
             }
             let snapshot = try SessionSnapshot.decode(written.last!.value!)
             #expect(snapshot.clientId == clientId)
@@ -88,6 +91,11 @@ struct SessionPersistenceTests {
 
     @Test func sessionSurvivesKilledNode() async throws {
         try await restartKeepsSession(signal: SIGKILL, clientId: "persist-kill")
+    }
+
+    /// The node dies while the client is connected: the snapshot written at SUBSCRIBE restores it.
+    @Test func sessionSurvivesNodeKilledWhileConnected() async throws {
+        try await restartKeepsSession(signal: SIGKILL, clientId: "persist-online", stayConnected: true)
     }
 
     @Test func cleanStartAndExpiryWriteTombstones() async throws {
