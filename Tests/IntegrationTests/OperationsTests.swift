@@ -333,6 +333,7 @@ struct OperationsTests {
         "tributary_broker_kafka_errors_total",
         "tributary_broker_kafka_producer_recreations_total",
         "tributary_broker_messages_dropped_total",
+        "tributary_broker_session_records_rejected_total",
         "tributary_agent_uplink_reconnects_total",
         "tributary_agent_upstream_refused_messages_total",
         "tributary_agent_undecodable_records_total",
@@ -366,14 +367,16 @@ struct OperationsTests {
             try await Self.waitForHTTP(port: agentHTTP, path: "/metrics", status: 200, process: agent)
 
             // Broker traffic: a retained QoS 1 publish (acknowledged after Kafka), QoS 0 and 2 publishes, a
-            // subscriber that receives the retained message, a client whose will is published when it dies,
+            // persistent subscriber (its session is written to Kafka) that receives the retained message, a
+            // client whose will is published when it dies,
             // and a connection that sends garbage.
             for (qos, retain) in [("1", true), ("0", false), ("2", false)] {
                 let publish = try await Self.run(
                     "mosquitto_pub", ["-h", "127.0.0.1", "-p", "\(mqtt)", "-q", qos, "-t", "ops/qos\(qos)", "-m", "v"] + (retain ? ["-r"] : []), scope: scope)
                 #expect(publish.status == .exited(0), "mosquitto_pub -q \(qos): \(publish.output)")
             }
-            let subscribe = try await Self.run("mosquitto_sub", ["-h", "127.0.0.1", "-p", "\(mqtt)", "-q", "1", "-t", "ops/#", "-C", "1", "-W", "20"], scope: scope)
+            let subscribe = try await Self.run(
+                "mosquitto_sub", ["-h", "127.0.0.1", "-p", "\(mqtt)", "-q", "1", "-c", "-i", "ops-persistent", "-t", "ops/#", "-C", "1", "-W", "20"], scope: scope)
             #expect(subscribe.status == .exited(0), "mosquitto_sub: \(subscribe.output)")
             let willing = try scope.launch(
                 name: "will-client", executable: Self.tool("stdbuf") ?? "stdbuf",
