@@ -32,6 +32,12 @@ final class KafkaLink: Service, Sendable {
         /// Per partition: records older than the node's start are skipped until a newer one was seen
         /// (Tansu resolves "end" to the start of its last batch).
         var live: Set<KafkaTopicPartition> = []
+        /// Per messages-topic partition, the next offset the delivery consumer has not routed yet (stored
+        /// with a session going offline, so a restarted node can replay from there).
+        var routed: [KafkaTopicPartition: Int64] = [:]
+        /// The high watermarks up to which restored sessions were caught up: the delivery consumer
+        /// starts there, so nothing falls between the two.
+        var startOffsets: [KafkaTopicPartition: Int64]?
     }
 
     private let settings: Settings
@@ -94,6 +100,12 @@ final class KafkaLink: Service, Sendable {
                     registry.route(message)
                 }
             }
+            var next: [KafkaTopicPartition: Int64] = [:]
+            for record in records {
+                let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                next[partition] = max(next[partition] ?? 0, record.offset + 1)
+            }
+            state.withLock { state in for (partition, offset) in next { state.routed[partition] = max(state.routed[partition] ?? 0, offset) } }
         }
         let retainedConsumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
             for record in records { retained.apply(record) }
@@ -110,8 +122,12 @@ final class KafkaLink: Service, Sendable {
             sessionsConsumer?.close()
         }
         if let sessions, let sessionsConsumer {
+            sessions.setDeliveryPositions { [self] in state.withLock { $0.routed } }
+            let configuration = consumerConfiguration
             do {
-                try await cancelWhenGracefulShutdown { try await self.loadSessions(sessions, consumer: sessionsConsumer, admin: admin) }
+                try await cancelWhenGracefulShutdown {
+                    try await self.loadSessions(sessions, consumer: sessionsConsumer, admin: admin, configuration: configuration)
+                }
             } catch is CancellationError {
                 return  // shut down while loading
             }
@@ -133,7 +149,7 @@ final class KafkaLink: Service, Sendable {
     /// Reads the sessions topic from the beginning up to its high watermark (as Fetch reports it; Tansu's
     /// ListOffsets "latest" is wrong) into `sessions`, registers their subscriptions, then lets CONNECTs
     /// proceed. The consumer keeps running afterwards (records of other nodes).
-    private func loadSessions(_ sessions: KafkaSessionStore, consumer: KafkaConsumer, admin: KafkaAdmin) async throws {
+    private func loadSessions(_ sessions: KafkaSessionStore, consumer: KafkaConsumer, admin: KafkaAdmin, configuration: KafkaConfiguration) async throws {
         var announced = false
         while true {
             do {
@@ -162,9 +178,81 @@ final class KafkaLink: Service, Sendable {
                 try await Task.sleep(for: .seconds(1))  // retry back-off
             }
         }
-        let restored = sessions.finishLoading()
-        for (clientId, subscriptions) in restored { registry.register(clientId: clientId, subscriptions) }
+        let restored = sessions.restoredSessions()
+        for (clientId, session) in restored { registry.register(clientId: clientId, session.subscriptions) }
         logger.info("sessions loaded", metadata: ["kafka.topic": "\(sessions.topic)", "mqtt.sessions": "\(restored.count)"])
+        while true {
+            do {
+                try await catchUp(restored, sessions: sessions, admin: admin, configuration: configuration)
+                break
+            } catch let error as CancellationError {
+                throw error
+            } catch {
+                logger.warning("cannot replay messages to restored sessions yet; retrying", metadata: ["kafka.error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))  // retry back-off
+            }
+        }
+        sessions.finishLoading()
+    }
+
+    /// "Kafka is the queue": replays the records of the messages topics from where each restored session's
+    /// delivery stood when it went offline up to the current high watermarks (Fetch-reported) into its
+    /// queue, then fixes those high watermarks as the delivery consumer's start.
+    private func catchUp(
+        _ restored: [String: KafkaSessionStore.RestoredSession], sessions: KafkaSessionStore, admin: KafkaAdmin, configuration: KafkaConfiguration
+    ) async throws {
+        let metadata = try await admin.metadata(timeout: .seconds(5))
+        let partitions = settings.messagesTopics.flatMap { topic in
+            (0..<(metadata.topic(topic)?.partitionCount ?? 0)).map { KafkaTopicPartition(topic: topic, partition: $0) }
+        }
+        let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
+        let waiting = restored.filter { !$0.value.offsets.isEmpty }
+        var starts: [KafkaTopicPartition: Int64] = [:]
+        for session in waiting.values {
+            for (partition, offset) in session.offsets where offset < ends[partition] ?? 0 { starts[partition] = min(starts[partition] ?? offset, offset) }
+        }
+        guard !starts.isEmpty else {
+            state.withLock { $0.startOffsets = ends }
+            return
+        }
+        let progress = Mutex<[KafkaTopicPartition: Int64]>([:])
+        let replayed = Atomic<Int>(0)
+        let limit = registry.limits.sessionQueueLimit
+        let defaultQoS = settings.defaultQoS
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger) { records in
+            var next: [KafkaTopicPartition: Int64] = [:]
+            for record in records {
+                let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                next[partition] = max(next[partition] ?? 0, record.offset + 1)
+                guard record.offset < ends[partition] ?? 0, let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) else { continue }
+                for (clientId, session) in waiting {
+                    guard let from = session.offsets[partition], record.offset >= from,
+                        let outbound = SessionRegistry.outbound(for: message, clientId: clientId, subscriptions: session.subscriptions)
+                    else { continue }
+                    switch sessions.enqueue(clientId: clientId, message: outbound, limit: limit) {
+                    case .queued: replayed.add(1, ordering: .relaxed)
+                    case .dropped: BrokerMetrics.messagesDroppedQueueFull[Int(outbound.qos.rawValue)].increment()
+                    case .noSession: break
+                    }
+                }
+            }
+            progress.withLock { progress in for (partition, offset) in next { progress[partition] = max(progress[partition] ?? 0, offset) } }
+        }
+        defer { consumer.close() }
+        try consumer.assign(starts.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            try Task.checkCancellation()
+            let done = progress.withLock { progress in starts.keys.allSatisfy { progress[$0] ?? 0 >= ends[$0] ?? 0 } }
+            if done { break }
+            if ContinuousClock.now > deadline {
+                logger.warning("gave up replaying messages to restored sessions", metadata: ["kafka.topic": "\(settings.messagesTopics)"])
+                break
+            }
+            try await Task.sleep(for: .milliseconds(10))  // polls the consumer's progress
+        }
+        state.withLock { $0.startOffsets = ends }
+        logger.info("restored sessions caught up", metadata: ["mqtt.sessions": "\(waiting.count)", "mqtt.messages": "\(replayed.load(ordering: .relaxed))"])
     }
 
     private func isLive(_ record: KafkaRecord) -> Bool {
@@ -233,7 +321,18 @@ final class KafkaLink: Service, Sendable {
             let partitions = settings.messagesTopics.flatMap { topic in
                 (0..<(counts[topic] ?? 0)).map { KafkaTopicPartition(topic: topic, partition: $0) }
             }
-            let ends = first ? try await admin.highWatermarks(for: partitions, timeout: .seconds(10)) : [:]
+            let fixed = state.withLock { $0.startOffsets }
+            let ends: [KafkaTopicPartition: Int64]
+            if !first {
+                ends = [:]
+            } else if let fixed, partitions.allSatisfy({ fixed[$0] != nil }) {
+                ends = fixed
+            } else {
+                ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
+            }
+            if first {
+                state.withLock { state in for (partition, offset) in ends { state.routed[partition] = max(state.routed[partition] ?? 0, offset) } }
+            }
             let assignments = partitions.map { partition in
                 KafkaPartitionAssignment(
                     topic: partition.topic, partition: partition.partition,

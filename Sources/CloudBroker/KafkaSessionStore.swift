@@ -31,14 +31,22 @@ final class KafkaSessionStore: SessionStore {
         var waiters: [EventLoopPromise<Void>] = []
         /// Per partition, the next offset to apply (loading progress).
         var nextOffsets: [Int32: Int64] = [:]
-        /// Subscriptions of sessions read while loading, registered with the router afterwards.
-        var restored: [String: [SubscriptionOptions]] = [:]
+        /// Sessions read while loading: registered with the router and caught up afterwards.
+        var restored: [String: RestoredSession] = [:]
+    }
+
+    /// A session read at start-up: its subscriptions and where its delivery stood when it went offline.
+    struct RestoredSession: Sendable, Equatable {
+        var subscriptions: [SubscriptionOptions]
+        var offsets: [KafkaTopicPartition: Int64]
     }
 
     let topic: String
     private let nodeId: String
     private let local = InMemorySessionStore()
     private let meta = Mutex(Meta())
+    /// The node's delivery position per messages-topic partition (set by `KafkaLink`).
+    private let positions = Mutex<(@Sendable () -> [KafkaTopicPartition: Int64])?>(nil)
     private let logger: Logger
     /// Hands a record to the producer (asynchronous; must keep the order of calls per key).
     private let write: @Sendable (KafkaOutgoingMessage) -> Void
@@ -71,6 +79,11 @@ final class KafkaSessionStore: SessionStore {
         }
     }
 
+    /// Where the node's delivery stands, stored with a session going offline.
+    func setDeliveryPositions(_ provider: @escaping @Sendable () -> [KafkaTopicPartition: Int64]) {
+        positions.withLock { $0 = provider }
+    }
+
     // MARK: SessionStore
 
     func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
@@ -91,17 +104,21 @@ final class KafkaSessionStore: SessionStore {
 
     func put(_ session: SessionState, now: ContinuousClock.Instant) {
         local.put(session, now: now)
-        persist(session)
+        writeSnapshot(session, offsets: positions.withLock { $0 }?() ?? [:])
     }
 
-    /// Writes the snapshot of `session` (online or offline) with the client's next epoch.
+    /// Writes the snapshot of a connected session (no delivery position: it receives directly).
     func persist(_ session: SessionState) {
+        writeSnapshot(session, offsets: [:])
+    }
+
+    private func writeSnapshot(_ session: SessionState, offsets: [KafkaTopicPartition: Int64]) {
         let storedAt = Int64(Date().timeIntervalSince1970 * 1000)
         meta.withLock { meta in
             let epoch = meta.epochs[session.clientId, default: 0] + 1
             meta.epochs[session.clientId] = epoch
             meta.persisted.insert(session.clientId)
-            let snapshot = SessionSnapshot(session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt)
+            let snapshot = SessionSnapshot(session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt, offsets: offsets)
             // Under the lock: the producer queue gets one client's records in epoch order.
             write(record(clientId: session.clientId, value: snapshot.encoded(), epoch: epoch))
         }
@@ -171,7 +188,9 @@ final class KafkaSessionStore: SessionStore {
             guard snapshot.epoch >= meta.epochs[clientId, default: 0] else { return }
             meta.epochs[clientId] = snapshot.epoch
             meta.persisted.insert(clientId)
-            if !meta.loaded { meta.restored[clientId] = Array(session.subscriptions.values) }
+            if !meta.loaded {
+                meta.restored[clientId] = RestoredSession(subscriptions: Array(session.subscriptions.values), offsets: snapshot.offsets)
+            }
             // The expiry counts from when the session went offline (bounded, so the instant stays sane).
             let elapsedMilliseconds = min(max(0, nowWall - snapshot.storedAtMilliseconds), Int64(snapshot.expiryInterval) * 1000 + 1000)
             local.put(session, now: .now - .milliseconds(elapsedMilliseconds))
@@ -183,18 +202,22 @@ final class KafkaSessionStore: SessionStore {
         meta.withLock { $0.nextOffsets }
     }
 
-    /// Loading is done: CONNECTs proceed. Returns the subscriptions of the sessions read, by client id.
-    func finishLoading() -> [String: [SubscriptionOptions]] {
-        let (waiters, restored) = meta.withLock { meta in
+    /// The sessions read so far while loading, by client id.
+    func restoredSessions() -> [String: RestoredSession] {
+        meta.withLock { $0.restored }
+    }
+
+    /// Loading is done: CONNECTs proceed.
+    func finishLoading() {
+        let waiters = meta.withLock { meta in
             meta.loaded = true
             defer {
                 meta.waiters = []
                 meta.restored = [:]
             }
-            return (meta.waiters, meta.restored)
+            return meta.waiters
         }
         for waiter in waiters { waiter.succeed() }
-        return restored
     }
 
     private func writeTombstoneIfPersisted(clientId: String) {

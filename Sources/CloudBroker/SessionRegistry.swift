@@ -244,6 +244,18 @@ final class SessionRegistry: Sendable {
         endpoint?.deliver(message)
     }
 
+    /// What one session with `subscriptions` receives of `message` (its best matching non-shared
+    /// subscription, all identifiers), or nil (replay of records towards a restored offline session).
+    static func outbound(for message: BrokerMessage, clientId: String, subscriptions: [SubscriptionOptions]) -> OutboundMessage? {
+        var result: OutboundMessage?
+        for options in subscriptions where !options.subscription.topicFilter.isShared {
+            guard options.subscription.topicFilter.matches(message.topic) else { continue }
+            if options.subscription.noLocal && message.publisherClientId == clientId { continue }
+            merge(&result, message: message, options: options)
+        }
+        return result
+    }
+
     private static func merge(_ existing: inout OutboundMessage?, message: BrokerMessage, options: SubscriptionOptions) {
         let qos = min(message.qos, options.subscription.qos)
         let retain = options.subscription.retainAsPublished && message.retain

@@ -1,5 +1,6 @@
 import Common
 import Foundation
+import TributaryKafka
 
 /// What `mqtt.sessions` holds for one offline session (record key = client id, UTF-8): the parts of a
 /// `SessionState` that must outlive a node. A value type with a versioned JSON encoding.
@@ -10,12 +11,16 @@ import Foundation
 ///      "stored_at_ms": 1795000000000,
 ///      "subscriptions": [{"filter": "a/#", "qos": 1, "no_local": false, "retain_as_published": false,
 ///                         "retain_handling": 0, "id": 42}],
-///      "awaiting_pubrel": [3, 9]}
+///      "awaiting_pubrel": [3, 9],
+///      "offsets": [{"topic": "mqtt.messages", "partition": 0, "offset": 1234}]}
 ///
 /// `owner` is the node id that wrote it, `epoch` grows by one with every write for the client id (also
 /// carried by tombstones in the `tributary.epoch` header), `stored_at_ms` is the wall-clock time the
 /// session went offline (its expiry counts from there), `id` is the MQTT 5 subscription identifier
-/// (absent if none). Queued offline messages are not part of a snapshot (they stay in memory).
+/// (absent if none). `offsets` (optional; written when the session goes offline) is, per messages-topic
+/// partition, the next offset the node had not yet routed: a node that restores the session replays
+/// matching records from there into its queue ("Kafka is the queue"); the queued messages themselves are
+/// not part of a snapshot.
 struct SessionSnapshot: Sendable, Equatable {
     static let version = 1
 
@@ -26,6 +31,8 @@ struct SessionSnapshot: Sendable, Equatable {
     var storedAtMilliseconds: Int64
     var subscriptions: [SubscriptionOptions]
     var inboundAwaitingRelease: [UInt16]
+    /// Where delivery to this offline session stands, per messages-topic partition (empty: unknown).
+    var offsets: [KafkaTopicPartition: Int64] = [:]
 
     init(
         clientId: String, owner: String, epoch: UInt64, expiryInterval: UInt32, storedAtMilliseconds: Int64,
@@ -41,12 +48,13 @@ struct SessionSnapshot: Sendable, Equatable {
     }
 
     /// The snapshot of `session` (subscriptions in filter order, so equal sessions encode equally).
-    init(session: SessionState, owner: String, epoch: UInt64, storedAtMilliseconds: Int64) {
+    init(session: SessionState, owner: String, epoch: UInt64, storedAtMilliseconds: Int64, offsets: [KafkaTopicPartition: Int64] = [:]) {
         self.init(
             clientId: session.clientId, owner: owner, epoch: epoch, expiryInterval: session.expiryInterval,
             storedAtMilliseconds: storedAtMilliseconds,
             subscriptions: session.subscriptions.keys.sorted().compactMap { session.subscriptions[$0] },
             inboundAwaitingRelease: session.inboundAwaitingRelease.sorted())
+        self.offsets = offsets
     }
 
     /// The session this snapshot describes (no messages in flight or queued).
@@ -69,6 +77,12 @@ struct SessionSnapshot: Sendable, Equatable {
             var id: UInt32?
         }
 
+        struct Offset: Codable {
+            var topic: String
+            var partition: Int32
+            var offset: Int64
+        }
+
         var v: Int
         var client_id: String
         var owner: String
@@ -77,6 +91,7 @@ struct SessionSnapshot: Sendable, Equatable {
         var stored_at_ms: Int64
         var subscriptions: [Subscription]
         var awaiting_pubrel: [UInt16]
+        var offsets: [Offset]?
     }
 
     private struct VersionOnly: Decodable {
@@ -92,7 +107,12 @@ struct SessionSnapshot: Sendable, Equatable {
                     retain_as_published: $0.subscription.retainAsPublished, retain_handling: $0.subscription.retainHandling.rawValue,
                     id: $0.identifier)
             },
-            awaiting_pubrel: inboundAwaitingRelease)
+            awaiting_pubrel: inboundAwaitingRelease,
+            offsets: offsets.isEmpty
+                ? nil
+                : offsets.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map {
+                    Wire.Offset(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value)
+                })
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         // Encoding plain strings and integers cannot fail.
@@ -129,8 +149,13 @@ struct SessionSnapshot: Sendable, Equatable {
                         topicFilter: filter, qos: qos, noLocal: entry.no_local, retainAsPublished: entry.retain_as_published, retainHandling: handling),
                     identifier: entry.id))
         }
-        return SessionSnapshot(
+        var snapshot = SessionSnapshot(
             clientId: wire.client_id, owner: wire.owner, epoch: wire.epoch, expiryInterval: wire.expiry, storedAtMilliseconds: wire.stored_at_ms,
             subscriptions: subscriptions, inboundAwaitingRelease: wire.awaiting_pubrel)
+        for entry in wire.offsets ?? [] {
+            guard entry.offset >= 0, entry.partition >= 0 else { throw BrokerError(.invalidSessionRecord, "invalid offset in session record") }
+            snapshot.offsets[KafkaTopicPartition(topic: entry.topic, partition: entry.partition)] = entry.offset
+        }
+        return snapshot
     }
 }

@@ -98,6 +98,56 @@ struct SessionPersistenceTests {
         try await restartKeepsSession(signal: SIGKILL, clientId: "persist-online", stayConnected: true)
     }
 
+    /// "Kafka is the queue": messages queued in the killed node's memory and messages produced while no
+    /// node ran reach the restored session, in order, followed by new ones.
+    @Test func restoredSessionReplaysMessagesFromKafka() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let first = try await scope.startBroker(tansu: tansu)
+            let clientId = "replay-me"
+            let client = try await RawMQTTClient.connect(port: first.mqttPort)
+            try await client.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
+            try await BrokerProtocolTests.subscribe(client, "replay/#")
+            try await client.send(.disconnect(MQTTDisconnect()))
+            #expect(try await client.next() == .closed)
+            _ = try await Self.waitForSessionRecords(tansu, clientId: clientId, "the offline snapshot with offsets") { records in
+                guard let last = records.last, let value = last.value, !value.isEmpty else { return false }
+                return !((try? SessionSnapshot.decode(value))?.offsets.isEmpty ?? true)
+            }
+
+            // Queued in the first node's memory only.
+            let publisher = try await RawMQTTClient.connect(port: first.mqttPort)
+            try await publisher.handshake(BrokerProtocolTests.v5("replay-publisher"))
+            try await BrokerProtocolTests.publishQoS1(publisher, "replay/a", "offline-1", id: 1)
+            first.process.send(SIGKILL)
+            _ = await first.process.waitForExit()
+            await publisher.close()
+
+            // Produced while no node runs.
+            let producer = try KafkaProducer(configuration: KafkaConfiguration(bootstrapServers: tansu.bootstrapServers, clientId: "replay-test"))
+            defer { producer.shutdown() }
+            _ = try await producer.send(KafkaOutgoingMessage(topic: "mqtt.messages", key: Array("replay/a".utf8), value: Array("while-down".utf8)))
+
+            let second = try await scope.startBroker(tansu: tansu, name: "cloud-broker-2")
+            let resumed = try await RawMQTTClient.connect(port: second.mqttPort)
+            let ack = try await resumed.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
+            #expect(ack.sessionPresent)
+            let after = try await RawMQTTClient.connect(port: second.mqttPort)
+            try await after.handshake(BrokerProtocolTests.v5("replay-publisher-2"))
+            try await BrokerProtocolTests.publishQoS1(after, "replay/a", "after", id: 1)
+            var received: [String] = []
+            for _ in 0..<3 {
+                let publish = try await BrokerProtocolTests.nextPublish(resumed)
+                received.append(String(buffer: publish.payload))
+                if let id = publish.packetId { try await resumed.send(.puback(MQTTPublishAck(packetId: id))) }
+            }
+            #expect(received == ["offline-1", "while-down", "after"])
+            await after.close()
+            await resumed.close()
+            await client.close()
+        }
+    }
+
     @Test func cleanStartAndExpiryWriteTombstones() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
@@ -154,7 +204,9 @@ struct SessionPersistenceTests {
 
     @Test func snapshotRoundTrip() throws {
         let session = try Self.sampleSession()
-        let snapshot = SessionSnapshot(session: session, owner: "node-a", epoch: 5, storedAtMilliseconds: 1_795_000_000_000)
+        let snapshot = SessionSnapshot(
+            session: session, owner: "node-a", epoch: 5, storedAtMilliseconds: 1_795_000_000_000,
+            offsets: [KafkaTopicPartition(topic: "mqtt.messages", partition: 2): 17, KafkaTopicPartition(topic: "t", partition: 0): 0])
         let decoded = try SessionSnapshot.decode(snapshot.encoded())
         #expect(decoded == snapshot)
         let restored = decoded.session
@@ -198,7 +250,8 @@ struct SessionPersistenceTests {
         store.apply(record(4, key: "gone", value: snapshot.encoded()))
         store.apply(record(5, key: "gone", value: nil))
         #expect(store.nextOffsets() == [0: 6])
-        let restored = store.finishLoading()
+        let restored = store.restoredSessions()
+        store.finishLoading()
         #expect(Set(restored.keys) == ["sensor-1"])
         let session = store.take(clientId: "sensor-1", now: .now)
         #expect(session?.subscriptions.count == 2)
