@@ -115,7 +115,7 @@ final class KafkaSessionStore: SessionStore {
     private func writeSnapshot(_ session: SessionState, offsets: [KafkaTopicPartition: Int64]) {
         let storedAt = Int64(Date().timeIntervalSince1970 * 1000)
         meta.withLock { meta in
-            let epoch = meta.epochs[session.clientId, default: 0] + 1
+            let epoch = Self.nextEpoch(after: meta.epochs[session.clientId, default: 0])
             meta.epochs[session.clientId] = epoch
             meta.persisted.insert(session.clientId)
             let snapshot = SessionSnapshot(session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt, offsets: offsets)
@@ -192,7 +192,8 @@ final class KafkaSessionStore: SessionStore {
                 meta.restored[clientId] = RestoredSession(subscriptions: Array(session.subscriptions.values), offsets: snapshot.offsets)
             }
             // The expiry counts from when the session went offline (bounded, so the instant stays sane).
-            let elapsedMilliseconds = min(max(0, nowWall - snapshot.storedAtMilliseconds), Int64(snapshot.expiryInterval) * 1000 + 1000)
+            let (difference, overflow) = nowWall.subtractingReportingOverflow(snapshot.storedAtMilliseconds)
+            let elapsedMilliseconds = min(max(0, overflow ? Int64.max : difference), Int64(snapshot.expiryInterval) * 1000 + 1000)
             local.put(session, now: .now - .milliseconds(elapsedMilliseconds))
         }
     }
@@ -223,10 +224,15 @@ final class KafkaSessionStore: SessionStore {
     private func writeTombstoneIfPersisted(clientId: String) {
         meta.withLock { meta in
             guard meta.persisted.remove(clientId) != nil else { return }
-            let epoch = meta.epochs[clientId, default: 0] + 1
+            let epoch = Self.nextEpoch(after: meta.epochs[clientId, default: 0])
             meta.epochs[clientId] = epoch
             write(record(clientId: clientId, value: nil, epoch: epoch))
         }
+    }
+
+    /// The epoch after `epoch` (saturating: an epoch read from Kafka may be anything).
+    static func nextEpoch(after epoch: UInt64) -> UInt64 {
+        epoch == .max ? .max : epoch + 1
     }
 
     private func record(clientId: String, value: [UInt8]?, epoch: UInt64) -> KafkaOutgoingMessage {

@@ -247,12 +247,22 @@ struct SessionPersistenceTests {
         store.apply(record(1, key: "sensor-1", value: Array("{\"v\":99}".utf8)))
         store.apply(record(2, key: "garbage", value: [0xFF, 0x00]))
         store.apply(KafkaRecord(topic: "mqtt.sessions", partition: 0, offset: 3, key: nil, value: [1], headers: [], timestampMilliseconds: nil))
+        var extreme = snapshot
+        extreme.epoch = .max
+        extreme.storedAtMilliseconds = .min
+        extreme.expiryInterval = .max
+        store.apply(record(4, key: "extreme", value: extreme.encoded()))
         store.apply(record(4, key: "gone", value: snapshot.encoded()))
         store.apply(record(5, key: "gone", value: nil))
         #expect(store.nextOffsets() == [0: 6])
         let restored = store.restoredSessions()
         store.finishLoading()
-        #expect(Set(restored.keys) == ["sensor-1"])
+        #expect(Set(restored.keys) == ["sensor-1", "extreme"])
+        // Went offline "at the beginning of time": expired; taking it ends it with a tombstone, no trap.
+        #expect(store.take(clientId: "extreme", now: .now) == nil)
+        #expect(written.withLock { $0.map(\.value) } == [nil])
+        #expect(written.withLock { $0.first?.headers.first { $0.name == KafkaSessionStore.epochHeader }?.value } == Array("\(UInt64.max)".utf8))
+        written.withLock { $0.removeAll() }
         let session = store.take(clientId: "sensor-1", now: .now)
         #expect(session?.subscriptions.count == 2)
         #expect(store.take(clientId: "gone", now: .now) == nil)
