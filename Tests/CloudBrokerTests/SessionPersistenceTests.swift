@@ -98,6 +98,38 @@ struct SessionPersistenceTests {
         try await restartKeepsSession(signal: SIGKILL, clientId: "persist-online", stayConnected: true)
     }
 
+    /// MQTT 3.1.1 clean session 0 is a persistent session (expiry `mqtt.max_session_expiry`).
+    @Test func v311PersistentSessionSurvivesKilledNode() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let first = try await scope.startBroker(tansu: tansu)
+            let connect = MQTTConnect(protocolVersion: .v311, clientIdentifier: "persist-v311", cleanStart: false, keepAlive: 60)
+            let client = try await RawMQTTClient.connect(port: first.mqttPort)
+            #expect(try await client.handshake(connect).sessionPresent == false)
+            try await BrokerProtocolTests.subscribe(client, "v311/#")
+            try await client.send(.disconnect(MQTTDisconnect()))
+            #expect(try await client.next() == .closed)
+            let written = try await Self.waitForSessionRecords(tansu, clientId: "persist-v311", "the session snapshot") { records in
+                guard let last = records.last, let value = last.value, !value.isEmpty else { return false }
+                return (try? SessionSnapshot.decode(value))?.subscriptions.count == 1
+            }
+            #expect(try SessionSnapshot.decode(written.last!.value!).expiryInterval == 86_400)
+            first.process.send(SIGKILL)
+            _ = await first.process.waitForExit()
+
+            let second = try await scope.startBroker(tansu: tansu, name: "cloud-broker-2")
+            let resumed = try await RawMQTTClient.connect(port: second.mqttPort)
+            #expect(try await resumed.handshake(connect).sessionPresent)
+            let publisher = try await RawMQTTClient.connect(port: second.mqttPort)
+            try await publisher.handshake(BrokerProtocolTests.v5("v311-publisher"))
+            try await BrokerProtocolTests.publishQoS1(publisher, "v311/x", "after-restart", id: 1)
+            #expect(String(buffer: try await BrokerProtocolTests.nextPublish(resumed).payload) == "after-restart")
+            await publisher.close()
+            await resumed.close()
+            await client.close()
+        }
+    }
+
     /// "Kafka is the queue": messages queued in the killed node's memory and messages produced while no
     /// node ran reach the restored session, in order, followed by new ones.
     @Test func restoredSessionReplaysMessagesFromKafka() async throws {
