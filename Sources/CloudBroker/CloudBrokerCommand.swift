@@ -11,12 +11,7 @@ struct CloudBrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloud-broker",
         abstract: "MQTT 3.1.1 / 5.0 broker node that stores messages and sessions in Kafka.",
-        discussion: """
-            Every flag is also a configuration key: set it in the YAML file given with --config, with the \
-            environment variable TRIBUTARY_<KEY> (dots become underscores), or with --set KEY=VALUE. \
-            Precedence: flags, then environment, then file, then defaults. Keys:
-            \(CloudBrokerConfiguration.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? ""): \($0.help)" }.joined(separator: "\n"))
-            """,
+        discussion: ConfigKey.helpText(for: CloudBrokerConfiguration.keys),
         version: Tributary.version,
         subcommands: [Serve.self, Passwd.self],
         defaultSubcommand: Serve.self
@@ -41,17 +36,11 @@ extension CloudBrokerCommand {
         @OptionGroup var common: CommonOptions
 
         func run() async throws {
-            var overrides = try common.overrides()
-            if let nodeId { overrides["node_id"] = nodeId }
-            if let mqttListen { overrides["mqtt.listen"] = mqttListen }
-            if let kafkaBootstrap { overrides["kafka.bootstrap_servers"] = kafkaBootstrap }
-            let values = try ConfigValues.load(keys: CloudBrokerConfiguration.keys, file: common.configFile, overrides: overrides)
+            let values = try common.loadValues(keys: CloudBrokerConfiguration.keys, flags: [
+                "node_id": nodeId, "mqtt.listen": mqttListen, "kafka.bootstrap_servers": kafkaBootstrap,
+            ])
             let configuration = try CloudBrokerConfiguration(values)
-            if common.checkConfig {
-                print(values.rendered())
-                return
-            }
-            Observability.bootstrap(logLevel: try values.logLevel())
+            guard try common.startObservability(values) else { return }
             try await CloudBroker.run(configuration: configuration)
         }
     }

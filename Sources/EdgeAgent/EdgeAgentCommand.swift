@@ -7,12 +7,7 @@ struct EdgeAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edge-agent",
         abstract: "Gateway agent: MQTT listener for devices, crash-safe disk buffer, exactly-once QoS 2 uplink.",
-        discussion: """
-            Every flag is also a configuration key: set it in the YAML file given with --config, with the \
-            environment variable TRIBUTARY_<KEY> (dots become underscores), or with --set KEY=VALUE. \
-            Precedence: flags, then environment, then file, then defaults. Keys:
-            \(EdgeAgentConfiguration.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? ""): \($0.help)" }.joined(separator: "\n"))
-            """,
+        discussion: ConfigKey.helpText(for: EdgeAgentConfiguration.keys),
         version: Tributary.version
     )
 
@@ -33,18 +28,11 @@ struct EdgeAgentCommand: AsyncParsableCommand {
     static func main() async { await CommandLineEntry.main(EdgeAgentCommand.self) }
 
     func run() async throws {
-        var overrides = try common.overrides()
-        if let agentId { overrides["agent_id"] = agentId }
-        if let deviceListen { overrides["device.listen"] = deviceListen }
-        if let upstream { overrides["upstream.url"] = upstream }
-        if let dataDir { overrides["buffer.directory"] = dataDir }
-        let values = try ConfigValues.load(keys: EdgeAgentConfiguration.keys, file: common.configFile, overrides: overrides)
+        let values = try common.loadValues(keys: EdgeAgentConfiguration.keys, flags: [
+            "agent_id": agentId, "device.listen": deviceListen, "upstream.url": upstream, "buffer.directory": dataDir,
+        ])
         let configuration = try EdgeAgentConfiguration(values)
-        if common.checkConfig {
-            print(values.rendered())
-            return
-        }
-        Observability.bootstrap(logLevel: try values.logLevel())
+        guard try common.startObservability(values) else { return }
         try await EdgeAgent.run(configuration: configuration)
     }
 }

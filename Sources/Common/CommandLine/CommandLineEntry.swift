@@ -100,7 +100,41 @@ public struct CommonOptions: ParsableArguments, Sendable {
     }
 }
 
+extension CommonOptions {
+    /// The merged configuration: `flags` (dedicated flags, keyed by configuration key; nil = not given) and
+    /// `--set`, then the environment, the `--config` file and the defaults.
+    public func loadValues(keys: [ConfigKey], flags: [String: String?]) throws(ConfigError) -> ConfigValues {
+        var merged = try overrides()
+        for (key, value) in flags {
+            if let value { merged[key] = value }
+        }
+        return try ConfigValues.load(keys: keys, file: configFile, overrides: merged)
+    }
+
+    /// With `--check-config`, prints the validated configuration and returns false (the process should
+    /// exit); otherwise sets up logging and metrics for the process and returns true.
+    public func startObservability(_ values: ConfigValues) throws(ConfigError) -> Bool {
+        if checkConfig {
+            print(values.rendered())
+            return false
+        }
+        Observability.bootstrap(logLevel: try values.logLevel())
+        return true
+    }
+}
+
 extension ConfigKey {
+    /// The part of a command's `--help` that says how keys are set and lists every key with its default.
+    public static func helpText(for keys: [ConfigKey]) -> String {
+        """
+        Every flag is also a configuration key: set it in the YAML file given with --config, with the \
+        environment variable TRIBUTARY_<KEY> (dots become underscores), or with --set KEY=VALUE. \
+        Precedence: flags, then environment, then file, then defaults. Keys:
+        """ + "\n" + keys.map { key in
+            "  \(key.name)\(key.defaultValue.map { " (default \($0))" } ?? ""): \(key.help)"
+        }.joined(separator: "\n")
+    }
+
     /// Keys shared by every process.
     public static let common: [ConfigKey] = [
         ConfigKey("http.listen", default: "127.0.0.1:9100", help: "Address of the /metrics, /health and /ready endpoints."),
