@@ -83,6 +83,10 @@ enum KafkaRecordMapping {
             KafkaHeader(Header.qos, [UInt8(ascii: "0") + publish.qos.rawValue]),
             KafkaHeader(Header.retain, [publish.retain ? UInt8(ascii: "1") : UInt8(ascii: "0")]),
         ]
+        if publish.qos == .exactlyOnce, let packetId = publish.packetId {
+            // Lets any node recognise this publish if the client resends it after a node loss (`PublishDeduplicator`).
+            headers.append(KafkaHeader(PublishDeduplicator.Header.packetId, Array(String(packetId).utf8)))
+        }
         let properties = publish.properties
         if let contentType = properties.contentType { headers.append(KafkaHeader(Header.contentType, Array(contentType.utf8))) }
         if let responseTopic = properties.responseTopic { headers.append(KafkaHeader(Header.responseTopic, Array(responseTopic.utf8))) }

@@ -28,6 +28,10 @@ enum BrokerMetrics {
         static let protocolErrors = "tributary_broker_protocol_errors_total"
         static let sessionRecordsWritten = "tributary_broker_session_records_written_total"
         static let sessionRecordsRejected = "tributary_broker_session_records_rejected_total"
+        static let duplicatesSuppressed = "tributary_broker_duplicates_suppressed_total"
+        static let catchUp = "tributary_broker_kafka_catch_up_seconds"
+        static let takeovers = "tributary_broker_takeovers_total"
+        static let announcements = "tributary_broker_connection_announcements_total"
     }
 
     static let connections = Gauge(label: Name.connections)
@@ -61,6 +65,20 @@ enum BrokerMetrics {
     static let sessionRecordsWriteFailed = Counter(label: Name.sessionRecordsWritten, dimensions: [("outcome", "failed")])
     /// Records of `mqtt.sessions` that could not be decoded (skipped).
     static let sessionRecordsRejected = Counter(label: Name.sessionRecordsRejected)
+
+    /// Publishes recognised as already in Kafka (resent after a node loss or reconnect), acknowledged
+    /// without producing them again, by what matched (`agent_sequence`, `packet_id`).
+    static let duplicatesSuppressedBySequence = Counter(label: Name.duplicatesSuppressed, dimensions: [("match", "agent_sequence")])
+    static let duplicatesSuppressedByPacketId = Counter(label: Name.duplicatesSuppressed, dimensions: [("match", "packet_id")])
+    /// Time to catch a consumer up with the end of its partitions (read-your-writes before a session load
+    /// or a duplicate check).
+    static let catchUp = Metrics.Timer(label: Name.catchUp)
+    /// Clients disconnected here because they connected to another node (`remote`) or to this one again (`local`).
+    static let takeoversRemote = Counter(label: Name.takeovers, dimensions: [("where", "remote")])
+    static let takeoversLocal = Counter(label: Name.takeovers, dimensions: [("where", "local")])
+    /// Connection announcements written to `mqtt.connections`, by outcome.
+    static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
+    static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
 
     static func kafkaError(_ name: String) -> Counter {
         Counter(label: Name.kafkaErrors, dimensions: [("error", name)])

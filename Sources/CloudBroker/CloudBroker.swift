@@ -31,11 +31,13 @@ enum CloudBroker {
             logger.warning("Kafka producer recreated", metadata: ["kafka.error": "\(cause)"])
         })
         let retained = RetainedStore(defaultQoS: configuration.defaultQoS)
+        let deduplicator = PublishDeduplicator(clientWindow: configuration.limits.receiveMaximum)
+        let messagesCatchUp = KafkaCatchUp(name: "messages", positions: ConsumerPositions(), logger: logger)
         let publisher = Publisher(
             producer: producer,
             mapping: TopicMapping(rules: configuration.topicRules, defaultTopic: configuration.messagesTopic),
             retainedTopic: configuration.retainedTopic, retained: retained, deliveryTimeout: configuration.deliveryTimeout,
-            defaultQoS: configuration.defaultQoS, logger: logger)
+            defaultQoS: configuration.defaultQoS, logger: logger, deduplicator: deduplicator, messagesCatchUp: messagesCatchUp)
         let willLoop = NIOSingletons.posixEventLoopGroup.next()
         let sessions: KafkaSessionStore? = switch configuration.sessionsStore {
         case .kafka:
@@ -44,7 +46,14 @@ enum CloudBroker {
                 write: KafkaSessionStore.producerWriter(producer, logger: logger))
         case .memory: nil
         }
-        let registry = SessionRegistry(store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger) { will, clientId in
+        let connectionsTopic = configuration.connectionsTopic
+        let announce = KafkaSessionStore.producerWriter(
+            producer, logger: logger, what: "connection announcement",
+            written: BrokerMetrics.announcementsWritten, failed: BrokerMetrics.announcementsWriteFailed)
+        let registry = SessionRegistry(
+            store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger, nodeId: configuration.nodeId,
+            announcer: { clientId, announcement in announce(announcement.record(topic: connectionsTopic, clientId: clientId)) }
+        ) { will, clientId in
             let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
             publisher.publish(publish, clientId: clientId, eventLoop: willLoop, blocked: { _ in }, completion: { _ in })
         }
@@ -59,11 +68,17 @@ enum CloudBroker {
         if sessions != nil {
             topics.append(.compacted(name: configuration.sessionsTopic, partitions: Int32(configuration.sessionsPartitions), replicationFactor: replication))
         }
+        topics.append(
+            KafkaTopicSpecification(
+                name: connectionsTopic, partitions: Int32(configuration.connectionsPartitions), replicationFactor: replication,
+                configs: ["cleanup.policy": "delete", "retention.ms": "3600000"]))
         let link = KafkaLink(
             settings: .init(
                 kafka: kafka, messagesTopics: configuration.messagesTopics, retainedTopic: configuration.retainedTopic,
-                sessionsTopic: sessions?.topic, topics: topics, defaultQoS: configuration.defaultQoS),
-            registry: registry, retained: retained, sessions: sessions, logger: logger)
+                sessionsTopic: sessions?.topic, connectionsTopic: connectionsTopic, topics: topics, defaultQoS: configuration.defaultQoS,
+                dedupeLookback: Int64(configuration.dedupeLookback)),
+            registry: registry, retained: retained, sessions: sessions, deduplicator: deduplicator,
+            messagesCatchUp: messagesCatchUp, logger: logger)
         let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
         var tlsListener: MQTTListener?
         if let tls = configuration.tls {

@@ -30,6 +30,9 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.sessions_topic", default: "mqtt.sessions", help: "Compacted Kafka topic holding persistent MQTT sessions (key = client id, tombstone when a session ends); read at start-up."),
         ConfigKey("kafka.sessions_partitions", default: "3", help: "Partitions of the sessions topic when the broker creates it."),
         ConfigKey("sessions.store", default: "kafka", help: "Where offline sessions are kept: 'kafka' (kafka.sessions_topic; they survive a node restart) or 'memory' (lost with the node)."),
+        ConfigKey("kafka.connections_topic", default: "mqtt.connections", help: "Kafka topic where nodes announce client connections, so the node a client left disconnects it (takeover across nodes); retention 1 hour."),
+        ConfigKey("kafka.connections_partitions", default: "3", help: "Partitions of the connections topic when the broker creates it."),
+        ConfigKey("kafka.dedupe_lookback", default: "5000", help: "Records per messages partition read back at start-up into the index that recognises publishes resent after a node loss (0 = none)."),
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
         ConfigKey("kafka.linger", default: "1ms", help: "librdkafka linger.ms: how long the producer waits to batch publishes."),
@@ -49,6 +52,9 @@ struct CloudBrokerConfiguration: Sendable {
     var retainedPartitions: Int
     var sessionsTopic: String
     var sessionsPartitions: Int
+    var dedupeLookback: Int
+    var connectionsTopic: String
+    var connectionsPartitions: Int
     var sessionsStore: SessionStoreKind
     var replicationFactor: Int
     var topicRules: [TopicRule]
@@ -79,6 +85,9 @@ struct CloudBrokerConfiguration: Sendable {
         retainedPartitions = try values.int("kafka.retained_partitions", range: 1...10_000)
         sessionsTopic = try values.string("kafka.sessions_topic")
         sessionsPartitions = try values.int("kafka.sessions_partitions", range: 1...10_000)
+        dedupeLookback = try values.int("kafka.dedupe_lookback", range: 0...10_000_000)
+        connectionsTopic = try values.string("kafka.connections_topic")
+        connectionsPartitions = try values.int("kafka.connections_partitions", range: 1...10_000)
         sessionsStore = try values.oneOf("sessions.store", SessionStoreKind.self)
         replicationFactor = try values.int("kafka.replication_factor", range: 1...100)
         topicRules = []

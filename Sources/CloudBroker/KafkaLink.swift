@@ -18,9 +18,14 @@ final class KafkaLink: Service, Sendable {
         var retainedTopic: String
         /// The compacted sessions topic, when sessions are kept in Kafka.
         var sessionsTopic: String? = nil
+        /// The topic of connection announcements (takeover across nodes), tailed from its end.
+        var connectionsTopic: String? = nil
         var topics: [KafkaTopicSpecification]
         var defaultQoS: MQTTQoS
         var checkInterval: Duration = .seconds(1)
+        /// Records per messages partition read back at start-up into the deduplication index only (not
+        /// delivered), so a client resending to a restarted node is still recognised.
+        var dedupeLookback: Int64 = 5000
     }
 
     private struct State {
@@ -38,21 +43,35 @@ final class KafkaLink: Service, Sendable {
         /// The high watermarks up to which restored sessions were caught up: the delivery consumer
         /// starts there, so nothing falls between the two.
         var startOffsets: [KafkaTopicPartition: Int64]?
+        /// Per messages partition, the first offset delivered to subscribers; records before it were read
+        /// back for the deduplication index only.
+        var deliverFrom: [KafkaTopicPartition: Int64] = [:]
     }
 
     private let settings: Settings
     private let registry: SessionRegistry
     private let retained: RetainedStore
     private let sessions: KafkaSessionStore?
+    private let deduplicator: PublishDeduplicator?
+    /// Read-your-writes for the messages consumer (used before a resent publish is checked).
+    let messagesCatchUp: KafkaCatchUp
+    /// Read-your-writes for the sessions consumer (used before a CONNECT finds no session locally).
+    let sessionsCatchUp: KafkaCatchUp?
     private let logger: Logger
     private let state = Mutex(State())
     private let startedAtMilliseconds = Int64(Date().timeIntervalSince1970 * 1000)
 
-    init(settings: Settings, registry: SessionRegistry, retained: RetainedStore, sessions: KafkaSessionStore? = nil, logger: Logger) {
+    init(
+        settings: Settings, registry: SessionRegistry, retained: RetainedStore, sessions: KafkaSessionStore? = nil,
+        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp, logger: Logger
+    ) {
         self.settings = settings
         self.registry = registry
         self.retained = retained
         self.sessions = sessions
+        self.deduplicator = deduplicator
+        self.messagesCatchUp = messagesCatchUp
+        self.sessionsCatchUp = sessions?.catchUp
         self.logger = logger
     }
 
@@ -88,18 +107,29 @@ final class KafkaLink: Service, Sendable {
         consumerConfiguration.properties["auto.offset.reset"] = "earliest"
         consumerConfiguration.properties["topic.metadata.refresh.interval.ms"] = consumerConfiguration.properties["topic.metadata.refresh.interval.ms"] ?? "5000"
         let admin = try KafkaAdmin(configuration: settings.kafka, logger: logger)
-        defer { admin.close() }
+        messagesCatchUp.setAdmin(admin)
+        sessionsCatchUp?.setAdmin(admin)
+        defer {
+            messagesCatchUp.setAdmin(nil)
+            sessionsCatchUp?.setAdmin(nil)
+            admin.close()
+        }
         try await Self.ensureTopics(admin: admin, topics: settings.topics, logger: logger)
         let defaultQoS = settings.defaultQoS
         let registry = self.registry
         let retained = self.retained
+        let deduplicator = self.deduplicator
+        let messagesPositions = messagesCatchUp.positions
         let messages = try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { [self] records in
             BrokerMetrics.kafkaRecordsConsumed.increment(by: records.count)
-            for record in records where isLive(record) {
+            for record in records {
+                deduplicator?.observe(record)
+                guard isDelivered(record) else { continue }
                 if let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) {
                     registry.route(message)
                 }
             }
+            messagesPositions.processed(records)
             var next: [KafkaTopicPartition: Int64] = [:]
             for record in records {
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
@@ -114,12 +144,31 @@ final class KafkaLink: Service, Sendable {
         let sessionsConsumer = try sessions.map { sessions in
             try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
                 for record in records { sessions.apply(record) }
+                sessions.catchUp.positions.processed(records)
+            }
+        }
+        let connectionsConsumer = try settings.connectionsTopic.map { _ in
+            try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
+                for record in records {
+                    guard let (clientId, announcement) = ConnectionAnnouncement.decode(record) else { continue }
+                    registry.announced(clientId: clientId, announcement)
+                }
             }
         }
         defer {
             messages.close()
             retainedConsumer.close()
             sessionsConsumer?.close()
+            connectionsConsumer?.close()
+        }
+        if let topic = settings.connectionsTopic, let connectionsConsumer {
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.followConnections(topic: topic, consumer: connectionsConsumer, admin: admin)
+                }
+            } catch is CancellationError {
+                return  // shut down while starting
+            }
         }
         if let sessions, let sessionsConsumer {
             sessions.setDeliveryPositions { [self] in state.withLock { $0.routed } }
@@ -146,6 +195,27 @@ final class KafkaLink: Service, Sendable {
         }
     }
 
+    /// Tails the connections topic from its current end (Fetch-reported high watermarks): only
+    /// announcements made from now on matter (this node has no connection yet).
+    private func followConnections(topic: String, consumer: KafkaConsumer, admin: KafkaAdmin) async throws {
+        while true {
+            do {
+                let metadata = try await admin.metadata(timeout: .seconds(5))
+                let count = metadata.topic(topic)?.partitionCount ?? 0
+                guard count > 0 else { throw BrokerError(.kafkaTopics, "connections topic has no partitions") }
+                let partitions = (0..<count).map { KafkaTopicPartition(topic: topic, partition: $0) }
+                let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
+                try consumer.assign(partitions.map { KafkaPartitionAssignment(topic: topic, partition: $0.partition, offset: .offset(ends[$0] ?? 0)) })
+                return
+            } catch let error as CancellationError {
+                throw error
+            } catch {
+                logger.warning("cannot follow the connections topic yet; retrying", metadata: ["kafka.topic": "\(topic)", "kafka.error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))  // retry back-off
+            }
+        }
+    }
+
     /// Reads the sessions topic from the beginning up to its high watermark (as Fetch reports it; Tansu's
     /// ListOffsets "latest" is wrong) into `sessions`, registers their subscriptions, then lets CONNECTs
     /// proceed. The consumer keeps running afterwards (records of other nodes).
@@ -158,6 +228,7 @@ final class KafkaLink: Service, Sendable {
                 guard count > 0 else { throw BrokerError(.kafkaTopics, "sessions topic has no partitions") }
                 let partitions = (0..<count).map { KafkaTopicPartition(topic: sessions.topic, partition: $0) }
                 let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
+                sessions.catchUp.positions.assigned(partitions)
                 try consumer.assign(topic: sessions.topic, partitionCount: count, from: .beginning)
                 let started = ContinuousClock.now
                 while true {
@@ -255,9 +326,12 @@ final class KafkaLink: Service, Sendable {
         logger.info("restored sessions caught up", metadata: ["mqtt.sessions": "\(waiting.count)", "mqtt.messages": "\(replayed.load(ordering: .relaxed))"])
     }
 
-    private func isLive(_ record: KafkaRecord) -> Bool {
+    /// Whether a consumed record goes to subscribers (not one read back for the deduplication index only,
+    /// nor one older than the node's start).
+    private func isDelivered(_ record: KafkaRecord) -> Bool {
         let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
         return state.withLock { state in
+            if record.offset < state.deliverFrom[partition] ?? 0 { return false }
             if state.live.contains(partition) { return true }
             if let timestamp = record.timestampMilliseconds, timestamp < startedAtMilliseconds - 1000 { return false }
             state.live.insert(partition)
@@ -330,14 +404,27 @@ final class KafkaLink: Service, Sendable {
             } else {
                 ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
             }
+            let lookback = deduplicator == nil ? 0 : max(0, settings.dedupeLookback)
             if first {
-                state.withLock { state in for (partition, offset) in ends { state.routed[partition] = max(state.routed[partition] ?? 0, offset) } }
+                state.withLock { state in
+                    for (partition, offset) in ends {
+                        state.routed[partition] = max(state.routed[partition] ?? 0, offset)
+                        state.deliverFrom[partition] = offset
+                    }
+                }
             }
             let assignments = partitions.map { partition in
                 KafkaPartitionAssignment(
                     topic: partition.topic, partition: partition.partition,
-                    offset: first ? .offset(ends[partition] ?? 0) : .beginning)
+                    offset: first ? .offset(max(0, (ends[partition] ?? 0) - lookback)) : .beginning)
             }
+            let positions = messagesCatchUp.positions
+            for assignment in assignments {
+                if case .offset(let offset) = assignment.offset {
+                    positions.start(KafkaTopicPartition(topic: assignment.topic, partition: assignment.partition), at: offset)
+                }
+            }
+            positions.assigned(partitions)
             try messages.assign(assignments)
             try retainedConsumer.assign(topic: settings.retainedTopic, partitionCount: counts[settings.retainedTopic] ?? 0, from: .beginning)
             logger.info("assigned Kafka partitions", metadata: ["kafka.topic": "\(changed.map(\.0))"])

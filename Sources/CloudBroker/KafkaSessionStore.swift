@@ -1,6 +1,7 @@
 import Common
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import Synchronization
 import TributaryKafka
@@ -27,6 +28,9 @@ final class KafkaSessionStore: SessionStore {
         var epochs: [String: UInt64] = [:]
         /// Client ids whose latest record in the topic is a snapshot (a tombstone is due when they end).
         var persisted: Set<String> = []
+        /// Client ids whose latest record is a snapshot another node wrote while the client was connected
+        /// there: this node only keeps a copy (for a takeover) and never ends it with a tombstone.
+        var connectedElsewhere: Set<String> = []
         var loaded = false
         var waiters: [EventLoopPromise<Void>] = []
         /// Per partition, the next offset to apply (loading progress).
@@ -42,6 +46,8 @@ final class KafkaSessionStore: SessionStore {
     }
 
     let topic: String
+    /// Read-your-writes: catches the sessions consumer up with the end of the topic.
+    let catchUp: KafkaCatchUp
     private let nodeId: String
     private let local = InMemorySessionStore()
     private let meta = Mutex(Meta())
@@ -56,25 +62,29 @@ final class KafkaSessionStore: SessionStore {
         self.nodeId = nodeId
         self.logger = logger
         self.write = write
+        self.catchUp = KafkaCatchUp(name: "sessions", positions: ConsumerPositions(), logger: logger)
     }
 
-    /// Writes through `producer`, counting and logging failures.
-    static func producerWriter(_ producer: KafkaProducer, logger: Logger) -> @Sendable (KafkaOutgoingMessage) -> Void {
+    /// Writes through `producer`, counting (in `written` / `failed`) and logging failures.
+    static func producerWriter(
+        _ producer: KafkaProducer, logger: Logger, what: String = "session record",
+        written: Counter = BrokerMetrics.sessionRecordsWritten, failed: Counter = BrokerMetrics.sessionRecordsWriteFailed
+    ) -> @Sendable (KafkaOutgoingMessage) -> Void {
         { message in
             let clientId = String(decoding: message.key ?? [], as: UTF8.self)
             do {
                 try producer.send(message) { result in
                     switch result {
                     case .success:
-                        BrokerMetrics.sessionRecordsWritten.increment()
+                        written.increment()
                     case .failure(let error):
-                        BrokerMetrics.sessionRecordsWriteFailed.increment()
-                        logger.error("cannot write session record", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
+                        failed.increment()
+                        logger.error("cannot write \(what)", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
                     }
                 }
             } catch {
-                BrokerMetrics.sessionRecordsWriteFailed.increment()
-                logger.error("cannot write session record", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
+                failed.increment()
+                logger.error("cannot write \(what)", metadata: ["mqtt.client_id": "\(clientId)", "kafka.topic": "\(message.topic)", "kafka.error": "\(error)"])
             }
         }
     }
@@ -95,6 +105,14 @@ final class KafkaSessionStore: SessionStore {
         }
     }
 
+    /// A session known locally is answered at once (CONNACK never waits for Kafka then); otherwise another
+    /// node may have written it a moment ago: wait until the sessions consumer has read what the topic
+    /// holds now. If Kafka cannot answer, the local view is used (logged by `KafkaCatchUp`).
+    func whenCurrent(clientId: String, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        if local.contains(clientId: clientId) { return eventLoop.makeSucceededVoidFuture() }
+        return catchUp.wait(on: eventLoop).flatMapErrorThrowing { _ in }
+    }
+
     func take(clientId: String, now: ContinuousClock.Instant) -> SessionState? {
         if let session = local.take(clientId: clientId, now: now) { return session }
         // Not here (or expired): if the topic still holds a snapshot, the session has ended.
@@ -104,21 +122,23 @@ final class KafkaSessionStore: SessionStore {
 
     func put(_ session: SessionState, now: ContinuousClock.Instant) {
         local.put(session, now: now)
-        writeSnapshot(session, offsets: positions.withLock { $0 }?() ?? [:])
+        writeSnapshot(session, offsets: positions.withLock { $0 }?() ?? [:], connected: false)
     }
 
     /// Writes the snapshot of a connected session (no delivery position: it receives directly).
     func persist(_ session: SessionState) {
-        writeSnapshot(session, offsets: [:])
+        writeSnapshot(session, offsets: [:], connected: true)
     }
 
-    private func writeSnapshot(_ session: SessionState, offsets: [KafkaTopicPartition: Int64]) {
+    private func writeSnapshot(_ session: SessionState, offsets: [KafkaTopicPartition: Int64], connected: Bool) {
         let storedAt = Int64(Date().timeIntervalSince1970 * 1000)
         meta.withLock { meta in
             let epoch = Self.nextEpoch(after: meta.epochs[session.clientId, default: 0])
             meta.epochs[session.clientId] = epoch
             meta.persisted.insert(session.clientId)
-            let snapshot = SessionSnapshot(session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt, offsets: offsets)
+            meta.connectedElsewhere.remove(session.clientId)
+            let snapshot = SessionSnapshot(
+                session: session, owner: nodeId, epoch: epoch, storedAtMilliseconds: storedAt, offsets: offsets, connected: connected)
             // Under the lock: the producer queue gets one client's records in epoch order.
             write(record(clientId: session.clientId, value: snapshot.encoded(), epoch: epoch))
         }
@@ -137,7 +157,10 @@ final class KafkaSessionStore: SessionStore {
 
     func removeExpired(now: ContinuousClock.Instant) -> [SessionState] {
         let expired = local.removeExpired(now: now)
-        for session in expired { writeTombstoneIfPersisted(clientId: session.clientId) }
+        for session in expired {
+            let elsewhere = meta.withLock { $0.connectedElsewhere.remove(session.clientId) != nil }
+            if !elsewhere { writeTombstoneIfPersisted(clientId: session.clientId) }
+        }
         return expired
     }
 
@@ -167,6 +190,7 @@ final class KafkaSessionStore: SessionStore {
                 if epoch > 0 && epoch < meta.epochs[clientId, default: 0] { return }
                 meta.epochs[clientId] = max(epoch, meta.epochs[clientId, default: 0])
                 meta.persisted.remove(clientId)
+                meta.connectedElsewhere.remove(clientId)
                 meta.restored[clientId] = nil
                 local.remove(clientId: clientId)
             }
@@ -188,12 +212,20 @@ final class KafkaSessionStore: SessionStore {
             guard snapshot.epoch >= meta.epochs[clientId, default: 0] else { return }
             meta.epochs[clientId] = snapshot.epoch
             meta.persisted.insert(clientId)
+            if snapshot.connected && snapshot.owner != nodeId {
+                meta.connectedElsewhere.insert(clientId)
+            } else {
+                meta.connectedElsewhere.remove(clientId)
+            }
             if !meta.loaded {
                 meta.restored[clientId] = RestoredSession(subscriptions: Array(session.subscriptions.values), offsets: snapshot.offsets)
             }
-            // The expiry counts from when the session went offline (bounded, so the instant stays sane).
+            // The expiry counts from when the session went offline (bounded, so the instant stays sane); for a
+            // snapshot of a connected client, from now (its connection may be long; if its node is lost,
+            // the session must outlive the loss).
             let (difference, overflow) = nowWall.subtractingReportingOverflow(snapshot.storedAtMilliseconds)
-            let elapsedMilliseconds = min(max(0, overflow ? Int64.max : difference), Int64(snapshot.expiryInterval) * 1000 + 1000)
+            let offlineMilliseconds = snapshot.connected ? 0 : max(0, overflow ? Int64.max : difference)
+            let elapsedMilliseconds = min(offlineMilliseconds, Int64(snapshot.expiryInterval) * 1000 + 1000)
             local.put(session, now: .now - .milliseconds(elapsedMilliseconds))
         }
     }
@@ -228,6 +260,19 @@ final class KafkaSessionStore: SessionStore {
             meta.epochs[clientId] = epoch
             write(record(clientId: clientId, value: nil, epoch: epoch))
         }
+    }
+
+    func claim(clientId: String) {
+        meta.withLock { meta in
+            meta.epochs[clientId] = Self.nextGeneration(after: meta.epochs[clientId, default: 0])
+        }
+    }
+
+    /// The first epoch of the generation after `epoch`'s: epochs are `generation << 32 | write number`; a
+    /// node claiming a client starts a new generation, above every write of the previous owner.
+    static func nextGeneration(after epoch: UInt64) -> UInt64 {
+        let generation = epoch >> 32
+        return generation >= UInt64(UInt32.max) ? .max - 1 : (generation + 1) << 32
     }
 
     /// The epoch after `epoch` (saturating: an epoch read from Kafka may be anything).

@@ -261,7 +261,7 @@ extension MQTTServerConnection {
                 return modify { c in _ = c.session.outbound.pubcomp(ack.packetId) } + drainOutbound(now: wallClock)
             case .pubrel(let ack):
                 var known = false
-                modifyConnected { known = $0.session.inboundAwaitingRelease.remove(ack.packetId) != nil }
+                modifyConnected { known = $0.session.inboundAwaitingRelease.remove(ack.packetId) != nil || $0.session.inboundReleaseUnknown }
                 let code: MQTTReasonCode = known || version != .v5 ? .success : .packetIdentifierNotFound
                 return [.send(.pubcomp(MQTTPublishAck(packetId: ack.packetId, reasonCode: code)))]
             case .subscribe(let subscribe):

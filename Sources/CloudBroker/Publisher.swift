@@ -35,11 +35,18 @@ final class Publisher: Sendable {
     let defaultQoS: MQTTQoS
     private let logger: Logger
     private let inflight = Atomic<Int>(0)
+    /// Recognises publishes already in Kafka (nil: no deduplication, e.g. unit tests).
+    let deduplicator: PublishDeduplicator?
+    /// Catches the messages consumer up before a resent publish is checked against `deduplicator`.
+    let messagesCatchUp: KafkaCatchUp?
 
     init(
         producer: any KafkaPublishing, mapping: TopicMapping, retainedTopic: String, retained: RetainedStore,
-        deliveryTimeout: Duration, defaultQoS: MQTTQoS, logger: Logger
+        deliveryTimeout: Duration, defaultQoS: MQTTQoS, logger: Logger,
+        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp? = nil
     ) {
+        self.deduplicator = deduplicator
+        self.messagesCatchUp = messagesCatchUp
         self.producer = producer
         self.mapping = mapping
         self.retainedTopic = retainedTopic
@@ -68,7 +75,47 @@ final class Publisher: Sendable {
         let job = PublishJob(
             publisher: self, records: records, retainedMessage: publish.retain ? retainedMessage(publish, clientId: clientId) : nil,
             qos: publish.qos, eventLoop: eventLoop, deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
-        eventLoop.execute { job.start() }
+        guard let deduplicator, publish.qos != .atMostOnce, let key = PublishDeduplicator.key(for: publish, clientId: clientId) else {
+            eventLoop.execute { job.start() }
+            return
+        }
+        let check = { @Sendable in
+            if deduplicator.contains(key) {
+                Self.countSuppressed(key)
+                completion(.delivered)
+            } else {
+                job.start()
+            }
+        }
+        // A publish with DUP set may be in Kafka through another node (or this one, before a reconnect):
+        // ask only once this node has consumed everything Kafka holds now. A first attempt is checked
+        // against what is known (only agent sequences can match it).
+        switch key {
+        case .packet where !publish.dup:
+            eventLoop.execute { job.start() }
+        case .packet, .agentSequence:
+            guard publish.dup, let messagesCatchUp else {
+                eventLoop.execute { check() }
+                return
+            }
+            let logger = self.logger
+            messagesCatchUp.wait(on: eventLoop).whenComplete { result in
+                switch result {
+                case .success:
+                    check()
+                case .failure(let error):
+                    logger.warning("cannot check a resent publish for a duplicate", metadata: ["mqtt.client_id": "\(clientId)", "kafka.error": "\(error)"])
+                    completion(.failed(reason: "cannot check for a duplicate: Kafka unavailable"))
+                }
+            }
+        }
+    }
+
+    private static func countSuppressed(_ key: PublishDeduplicator.Key) {
+        switch key {
+        case .agentSequence: BrokerMetrics.duplicatesSuppressedBySequence.increment()
+        case .packet: BrokerMetrics.duplicatesSuppressedByPacketId.increment()
+        }
     }
 
     private func retainedMessage(_ publish: MQTTPublish, clientId: String) -> BrokerMessage? {

@@ -24,8 +24,18 @@ final class SessionRegistry: Sendable {
         var task: Scheduled<Void>
     }
 
+    /// This node's announcement of a client's current connection (see `ConnectionAnnouncement`).
+    private struct Announcement {
+        var connection: UInt64
+        var endpoint: ObjectIdentifier
+        /// This node has read its own announcement back from `mqtt.connections`.
+        var seen = false
+    }
+
     private struct State {
         var online: [String: any ConnectionEndpoint] = [:]
+        var announcements: [String: Announcement] = [:]
+        var nextConnection: UInt64 = 0
         var subscriptions = SubscriptionTree<String, SubscriptionOptions>()
         var shareCursor: [String: Int] = [:]
         var pendingWills: [String: PendingWill] = [:]
@@ -38,11 +48,20 @@ final class SessionRegistry: Sendable {
     private let logger: Logger
     /// Publishes a will message (through the Kafka publish path).
     private let willPublisher: @Sendable (MQTTWill, String) -> Void
+    /// This node's id, and how it announces a client connection to the others (nil: single node).
+    private let nodeId: String
+    private let announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)?
 
-    init(store: any SessionStore, limits: BrokerLimits, logger: Logger, willPublisher: @escaping @Sendable (MQTTWill, String) -> Void) {
+    init(
+        store: any SessionStore, limits: BrokerLimits, logger: Logger, nodeId: String = "",
+        announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)? = nil,
+        willPublisher: @escaping @Sendable (MQTTWill, String) -> Void
+    ) {
         self.store = store
         self.limits = limits
         self.logger = logger
+        self.nodeId = nodeId
+        self.announcer = announcer
         self.willPublisher = willPublisher
     }
 
@@ -70,9 +89,14 @@ final class SessionRegistry: Sendable {
             oldSession = previous.takeOver().hop(to: eventLoop)
         } else {
             let store = self.store
-            oldSession = store.whenLoaded(on: eventLoop).map { store.take(clientId: request.clientId, now: .now) }
+            let clientId = request.clientId
+            oldSession = store.whenLoaded(on: eventLoop).flatMap {
+                // A clean start needs no stored session (any is ended below).
+                request.cleanStart ? eventLoop.makeSucceededVoidFuture() : store.whenCurrent(clientId: clientId, on: eventLoop)
+            }.map { store.take(clientId: clientId, now: .now) }
         }
         return oldSession.map { old in
+            defer { self.announce(clientId: request.clientId, endpoint: endpoint, persistent: request.expiryInterval > 0) }
             if let old, !request.cleanStart {
                 // A session read from Kafka after a restart is not in the subscription index yet.
                 self.register(clientId: request.clientId, Array(old.subscriptions.values))
@@ -89,6 +113,46 @@ final class SessionRegistry: Sendable {
         }
     }
 
+    /// Claims the client for this connection: a new session generation in the store (fencing writes of a
+    /// node that had it before) and an announcement on `mqtt.connections`.
+    private func announce(clientId: String, endpoint: any ConnectionEndpoint, persistent: Bool) {
+        if persistent { store.claim(clientId: clientId) }
+        guard let announcer else { return }
+        let connection = state.withLock { state -> UInt64? in
+            guard let current = state.online[clientId], current === endpoint else { return nil }
+            state.nextConnection += 1
+            state.announcements[clientId] = Announcement(connection: state.nextConnection, endpoint: ObjectIdentifier(endpoint))
+            return state.nextConnection
+        }
+        guard let connection else { return }
+        announcer(clientId, ConnectionAnnouncement(node: nodeId, connection: connection, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000)))
+    }
+
+    /// An announcement read from `mqtt.connections` (in log order per client). If another node announced
+    /// the client after this node's own announcement of its open connection, that connection is taken
+    /// over: disconnected (0x8E), its subscriptions dropped here, and its session not written again.
+    func announced(clientId: String, _ announcement: ConnectionAnnouncement) {
+        let loser = state.withLock { state -> (any ConnectionEndpoint)? in
+            guard var mine = state.announcements[clientId] else { return nil }
+            if announcement.node == nodeId {
+                if announcement.connection == mine.connection {
+                    mine.seen = true
+                    state.announcements[clientId] = mine
+                }
+                return nil
+            }
+            guard mine.seen, let endpoint = state.online[clientId], ObjectIdentifier(endpoint) == mine.endpoint else { return nil }
+            state.online.removeValue(forKey: clientId)
+            state.announcements.removeValue(forKey: clientId)
+            _ = state.subscriptions.removeAll(key: clientId)
+            return endpoint
+        }
+        guard let loser else { return }
+        BrokerMetrics.takeoversRemote.increment()
+        logger.info("client connected to another node; disconnecting it here", metadata: ["mqtt.client_id": "\(clientId)", "tributary.node": "\(announcement.node)"])
+        _ = loser.takeOver()
+    }
+
     /// The connection of `endpoint` ended. Keeps the session if it has an expiry interval, else drops
     /// its subscriptions; schedules the will (after its delay, bounded by the session expiry).
     func detach(endpoint: any ConnectionEndpoint, session: SessionState?, will: MQTTWill?, takenOver: Bool) {
@@ -97,6 +161,7 @@ final class SessionRegistry: Sendable {
         let stillOwner = state.withLock { state -> Bool in
             guard let current = state.online[clientId], current === endpoint else { return false }
             state.online.removeValue(forKey: clientId)
+            state.announcements.removeValue(forKey: clientId)
             return true
         }
         if stillOwner {
@@ -119,7 +184,10 @@ final class SessionRegistry: Sendable {
     /// Drops the registration of `endpoint` (a connection that closed before its session was attached).
     func forget(endpoint: any ConnectionEndpoint, clientId: String) {
         state.withLock { state in
-            if let current = state.online[clientId], current === endpoint { state.online.removeValue(forKey: clientId) }
+            if let current = state.online[clientId], current === endpoint {
+                state.online.removeValue(forKey: clientId)
+                state.announcements.removeValue(forKey: clientId)
+            }
         }
     }
 

@@ -12,7 +12,7 @@ import TributaryKafka
 ///      "subscriptions": [{"filter": "a/#", "qos": 1, "no_local": false, "retain_as_published": false,
 ///                         "retain_handling": 0, "id": 42}],
 ///      "awaiting_pubrel": [3, 9],
-///      "offsets": [{"topic": "mqtt.messages", "partition": 0, "offset": 1234}]}
+///      "offsets": [{"topic": "mqtt.messages", "partition": 0, "offset": 1234}], "connected": false}
 ///
 /// `owner` is the node id that wrote it, `epoch` grows by one with every write for the client id (also
 /// carried by tombstones in the `tributary.epoch` header), `stored_at_ms` is the wall-clock time the
@@ -20,7 +20,9 @@ import TributaryKafka
 /// (absent if none). `offsets` (optional; written when the session goes offline) is, per messages-topic
 /// partition, the next offset the node had not yet routed: a node that restores the session replays
 /// matching records from there into its queue ("Kafka is the queue"); the queued messages themselves are
-/// not part of a snapshot.
+/// not part of a snapshot. `connected` (optional, default false) marks a snapshot written while the client
+/// was connected (on attach or subscription changes): its `awaiting_pubrel` may be stale by the time
+/// another node restores it, so a restored session ignores it (`SessionState.inboundReleaseUnknown`).
 struct SessionSnapshot: Sendable, Equatable {
     static let version = 1
 
@@ -33,6 +35,8 @@ struct SessionSnapshot: Sendable, Equatable {
     var inboundAwaitingRelease: [UInt16]
     /// Where delivery to this offline session stands, per messages-topic partition (empty: unknown).
     var offsets: [KafkaTopicPartition: Int64] = [:]
+    /// Written while the client was connected (see above).
+    var connected = false
 
     init(
         clientId: String, owner: String, epoch: UInt64, expiryInterval: UInt32, storedAtMilliseconds: Int64,
@@ -48,20 +52,28 @@ struct SessionSnapshot: Sendable, Equatable {
     }
 
     /// The snapshot of `session` (subscriptions in filter order, so equal sessions encode equally).
-    init(session: SessionState, owner: String, epoch: UInt64, storedAtMilliseconds: Int64, offsets: [KafkaTopicPartition: Int64] = [:]) {
+    init(
+        session: SessionState, owner: String, epoch: UInt64, storedAtMilliseconds: Int64, offsets: [KafkaTopicPartition: Int64] = [:],
+        connected: Bool = false
+    ) {
         self.init(
             clientId: session.clientId, owner: owner, epoch: epoch, expiryInterval: session.expiryInterval,
             storedAtMilliseconds: storedAtMilliseconds,
             subscriptions: session.subscriptions.keys.sorted().compactMap { session.subscriptions[$0] },
             inboundAwaitingRelease: session.inboundAwaitingRelease.sorted())
         self.offsets = offsets
+        self.connected = connected
     }
 
     /// The session this snapshot describes (no messages in flight or queued).
     var session: SessionState {
         var session = SessionState(clientId: clientId, expiryInterval: expiryInterval)
         for options in subscriptions { session.subscriptions[options.subscription.topicFilter.string] = options }
-        session.inboundAwaitingRelease = Set(inboundAwaitingRelease)
+        if connected {
+            session.inboundReleaseUnknown = true
+        } else {
+            session.inboundAwaitingRelease = Set(inboundAwaitingRelease)
+        }
         return session
     }
 
@@ -92,6 +104,7 @@ struct SessionSnapshot: Sendable, Equatable {
         var subscriptions: [Subscription]
         var awaiting_pubrel: [UInt16]
         var offsets: [Offset]?
+        var connected: Bool?
     }
 
     private struct VersionOnly: Decodable {
@@ -112,7 +125,8 @@ struct SessionSnapshot: Sendable, Equatable {
                 ? nil
                 : offsets.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map {
                     Wire.Offset(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value)
-                })
+                },
+            connected: connected ? true : nil)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         // Encoding plain strings and integers cannot fail.
@@ -152,6 +166,7 @@ struct SessionSnapshot: Sendable, Equatable {
         var snapshot = SessionSnapshot(
             clientId: wire.client_id, owner: wire.owner, epoch: wire.epoch, expiryInterval: wire.expiry, storedAtMilliseconds: wire.stored_at_ms,
             subscriptions: subscriptions, inboundAwaitingRelease: wire.awaiting_pubrel)
+        snapshot.connected = wire.connected ?? false
         for entry in wire.offsets ?? [] {
             guard entry.offset >= 0, entry.partition >= 0 else { throw BrokerError(.invalidSessionRecord, "invalid offset in session record") }
             snapshot.offsets[KafkaTopicPartition(topic: entry.topic, partition: entry.partition)] = entry.offset

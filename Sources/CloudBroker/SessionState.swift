@@ -19,6 +19,11 @@ struct SessionState: Sendable {
     var subscriptions: [String: SubscriptionOptions] = [:]
     /// QoS 2 publishes from the client that were acknowledged with PUBREC, awaiting PUBREL.
     var inboundAwaitingRelease: Set<UInt16> = []
+    /// The session was restored from a snapshot written while the client was connected (its node died or
+    /// lost it): which QoS 2 publishes were released since is unknown, so `inboundAwaitingRelease` is empty
+    /// and a PUBREL for an unknown identifier is completed with success (the message was stored before its
+    /// PUBREC). Resent PUBLISHes are recognised by `PublishDeduplicator`.
+    var inboundReleaseUnknown = false
     /// Messages towards the client.
     var outbound = OutboundState()
 

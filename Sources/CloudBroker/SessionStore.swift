@@ -25,11 +25,19 @@ protocol SessionStore: Sendable {
     func persist(_ session: SessionState)
     /// Succeeds on `eventLoop` once the store knows every session (at once when it is already loaded).
     func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+    /// Succeeds on `eventLoop` once the store's view of `clientId` includes every change other nodes made
+    /// before the call (read-your-writes for a CONNECT): at once when the session is known locally.
+    func whenCurrent(clientId: String, on eventLoop: any EventLoop) -> EventLoopFuture<Void>
+    /// A connection of this node now owns the session of `clientId`: later writes carry a new generation
+    /// of its epoch, so writes of a node that owned it before (still under way) lose everywhere.
+    func claim(clientId: String)
 }
 
 extension SessionStore {
     func persist(_ session: SessionState) {}
     func whenLoaded(on eventLoop: any EventLoop) -> EventLoopFuture<Void> { eventLoop.makeSucceededVoidFuture() }
+    func whenCurrent(clientId: String, on eventLoop: any EventLoop) -> EventLoopFuture<Void> { eventLoop.makeSucceededVoidFuture() }
+    func claim(clientId: String) {}
 }
 
 enum SessionEnqueueResult: Equatable {
@@ -66,6 +74,10 @@ final class InMemorySessionStore: SessionStore {
     @discardableResult
     func remove(clientId: String) -> Bool {
         entries.withLock { $0.removeValue(forKey: clientId) != nil }
+    }
+
+    func contains(clientId: String) -> Bool {
+        entries.withLock { $0[clientId] != nil }
     }
 
     func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult {

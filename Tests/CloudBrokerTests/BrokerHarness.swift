@@ -14,11 +14,13 @@ struct BrokerNode: Sendable {
 extension ProcessScope {
     /// Starts `cloud-broker` against `tansu` on free ports and returns once its Kafka consumers are positioned
     /// (from then on every record produced reaches subscribers).
-    func startBroker(tansu: TansuBroker, settings: [String: String] = [:], name: String = "cloud-broker") async throws -> BrokerNode {
+    func startBroker(
+        tansu: TansuBroker, settings: [String: String] = [:], name: String = "cloud-broker", nodeId: String = "test-node"
+    ) async throws -> BrokerNode {
         let mqttPort = try FreePort.next()
         let httpPort = try FreePort.next()
         var arguments = [
-            "--node-id", "test-node", "--mqtt-listen", "127.0.0.1:\(mqttPort)", "--kafka-bootstrap", tansu.bootstrapServers,
+            "--node-id", nodeId, "--mqtt-listen", "127.0.0.1:\(mqttPort)", "--kafka-bootstrap", tansu.bootstrapServers,
             "--set", "http.listen=127.0.0.1:\(httpPort)", "--set", "kafka.fetch_wait_max=20ms",
         ]
         if ProcessInfo.processInfo.environment["BROKER_TEST_DEBUG"] != nil { arguments += ["--set", "log.level=debug"] }

@@ -1,0 +1,173 @@
+import Common
+import Synchronization
+import TributaryKafka
+
+/// Recognises a PUBLISH that is already in Kafka (G2 across node loss), from the Kafka log itself.
+///
+/// Every node consumes all partitions of the messages topics (for its subscribers) and feeds each record to
+/// `observe`, including a look-back of recent records read at start-up. From them it keeps a small index of
+/// the recent tail:
+///
+/// - **By agent sequence:** records carrying `tributary-agent` and `tributary-seq` (what our edge agent
+///   sends). Per agent, the sequences of its last `agentWindow` records (a set, not a maximum: one agent's
+///   records spread over several partitions and arrive here out of order). A publish carrying a sequence in
+///   the set is a duplicate whatever its DUP flag says.
+/// - **By QoS 2 packet identifier:** records of QoS 2 publishes carry `mqtt.packet_id`. Per client id, the
+///   last record seen for each packet identifier, as a fingerprint of its topic and payload and its ordinal
+///   among that client's QoS 2 records. A QoS 2 publish with DUP set is a duplicate when the client's last
+///   record with the same packet identifier has the same fingerprint and is among the client's last
+///   `clientWindow` QoS 2 records (a client has at most Receive Maximum unacknowledged QoS 2 publishes, so
+///   a stored copy of one in flight is always that recent).
+///
+/// Read-your-writes: the index only knows what this node has consumed; `Publisher` calls it for a
+/// possible duplicate only after the messages consumer has caught up with the end of every partition as
+/// observed after the publish arrived (`KafkaCatchUp`), so a record acknowledged by Kafka to a node that
+/// died is in the index before the question is asked.
+///
+/// Residual case (documented in docs/ARCHITECTURE.md): a client that reuses a packet identifier for a new
+/// message whose topic and payload are byte-identical to the previous message with that identifier, and
+/// whose node dies after receiving it and before producing it, would see the new message taken for the
+/// old one. Our agent's records are matched by sequence and never hit this.
+final class PublishDeduplicator: Sendable {
+    enum Header {
+        static let packetId = "mqtt.packet_id"
+        static let agent = "tributary-agent"
+        static let sequence = "tributary-seq"
+    }
+
+    /// What a publish is matched by (nil: it cannot be a recognisable duplicate).
+    enum Key: Hashable, Sendable {
+        case agentSequence(agent: String, sequence: UInt64)
+        case packet(clientId: String, packetId: UInt16, fingerprint: UInt64)
+    }
+
+    private struct AgentTail {
+        var sequences: Set<UInt64> = []
+        /// Insertion order, to forget the oldest beyond the window (ring buffer).
+        var order: [UInt64] = []
+        var next = 0
+    }
+
+    private struct ClientTail {
+        var ordinal: UInt64 = 0
+        var byPacketId: [UInt16: (fingerprint: UInt64, ordinal: UInt64)] = [:]
+    }
+
+    private struct State {
+        var agents: [String: AgentTail] = [:]
+        var clients: [String: ClientTail] = [:]
+    }
+
+    let agentWindow: Int
+    let clientWindow: Int
+    private let state = Mutex(State())
+
+    init(agentWindow: Int = 8192, clientWindow: Int = 65_535) {
+        self.agentWindow = max(1, agentWindow)
+        self.clientWindow = max(1, clientWindow)
+    }
+
+    // MARK: Keys
+
+    /// The key of a publish received from `clientId` (topic already resolved from any alias).
+    static func key(for publish: MQTTPublish, clientId: String) -> Key? {
+        let properties = publish.properties.userProperties
+        if let agent = properties.first(where: { $0.name == Header.agent })?.value,
+            let sequence = properties.first(where: { $0.name == Header.sequence }).flatMap({ UInt64($0.value) })
+        {
+            return .agentSequence(agent: agent, sequence: sequence)
+        }
+        guard publish.qos == .exactlyOnce, let packetId = publish.packetId else { return nil }
+        return .packet(clientId: clientId, packetId: packetId, fingerprint: fingerprint(topic: publish.topic, payload: publish.payload.readableBytesView))
+    }
+
+    /// The key of a consumed record (nil for records not produced from an MQTT publish we can match).
+    static func key(for record: KafkaRecord) -> Key? {
+        var agent: String?
+        var sequence: UInt64?
+        var clientId: String?
+        var packetId: UInt16?
+        var topic: String?
+        for header in record.headers {
+            switch header.name {
+            case Header.agent: agent = String(decoding: header.value, as: UTF8.self)
+            case Header.sequence: sequence = UInt64(String(decoding: header.value, as: UTF8.self))
+            case KafkaRecordMapping.Header.clientId: clientId = String(decoding: header.value, as: UTF8.self)
+            case Header.packetId: packetId = UInt16(String(decoding: header.value, as: UTF8.self))
+            case KafkaRecordMapping.Header.topic: topic = String(decoding: header.value, as: UTF8.self)
+            default: break
+            }
+        }
+        if let agent, let sequence { return .agentSequence(agent: agent, sequence: sequence) }
+        guard let clientId, let packetId, let topic else { return nil }
+        return .packet(clientId: clientId, packetId: packetId, fingerprint: fingerprint(topic: topic, payload: record.value ?? []))
+    }
+
+    /// FNV-1a (64 bit) over the topic, a separator and the payload: stable across processes, so a node
+    /// compares what it consumed with what a client resent.
+    static func fingerprint(topic: String, payload: some Sequence<UInt8>) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in topic.utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        hash = (hash ^ 0xFF) &* 0x0000_0100_0000_01b3
+        for byte in payload {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        return hash
+    }
+
+    // MARK: Index
+
+    /// Adds a consumed record to the index.
+    func observe(_ record: KafkaRecord) {
+        guard let key = Self.key(for: record) else { return }
+        observe(key)
+    }
+
+    func observe(_ key: Key) {
+        state.withLock { state in
+            switch key {
+            case .agentSequence(let agent, let sequence):
+                var tail = state.agents[agent] ?? AgentTail()
+                if tail.sequences.insert(sequence).inserted {
+                    if tail.order.count < agentWindow {
+                        tail.order.append(sequence)
+                    } else {
+                        tail.sequences.remove(tail.order[tail.next])
+                        tail.order[tail.next] = sequence
+                        tail.next = (tail.next + 1) % agentWindow
+                    }
+                }
+                state.agents[agent] = tail
+            case .packet(let clientId, let packetId, let fingerprint):
+                var tail = state.clients[clientId] ?? ClientTail()
+                tail.ordinal += 1
+                tail.byPacketId[packetId] = (fingerprint, tail.ordinal)
+                if tail.byPacketId.count > 2 * min(clientWindow, 4096) {
+                    let oldest = tail.ordinal > UInt64(clientWindow) ? tail.ordinal - UInt64(clientWindow) : 0
+                    tail.byPacketId = tail.byPacketId.filter { $0.value.ordinal > oldest }
+                }
+                state.clients[clientId] = tail
+            }
+        }
+    }
+
+    /// Whether a record with `key` is in the recent tail.
+    func contains(_ key: Key) -> Bool {
+        state.withLock { state in
+            switch key {
+            case .agentSequence(let agent, let sequence):
+                return state.agents[agent]?.sequences.contains(sequence) ?? false
+            case .packet(let clientId, let packetId, let fingerprint):
+                guard let tail = state.clients[clientId], let last = tail.byPacketId[packetId] else { return false }
+                return last.fingerprint == fingerprint && tail.ordinal - last.ordinal < UInt64(clientWindow)
+            }
+        }
+    }
+
+    /// Index sizes (agents, clients), for metrics.
+    func statistics() -> (agents: Int, clients: Int) {
+        state.withLock { ($0.agents.count, $0.clients.count) }
+    }
+}
