@@ -1,4 +1,5 @@
 import Common
+import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -50,12 +51,18 @@ enum CloudBroker {
         let announce = KafkaSessionStore.producerWriter(
             producer, logger: logger, what: "connection announcement",
             written: BrokerMetrics.announcementsWritten, failed: BrokerMetrics.announcementsWriteFailed)
+        let incarnation = UUID().uuidString
+        let wills = NodeLossWills(nodeId: configuration.nodeId, incarnation: incarnation, lease: configuration.nodeLease)
         let registry = SessionRegistry(
             store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger, nodeId: configuration.nodeId,
+            incarnation: incarnation,
             announcer: { clientId, announcement in announce(announcement.record(topic: connectionsTopic, clientId: clientId)) }
-        ) { will, clientId in
+        ) { will, clientId, willId, done in
             let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
-            publisher.publish(publish, clientId: clientId, eventLoop: willLoop, blocked: { _ in }, completion: { _ in })
+            let headers = willId.map { [KafkaHeader(PublishDeduplicator.Header.willOf, Array($0.utf8))] } ?? []
+            publisher.publish(publish, clientId: clientId, extraHeaders: headers, eventLoop: willLoop, blocked: { _ in }) { outcome in
+                if outcome == .delivered { done() }
+            }
         }
         let broker = BrokerContext(
             registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger,
@@ -76,9 +83,9 @@ enum CloudBroker {
             settings: .init(
                 kafka: kafka, messagesTopics: configuration.messagesTopics, retainedTopic: configuration.retainedTopic,
                 sessionsTopic: sessions?.topic, connectionsTopic: connectionsTopic, topics: topics, defaultQoS: configuration.defaultQoS,
-                dedupeLookback: Int64(configuration.dedupeLookback)),
+                dedupeLookback: Int64(configuration.dedupeLookback), heartbeatInterval: configuration.heartbeatInterval),
             registry: registry, retained: retained, sessions: sessions, deduplicator: deduplicator,
-            messagesCatchUp: messagesCatchUp, logger: logger)
+            messagesCatchUp: messagesCatchUp, wills: wills, publisher: publisher, announce: announce, logger: logger)
         let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
         var tlsListener: MQTTListener?
         if let tls = configuration.tls {

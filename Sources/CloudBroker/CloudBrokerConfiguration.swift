@@ -32,6 +32,8 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("sessions.store", default: "kafka", help: "Where offline sessions are kept: 'kafka' (kafka.sessions_topic; they survive a node restart) or 'memory' (lost with the node)."),
         ConfigKey("kafka.connections_topic", default: "mqtt.connections", help: "Kafka topic where nodes announce client connections, so the node a client left disconnects it (takeover across nodes); retention 1 hour."),
         ConfigKey("kafka.connections_partitions", default: "3", help: "Partitions of the connections topic when the broker creates it."),
+        ConfigKey("cluster.node_lease", default: "5s", help: "A node with no heartbeat on the connections topic for this long is lost: the live node with the smallest id publishes the wills of its clients."),
+        ConfigKey("cluster.heartbeat_interval", default: "1s", help: "How often a node writes its heartbeat to the connections topic (well below cluster.node_lease)."),
         ConfigKey("kafka.dedupe_lookback", default: "5000", help: "Records per messages partition read back at start-up into the index that recognises publishes resent after a node loss (0 = none)."),
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
@@ -54,6 +56,8 @@ struct CloudBrokerConfiguration: Sendable {
     var sessionsPartitions: Int
     var dedupeLookback: Int
     var connectionsTopic: String
+    var nodeLease: Duration
+    var heartbeatInterval: Duration
     var connectionsPartitions: Int
     var sessionsStore: SessionStoreKind
     var replicationFactor: Int
@@ -87,6 +91,11 @@ struct CloudBrokerConfiguration: Sendable {
         sessionsPartitions = try values.int("kafka.sessions_partitions", range: 1...10_000)
         dedupeLookback = try values.int("kafka.dedupe_lookback", range: 0...10_000_000)
         connectionsTopic = try values.string("kafka.connections_topic")
+        nodeLease = try values.duration("cluster.node_lease")
+        heartbeatInterval = try values.duration("cluster.heartbeat_interval")
+        guard heartbeatInterval * 2 <= nodeLease, heartbeatInterval > .zero else {
+            throw ConfigError(key: "cluster.heartbeat_interval", "must be positive and at most half of cluster.node_lease (\(nodeLease))")
+        }
         connectionsPartitions = try values.int("kafka.connections_partitions", range: 1...10_000)
         sessionsStore = try values.oneOf("sessions.store", SessionStoreKind.self)
         replicationFactor = try values.int("kafka.replication_factor", range: 1...100)

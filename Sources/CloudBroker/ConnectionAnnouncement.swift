@@ -14,19 +14,48 @@ import TributaryKafka
 /// connection (MQTT 5 reason 0x8E, session taken over) and writes nothing more for that client (the new
 /// owner's session epoch, one generation higher, fences any write already under way). An announcement of
 /// another node read before this node's own one is older than this connection and is ignored.
+///
+/// Optional fields (absent = default) carry what a surviving node needs to publish the will of a client whose
+/// node died (`NodeLossWills`): `"kind"` (`connected`, the default; `ended` when the connection ended on
+/// its node, which then handled the will itself; `heartbeat`, written by every node every
+/// `cluster.heartbeat_interval` under the key `heartbeat/NODE`), `"incarnation"` (a random id per node
+/// process: a node restarted under the same id is a new incarnation, and the connections of the old one are
+/// lost), `"will"` (the will as an MQTT 5 PUBLISH packet, base64), `"will_delay"` (seconds, already bounded
+/// by the session expiry).
 struct ConnectionAnnouncement: Sendable, Equatable, Codable {
     static let version = 1
+
+    enum Kind: String, Codable, Sendable {
+        case connected
+        case ended
+        case heartbeat
+    }
 
     var v = ConnectionAnnouncement.version
     var node: String
     var connection: UInt64
     var at_ms: Int64
+    var kind: Kind?
+    var incarnation: String?
+    var will: String?
+    var will_delay: UInt32?
 
-    init(node: String, connection: UInt64, atMilliseconds: Int64) {
+    init(
+        node: String, connection: UInt64, atMilliseconds: Int64, kind: Kind = .connected, incarnation: String? = nil,
+        will: String? = nil, willDelay: UInt32? = nil
+    ) {
         self.node = node
         self.connection = connection
         self.at_ms = atMilliseconds
+        self.kind = kind == .connected ? nil : kind
+        self.incarnation = incarnation
+        self.will = will
+        self.will_delay = willDelay
     }
+
+    var effectiveKind: Kind { kind ?? .connected }
+
+    static func heartbeatKey(node: String) -> String { "heartbeat/" + node }
 
     func record(topic: String, clientId: String) -> KafkaOutgoingMessage {
         let encoder = JSONEncoder()

@@ -1,6 +1,8 @@
 import Common
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import Synchronization
 import TributaryKafka
@@ -26,6 +28,8 @@ final class KafkaLink: Service, Sendable {
         /// Records per messages partition read back at start-up into the deduplication index only (not
         /// delivered), so a client resending to a restarted node is still recognised.
         var dedupeLookback: Int64 = 5000
+        /// How often this node writes its heartbeat to the connections topic (and judges node losses).
+        var heartbeatInterval: Duration = .seconds(1)
     }
 
     private struct State {
@@ -57,14 +61,22 @@ final class KafkaLink: Service, Sendable {
     let messagesCatchUp: KafkaCatchUp
     /// Read-your-writes for the sessions consumer (used before a CONNECT finds no session locally).
     let sessionsCatchUp: KafkaCatchUp?
+    /// Wills of clients of lost nodes, and what publishing them needs.
+    private let wills: NodeLossWills?
+    private let publisher: Publisher?
+    private let announce: (@Sendable (KafkaOutgoingMessage) -> Void)?
     private let logger: Logger
     private let state = Mutex(State())
     private let startedAtMilliseconds = Int64(Date().timeIntervalSince1970 * 1000)
 
     init(
         settings: Settings, registry: SessionRegistry, retained: RetainedStore, sessions: KafkaSessionStore? = nil,
-        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp, logger: Logger
+        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp, wills: NodeLossWills? = nil, publisher: Publisher? = nil,
+        announce: (@Sendable (KafkaOutgoingMessage) -> Void)? = nil, logger: Logger
     ) {
+        self.wills = wills
+        self.publisher = publisher
+        self.announce = announce
         self.settings = settings
         self.registry = registry
         self.retained = retained
@@ -147,12 +159,16 @@ final class KafkaLink: Service, Sendable {
                 sessions.catchUp.positions.processed(records)
             }
         }
+        let wills = self.wills
+        let connectionsPositions = ConsumerPositions()
         let connectionsConsumer = try settings.connectionsTopic.map { _ in
             try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in
                 for record in records {
                     guard let (clientId, announcement) = ConnectionAnnouncement.decode(record) else { continue }
+                    wills?.apply(clientId: clientId, announcement)
                     registry.announced(clientId: clientId, announcement)
                 }
+                connectionsPositions.processed(records)
             }
         }
         defer {
@@ -164,7 +180,7 @@ final class KafkaLink: Service, Sendable {
         if let topic = settings.connectionsTopic, let connectionsConsumer {
             do {
                 try await cancelWhenGracefulShutdown {
-                    try await self.followConnections(topic: topic, consumer: connectionsConsumer, admin: admin)
+                    try await self.followConnections(topic: topic, consumer: connectionsConsumer, positions: connectionsPositions, admin: admin)
                 }
             } catch is CancellationError {
                 return  // shut down while starting
@@ -182,6 +198,77 @@ final class KafkaLink: Service, Sendable {
             }
         }
         await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                if let topic = self.settings.connectionsTopic, self.wills != nil {
+                    group.addTask { await self.watchNodes(connectionsTopic: topic) }
+                }
+                group.addTask { await self.checkLoop(admin: admin, messages: messages, retainedConsumer: retainedConsumer) }
+            }
+        }
+    }
+
+    /// Writes this node's heartbeat to the connections topic every `heartbeatInterval` and publishes the
+    /// wills of clients of nodes found lost (`NodeLossWills`), until cancelled.
+    private func watchNodes(connectionsTopic: String) async {
+        guard let wills, let announce else { return }
+        while !Task.isCancelled {
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let heartbeat = ConnectionAnnouncement(node: wills.nodeId, connection: 0, atMilliseconds: now, kind: .heartbeat, incarnation: wills.incarnation)
+            announce(heartbeat.record(topic: connectionsTopic, clientId: ConnectionAnnouncement.heartbeatKey(node: wills.nodeId)))
+            let (due, newlyLost) = wills.evaluate(nowMilliseconds: now)
+            for lost in newlyLost {
+                logger.warning(
+                    "node lost: no heartbeat within the lease", metadata: ["tributary.node": "\(lost.node)", "tributary.responsible_node": "\(lost.responsible)"])
+            }
+            for will in due { publishLostWill(will, connectionsTopic: connectionsTopic) }
+            try? await Task.sleep(for: settings.heartbeatInterval)  // heartbeat period
+        }
+    }
+
+    /// Publishes the will of a connection whose node was lost, unless a record of it is already in Kafka
+    /// (published by its node, or by a responsible node that died before announcing it), then announces
+    /// the connection ended so that no node keeps it.
+    private func publishLostWill(_ due: NodeLossWills.Due, connectionsTopic: String) {
+        guard let publisher, let announce, let will = NodeLossWills.decode(due.connection.will) else { return }
+        let willId = due.connection.willId(clientId: due.clientId)
+        let loop = NIOSingletons.posixEventLoopGroup.next()
+        let ended = ConnectionAnnouncement(
+            node: due.connection.node, connection: due.connection.connection, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000),
+            kind: .ended, incarnation: due.connection.incarnation
+        ).record(topic: connectionsTopic, clientId: due.clientId)
+        let logger = self.logger
+        let deduplicator = self.deduplicator
+        let wills = self.wills
+        messagesCatchUp.wait(on: loop).whenComplete { result in
+            if case .failure = result {
+                wills?.publishFailed(due)
+                // Judged again at the next heartbeat (the connection stays known until `ended`).
+                logger.warning("cannot check whether a lost node's will is in Kafka yet", metadata: ["mqtt.client_id": "\(due.clientId)"])
+                return
+            }
+            if deduplicator?.contains(.will(willId)) == true {
+                announce(ended)
+                return
+            }
+            logger.info("publishing the will of a client whose node was lost", metadata: ["mqtt.client_id": "\(due.clientId)", "tributary.node": "\(due.connection.node)"])
+            BrokerMetrics.willsPublished.increment()
+            publisher.publish(
+                will, clientId: due.clientId, extraHeaders: [KafkaHeader(PublishDeduplicator.Header.willOf, Array(willId.utf8))], eventLoop: loop,
+                blocked: { _ in }
+            ) { outcome in
+                if outcome == .delivered {
+                    announce(ended)
+                } else {
+                    wills?.publishFailed(due)
+                    logger.warning("cannot publish the will of a client whose node was lost", metadata: ["mqtt.client_id": "\(due.clientId)"])
+                }
+            }
+        }
+    }
+
+    private func checkLoop(admin: KafkaAdmin, messages: KafkaConsumer, retainedConsumer: KafkaConsumer) async {
+        let registry = self.registry
+        do {
             while !Task.isCancelled {
                 await self.check(admin: admin, messages: messages, retainedConsumer: retainedConsumer)
                 registry.sweepExpiredSessions()
@@ -190,14 +277,17 @@ final class KafkaLink: Service, Sendable {
                 BrokerMetrics.sessionQueuedMessages.record(stats.queuedMessages)
                 // Periodic health check; faster until the consumers are positioned.
                 let positioned = self.state.withLock { $0.positioned }
-                try? await Task.sleep(for: positioned ? self.settings.checkInterval : .milliseconds(100))
+                try await Task.sleep(for: positioned ? self.settings.checkInterval : .milliseconds(100))
             }
+        } catch {
+            return  // cancelled
         }
     }
 
-    /// Tails the connections topic from its current end (Fetch-reported high watermarks): only
-    /// announcements made from now on matter (this node has no connection yet).
-    private func followConnections(topic: String, consumer: KafkaConsumer, admin: KafkaAdmin) async throws {
+    /// Reads the connections topic from its beginning (retention keeps it short) up to its Fetch-reported
+    /// high watermarks, so that `NodeLossWills` knows the connections and nodes of the cluster before it
+    /// judges losses, then keeps following it.
+    private func followConnections(topic: String, consumer: KafkaConsumer, positions: ConsumerPositions, admin: KafkaAdmin) async throws {
         while true {
             do {
                 let metadata = try await admin.metadata(timeout: .seconds(5))
@@ -205,7 +295,13 @@ final class KafkaLink: Service, Sendable {
                 guard count > 0 else { throw BrokerError(.kafkaTopics, "connections topic has no partitions") }
                 let partitions = (0..<count).map { KafkaTopicPartition(topic: topic, partition: $0) }
                 let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(10))
-                try consumer.assign(partitions.map { KafkaPartitionAssignment(topic: topic, partition: $0.partition, offset: .offset(ends[$0] ?? 0)) })
+                positions.assigned(partitions)
+                try consumer.assign(topic: topic, partitionCount: count, from: .beginning)
+                while !partitions.allSatisfy({ (positions.next[$0] ?? 0) >= (ends[$0] ?? 0) }) {
+                    try Task.checkCancellation()
+                    try await Task.sleep(for: .milliseconds(10))  // polls the consumer's progress
+                }
+                wills?.finishLoading()
                 return
             } catch let error as CancellationError {
                 throw error

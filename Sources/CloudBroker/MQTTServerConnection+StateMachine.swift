@@ -40,6 +40,8 @@ extension MQTTServerConnection {
             var clientId: String
             var cleanStart: Bool
             var expiryInterval: UInt32
+            /// The connection's will (announced to the other nodes, which publish it if this node dies).
+            var will: MQTTWill? = nil
         }
 
         /// Why the connection ended, deciding the will.
@@ -164,7 +166,7 @@ extension MQTTServerConnection {
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
             connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
             connected.username = connect.username
-            let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry)
+            let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry, will: connect.will)
             switch limits.authentication {
             case .none:
                 break

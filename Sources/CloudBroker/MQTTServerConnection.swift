@@ -110,7 +110,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         let (session, will, attached) = machine.channelClosed()
         if let takeOverPromise {
             self.takeOverPromise = nil
-            if let session { broker.registry.scheduleWill(will, clientId: session.clientId, sessionExpiry: session.expiryInterval, takenOver: true) }
+            if let session {
+                broker.registry.scheduleWill(will, clientId: session.clientId, sessionExpiry: session.expiryInterval, takenOver: true, endpoint: handle)
+            }
             takeOverPromise.succeed(session)
         } else if attached, let handle {
             broker.registry.detach(endpoint: handle, session: session, will: will, takenOver: false)

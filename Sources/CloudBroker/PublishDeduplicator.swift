@@ -31,6 +31,8 @@ import TributaryKafka
 final class PublishDeduplicator: Sendable {
     enum Header {
         static let packetId = "mqtt.packet_id"
+        /// On a will's record: which connection's will it is (`NodeLossWills.willId`).
+        static let willOf = "mqtt.will_of"
         static let agent = "tributary-agent"
         static let sequence = "tributary-seq"
     }
@@ -39,6 +41,8 @@ final class PublishDeduplicator: Sendable {
     enum Key: Hashable, Sendable {
         case agentSequence(agent: String, sequence: UInt64)
         case packet(clientId: String, packetId: UInt16, fingerprint: UInt64)
+        /// A will, by `NodeLossWills.willId` (only recorded, never derived from a client's publish).
+        case will(String)
     }
 
     private struct AgentTail {
@@ -56,7 +60,13 @@ final class PublishDeduplicator: Sendable {
     private struct State {
         var agents: [String: AgentTail] = [:]
         var clients: [String: ClientTail] = [:]
+        /// Will ids seen, in a ring of `willWindow`.
+        var wills: Set<String> = []
+        var willOrder: [String] = []
+        var nextWill = 0
     }
+
+    let willWindow = 65_536
 
     let agentWindow: Int
     let clientWindow: Int
@@ -88,6 +98,7 @@ final class PublishDeduplicator: Sendable {
         var clientId: String?
         var packetId: UInt16?
         var topic: String?
+        var willOf: String?
         for header in record.headers {
             switch header.name {
             case Header.agent: agent = String(decoding: header.value, as: UTF8.self)
@@ -95,9 +106,11 @@ final class PublishDeduplicator: Sendable {
             case KafkaRecordMapping.Header.clientId: clientId = String(decoding: header.value, as: UTF8.self)
             case Header.packetId: packetId = UInt16(String(decoding: header.value, as: UTF8.self))
             case KafkaRecordMapping.Header.topic: topic = String(decoding: header.value, as: UTF8.self)
+            case Header.willOf: willOf = String(decoding: header.value, as: UTF8.self)
             default: break
             }
         }
+        if let willOf { return .will(willOf) }
         if let agent, let sequence { return .agentSequence(agent: agent, sequence: sequence) }
         guard let clientId, let packetId, let topic else { return nil }
         return .packet(clientId: clientId, packetId: packetId, fingerprint: fingerprint(topic: topic, payload: record.value ?? []))
@@ -149,6 +162,15 @@ final class PublishDeduplicator: Sendable {
                     tail.byPacketId = tail.byPacketId.filter { $0.value.ordinal > oldest }
                 }
                 state.clients[clientId] = tail
+            case .will(let id):
+                guard state.wills.insert(id).inserted else { return }
+                if state.willOrder.count < willWindow {
+                    state.willOrder.append(id)
+                } else {
+                    state.wills.remove(state.willOrder[state.nextWill])
+                    state.willOrder[state.nextWill] = id
+                    state.nextWill = (state.nextWill + 1) % willWindow
+                }
             }
         }
     }
@@ -162,6 +184,8 @@ final class PublishDeduplicator: Sendable {
             case .packet(let clientId, let packetId, let fingerprint):
                 guard let tail = state.clients[clientId], let last = tail.byPacketId[packetId] else { return false }
                 return last.fingerprint == fingerprint && tail.ordinal - last.ordinal < UInt64(clientWindow)
+            case .will(let id):
+                return state.wills.contains(id)
             }
         }
     }

@@ -64,11 +64,14 @@ final class Publisher: Sendable {
     func publish(
         _ publish: MQTTPublish,
         clientId: String,
+        extraHeaders: [KafkaHeader] = [],
         eventLoop: any EventLoop,
         blocked: @escaping @Sendable (Bool) -> Void,
         completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
     ) {
-        var records = [KafkaRecordMapping.record(for: publish, clientId: clientId, destination: mapping.destination(topic: publish.topic, clientId: clientId))]
+        var message = KafkaRecordMapping.record(for: publish, clientId: clientId, destination: mapping.destination(topic: publish.topic, clientId: clientId))
+        message.headers += extraHeaders
+        var records = [message]
         if publish.retain {
             records.append(KafkaRecordMapping.retainedRecord(for: publish, clientId: clientId, retainedTopic: retainedTopic))
         }
@@ -91,7 +94,7 @@ final class Publisher: Sendable {
         // ask only once this node has consumed everything Kafka holds now. A first attempt is checked
         // against what is known (only agent sequences can match it).
         switch key {
-        case .packet where !publish.dup:
+        case .packet where !publish.dup, .will:
             eventLoop.execute { job.start() }
         case .packet, .agentSequence:
             guard publish.dup, let messagesCatchUp else {
@@ -114,7 +117,7 @@ final class Publisher: Sendable {
     private static func countSuppressed(_ key: PublishDeduplicator.Key) {
         switch key {
         case .agentSequence: BrokerMetrics.duplicatesSuppressedBySequence.increment()
-        case .packet: BrokerMetrics.duplicatesSuppressedByPacketId.increment()
+        case .packet, .will: BrokerMetrics.duplicatesSuppressedByPacketId.increment()
         }
     }
 

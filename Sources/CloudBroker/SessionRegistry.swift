@@ -35,6 +35,8 @@ final class SessionRegistry: Sendable {
     private struct State {
         var online: [String: any ConnectionEndpoint] = [:]
         var announcements: [String: Announcement] = [:]
+        /// Connection number of every announced connection whose end is not announced yet.
+        var announcedBy: [ObjectIdentifier: UInt64] = [:]
         var nextConnection: UInt64 = 0
         var subscriptions = SubscriptionTree<String, SubscriptionOptions>()
         var shareCursor: [String: Int] = [:]
@@ -46,21 +48,25 @@ final class SessionRegistry: Sendable {
     let store: any SessionStore
     let limits: BrokerLimits
     private let logger: Logger
-    /// Publishes a will message (through the Kafka publish path).
-    private let willPublisher: @Sendable (MQTTWill, String) -> Void
-    /// This node's id, and how it announces a client connection to the others (nil: single node).
+    /// Publishes a will message (through the Kafka publish path) with its `mqtt.will_of` id (nil: the
+    /// connection was not announced) and calls `done` once Kafka has it.
+    typealias WillPublisher = @Sendable (_ will: MQTTWill, _ clientId: String, _ willId: String?, _ done: @escaping @Sendable () -> Void) -> Void
+    private let willPublisher: WillPublisher
+    /// This node's id and incarnation, and how it announces client connections to the others (nil: single node).
     private let nodeId: String
+    private let incarnation: String
     private let announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)?
 
     init(
-        store: any SessionStore, limits: BrokerLimits, logger: Logger, nodeId: String = "",
+        store: any SessionStore, limits: BrokerLimits, logger: Logger, nodeId: String = "", incarnation: String = "",
         announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)? = nil,
-        willPublisher: @escaping @Sendable (MQTTWill, String) -> Void
+        willPublisher: @escaping WillPublisher
     ) {
         self.store = store
         self.limits = limits
         self.logger = logger
         self.nodeId = nodeId
+        self.incarnation = incarnation
         self.announcer = announcer
         self.willPublisher = willPublisher
     }
@@ -96,7 +102,7 @@ final class SessionRegistry: Sendable {
             }.map { store.take(clientId: clientId, now: .now) }
         }
         return oldSession.map { old in
-            defer { self.announce(clientId: request.clientId, endpoint: endpoint, persistent: request.expiryInterval > 0) }
+            defer { self.announce(request, endpoint: endpoint) }
             if let old, !request.cleanStart {
                 // A session read from Kafka after a restart is not in the subscription index yet.
                 self.register(clientId: request.clientId, Array(old.subscriptions.values))
@@ -115,17 +121,37 @@ final class SessionRegistry: Sendable {
 
     /// Claims the client for this connection: a new session generation in the store (fencing writes of a
     /// node that had it before) and an announcement on `mqtt.connections`.
-    private func announce(clientId: String, endpoint: any ConnectionEndpoint, persistent: Bool) {
-        if persistent { store.claim(clientId: clientId) }
+    private func announce(_ request: MQTTServerConnection.StateMachine.SessionRequest, endpoint: any ConnectionEndpoint) {
+        let clientId = request.clientId
+        if request.expiryInterval > 0 { store.claim(clientId: clientId) }
         guard let announcer else { return }
         let connection = state.withLock { state -> UInt64? in
             guard let current = state.online[clientId], current === endpoint else { return nil }
             state.nextConnection += 1
             state.announcements[clientId] = Announcement(connection: state.nextConnection, endpoint: ObjectIdentifier(endpoint))
+            state.announcedBy[ObjectIdentifier(endpoint)] = state.nextConnection
             return state.nextConnection
         }
         guard let connection else { return }
-        announcer(clientId, ConnectionAnnouncement(node: nodeId, connection: connection, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000)))
+        let will = request.will.flatMap(NodeLossWills.encode)
+        let delay = request.will.map { min($0.properties.willDelayInterval ?? 0, request.expiryInterval) }
+        announcer(
+            clientId,
+            ConnectionAnnouncement(
+                node: nodeId, connection: connection, atMilliseconds: Self.nowMilliseconds, incarnation: incarnation, will: will,
+                willDelay: will == nil ? nil : delay))
+    }
+
+    private static var nowMilliseconds: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// The announced connection of `endpoint` ended here: its number (nil if it was not announced).
+    private func announcedConnectionEnded(_ endpoint: any ConnectionEndpoint) -> UInt64? {
+        state.withLock { $0.announcedBy.removeValue(forKey: ObjectIdentifier(endpoint)) }
+    }
+
+    /// Tells the other nodes that this node handled the end of `connection` (and its will): they forget it.
+    private func announceEnded(clientId: String, connection: UInt64) {
+        announcer?(clientId, ConnectionAnnouncement(node: nodeId, connection: connection, atMilliseconds: Self.nowMilliseconds, kind: .ended, incarnation: incarnation))
     }
 
     /// An announcement read from `mqtt.connections` (in log order per client). If another node announced
@@ -135,13 +161,14 @@ final class SessionRegistry: Sendable {
         let loser = state.withLock { state -> (any ConnectionEndpoint)? in
             guard var mine = state.announcements[clientId] else { return nil }
             if announcement.node == nodeId {
-                if announcement.connection == mine.connection {
+                if announcement.effectiveKind == .connected, announcement.incarnation == incarnation, announcement.connection == mine.connection {
                     mine.seen = true
                     state.announcements[clientId] = mine
                 }
                 return nil
             }
-            guard mine.seen, let endpoint = state.online[clientId], ObjectIdentifier(endpoint) == mine.endpoint else { return nil }
+            guard announcement.effectiveKind == .connected, mine.seen, let endpoint = state.online[clientId], ObjectIdentifier(endpoint) == mine.endpoint
+            else { return nil }
             state.online.removeValue(forKey: clientId)
             state.announcements.removeValue(forKey: clientId)
             _ = state.subscriptions.removeAll(key: clientId)
@@ -156,7 +183,12 @@ final class SessionRegistry: Sendable {
     /// The connection of `endpoint` ended. Keeps the session if it has an expiry interval, else drops
     /// its subscriptions; schedules the will (after its delay, bounded by the session expiry).
     func detach(endpoint: any ConnectionEndpoint, session: SessionState?, will: MQTTWill?, takenOver: Bool) {
-        guard let session else { return }
+        guard let session else {
+            if let connection = announcedConnectionEnded(endpoint), let clientId = state.withLock({ $0.announcements.first { $0.value.endpoint == ObjectIdentifier(endpoint) }?.key }) {
+                announceEnded(clientId: clientId, connection: connection)
+            }
+            return
+        }
         let clientId = session.clientId
         let stillOwner = state.withLock { state -> Bool in
             guard let current = state.online[clientId], current === endpoint else { return false }
@@ -172,7 +204,7 @@ final class SessionRegistry: Sendable {
                 state.withLock { _ = $0.subscriptions.removeAll(key: clientId) }
             }
         }
-        scheduleWill(will, clientId: clientId, sessionExpiry: session.expiryInterval, takenOver: takenOver)
+        scheduleWill(will, clientId: clientId, sessionExpiry: session.expiryInterval, takenOver: takenOver, endpoint: endpoint)
     }
 
     /// The session of a connected client was attached or its subscriptions changed: a persistent one is
@@ -193,12 +225,28 @@ final class SessionRegistry: Sendable {
 
     /// Publishes `will` now, or after its Will Delay Interval bounded by the session expiry unless the
     /// client reconnects first (MQTT 5.0 section 3.1.3.2.2).
-    func scheduleWill(_ will: MQTTWill?, clientId: String, sessionExpiry: UInt32, takenOver: Bool) {
-        guard let will else { return }
+    ///
+    /// `endpoint` is the connection that ended: if it was announced to the other nodes, the will carries its
+    /// id and its end is announced once the will is in Kafka (or at once without a will), so that no other
+    /// node publishes it (`NodeLossWills`).
+    func scheduleWill(_ will: MQTTWill?, clientId: String, sessionExpiry: UInt32, takenOver: Bool, endpoint: (any ConnectionEndpoint)? = nil) {
+        let connection = endpoint.flatMap { announcedConnectionEnded($0) }
+        let willId = connection.map { NodeLossWills.willId(node: nodeId, incarnation: incarnation, connection: $0, clientId: clientId) }
+        let ended: @Sendable () -> Void = { [self] in
+            if let connection { announceEnded(clientId: clientId, connection: connection) }
+        }
+        guard let will else {
+            ended()
+            return
+        }
         let delay = min(will.properties.willDelayInterval ?? 0, sessionExpiry)
         if takenOver || delay == 0 {
             // On takeover the client is back at once, so a delayed will is cancelled (MQTT 5.0 3.1.3.2.2).
-            if !takenOver || delay == 0 { publishWill(will, clientId: clientId) }
+            if !takenOver || delay == 0 {
+                publishWill(will, clientId: clientId, willId: willId, done: ended)
+            } else {
+                ended()
+            }
             return
         }
         let loop = MultiThreadedEventLoopGroupProvider.willLoop
@@ -211,16 +259,16 @@ final class SessionRegistry: Sendable {
                     state.pendingWills.removeValue(forKey: clientId)
                     return true
                 }
-                if due { self.publishWill(will, clientId: clientId) }
+                if due { self.publishWill(will, clientId: clientId, willId: willId, done: ended) }
             }
             state.pendingWills[clientId] = PendingWill(id: id, task: task)
         }
     }
 
-    private func publishWill(_ will: MQTTWill, clientId: String) {
+    private func publishWill(_ will: MQTTWill, clientId: String, willId: String?, done: @escaping @Sendable () -> Void) {
         BrokerMetrics.willsPublished.increment()
         logger.debug("publishing will", metadata: ["mqtt.client_id": "\(clientId)", "mqtt.topic": "\(will.topic)"])
-        willPublisher(will, clientId)
+        willPublisher(will, clientId, willId, done)
     }
 
     /// Removes expired offline sessions and their subscriptions.

@@ -65,7 +65,7 @@ struct ConnectionHandlerTests {
             let publisher = Publisher(
                 producer: producer, mapping: TopicMapping(rules: [], defaultTopic: "mqtt.messages"), retainedTopic: "mqtt.retained",
                 retained: retained, deliveryTimeout: .seconds(30), defaultQoS: .atLeastOnce, logger: logger)
-            let registry = SessionRegistry(store: InMemorySessionStore(), limits: limits, logger: logger) { _, _ in }
+            let registry = SessionRegistry(store: InMemorySessionStore(), limits: limits, logger: logger) { _, _, _, _ in }
             let broker = BrokerContext(registry: registry, publisher: publisher, retained: retained, limits: limits, logger: logger)
             channel = EmbeddedChannel(loop: loop)
             try channel.pipeline.syncOperations.addHandlers([

@@ -22,7 +22,7 @@ struct SessionRegistryTests {
     }
 
     static func registry() -> SessionRegistry {
-        SessionRegistry(store: InMemorySessionStore(), limits: BrokerLimits(), logger: Logger(label: "test")) { _, _ in }
+        SessionRegistry(store: InMemorySessionStore(), limits: BrokerLimits(), logger: Logger(label: "test")) { _, _, _, _ in }
     }
 
     static func attach(_ registry: SessionRegistry, _ clientId: String, expiry: UInt32 = 0) throws -> Endpoint {
@@ -94,7 +94,7 @@ struct SessionRegistryTests {
 
     @Test func delayedWillIsCancelledByAReconnectAndPublishedOtherwise() async throws {
         let published = Mutex<[String]>([])
-        let registry = SessionRegistry(store: InMemorySessionStore(), limits: BrokerLimits(), logger: Logger(label: "test")) { will, _ in
+        let registry = SessionRegistry(store: InMemorySessionStore(), limits: BrokerLimits(), logger: Logger(label: "test")) { will, _, _, _ in
             published.withLock { $0.append(will.topic) }
         }
         var properties = MQTTProperties()
