@@ -1,3 +1,5 @@
+import Common
+import Foundation
 import Testing
 
 @testable import DeviceSimulator
@@ -67,5 +69,67 @@ import Testing
             == ["--clients", "100", "--count=5", "--worker-index", "2", "--worker-count", "4"])
         #expect(WorkerProcesses.processesNeeded(clients: 19_000, extraConnections: 1, fileLimit: 20_000) == 1)
         #expect(WorkerProcesses.processesNeeded(clients: 50_000, extraConnections: 1, fileLimit: 20_000) == 3)
+    }
+}
+
+/// Commands and the failover measure: the pure parts (the end-to-end part is the cluster node-down test).
+@Suite struct CommandAndFailoverTests {
+    @Test func commandsGoRoundRobinAndMarkersCarryTheCountPerTarget() {
+        // 3 targets, 7 commands: target 0 gets 0,1,2 (sequence 0..2), target 1 gets 0,1, target 2 gets 0,1.
+        let addresses = (0..<7).map { DeviceConnection.commandAddress(UInt64($0), targetCount: 3, markersFrom: nil) }
+        #expect(addresses.map(\.position) == [0, 1, 2, 0, 1, 2, 0])
+        #expect(addresses.map(\.sequence) == [0, 0, 0, 1, 1, 1, 2])
+        let markers = (7..<10).map { DeviceConnection.commandAddress(UInt64($0), targetCount: 3, markersFrom: 7) }
+        #expect(markers.map(\.position) == [0, 1, 2])
+        #expect(markers.map { $0.sequence & ~DeviceConnection.commandEndMarker } == [3, 2, 2])
+        #expect(markers.allSatisfy { $0.sequence & DeviceConnection.commandEndMarker != 0 })
+        // A marker is never counted as a command.
+        #expect(DeviceConnection.commandEndMarker >= SequenceTracker.maximumSequence)
+    }
+
+    @Test func failoverMarkIsUnixSecondsWithAFraction() throws {
+        let path = FileManager.default.temporaryDirectory.path + "/failover-mark-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try "1764250000.123456789\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try SimulatorRun.readFailoverMark(path) == 1_764_250_000_123_456_789)
+        try "1764250000.5".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try SimulatorRun.readFailoverMark(path) == 1_764_250_000_500_000_000)
+        try "yesterday".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: SimulatorError.self) { try SimulatorRun.readFailoverMark(path) }
+        #expect(throws: SimulatorError.self) { try SimulatorRun.readFailoverMark(path + "-missing") }
+    }
+
+    @Test func failoverReportsMergeAcrossWorkers() throws {
+        var first = SimulatorSummary()
+        first.failover.clients = 3
+        first.failover.back = 3
+        first.failover.sessionPresent = 2
+        first.failover.recovery.record(nanoseconds: 400_000_000)
+        var second = SimulatorSummary()
+        second.failover.clients = 2
+        second.failover.back = 1
+        second.failover.sessionPresent = 1
+        second.failover.recovery.record(nanoseconds: 1_200_000_000)
+        second.commandsAcked = 10
+        first.merge(second)
+        let decoded = try #require(SimulatorSummary.fromWorkerJSON(Substring(first.workerJSON())))
+        #expect(decoded.failover.clients == 5 && decoded.failover.back == 4 && decoded.failover.sessionPresent == 3)
+        #expect(abs(decoded.failover.recovery.maxMilliseconds - 1_200) < 2)
+        #expect(decoded.commandsLost == 10)
+        let line = decoded.line()
+        #expect(line.contains(" failover_without_session=1 "))
+        #expect(line.contains(" commands_lost=10 "))
+    }
+
+    @Test func severalBrokersAreDealtByDeviceNumber() throws {
+        var settings = SimulatorSettings()
+        settings.count = 1
+        settings.brokers = [
+            try SimulatorSettings.Broker(parsing: "mqtt://127.0.0.1:1001"), try SimulatorSettings.Broker(parsing: "127.0.0.1:1002"),
+        ]
+        try settings.validate()
+        #expect(settings.brokerFor(index: 0).port == 1001 && settings.brokerFor(index: 3).port == 1002)
+        settings.brokers.append(try SimulatorSettings.Broker(parsing: "mqtts://127.0.0.1:1003"))
+        #expect(throws: ConfigError.self) { try settings.validate() }
     }
 }

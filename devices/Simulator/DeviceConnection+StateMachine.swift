@@ -44,7 +44,7 @@ extension DeviceConnection {
 
         let qos: MQTTQoS
         /// Messages to send in all, nil for unlimited (duration runs).
-        let limit: UInt64?
+        private(set) var limit: UInt64?
         private(set) var window: Int
         private(set) var nextSequence: UInt64 = 0
         private(set) var inFlight: [UInt16: InFlight] = [:]
@@ -64,6 +64,12 @@ extension DeviceConnection {
         var canSend: Bool { !isExhausted && (qos == .atMostOnce || inFlight.count < window) }
 
         mutating func stop() { stopped = true }
+
+        /// After `stop`: exactly `count` more messages may be sent (the commander's end markers).
+        mutating func allowMore(_ count: Int) {
+            stopped = false
+            limit = nextSequence + UInt64(count)
+        }
 
         /// After CONNACK: the window shrinks to the broker's Receive Maximum (MQTT 5), and the in-flight
         /// messages are due again.
@@ -117,8 +123,11 @@ extension DeviceConnection {
             return id
         }
 
+        /// Packet id of the command subscription's SUBSCRIBE, never used by a PUBLISH.
+        static let subscribePacketId = UInt16.max
+
         private mutating func advancePacketId() {
-            nextPacketId = nextPacketId == UInt16.max ? 1 : nextPacketId + 1
+            nextPacketId = nextPacketId >= Self.subscribePacketId - 1 ? 1 : nextPacketId + 1
         }
     }
 

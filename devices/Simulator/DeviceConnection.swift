@@ -1,4 +1,5 @@
 import Common
+import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -10,7 +11,23 @@ final class DeviceConnection {
     enum Role {
         case publisher(topic: String)
         case subscriber(filter: String, index: Int)
+        /// Publishes sequenced commands round-robin to the devices `targets` (their command topics): command k
+        /// goes to `targets[k % T]` with sequence number k / T in the payload (client id: the target's).
+        /// When the run's duration is over it sends each target one end marker carrying how many commands
+        /// that target was sent.
+        case commander(targets: [Int])
     }
+
+    /// A connection lost and what followed: when, when the next CONNACK came, with or without the session.
+    struct Outage: Sendable {
+        var disconnectedAtWall: UInt64
+        var connackAtWall: UInt64?
+        var sessionPresent = false
+    }
+
+    /// An end marker's sequence number: this bit plus the number of commands the target was sent (above
+    /// `SequenceTracker.maximumSequence`, so it is never counted as a command).
+    static let commandEndMarker: UInt64 = 1 << 40
 
     private enum Phase {
         case idle
@@ -35,6 +52,18 @@ final class DeviceConnection {
     private var disconnectedAtUptime: UInt64?
     private var attempts = 0
     private var random: FastRandom
+    /// Nanoseconds between messages of this connection (the commander has its own rate); 0 unthrottled.
+    private let interval: UInt64
+    private let broker: SimulatorSettings.Broker
+    /// Publishers: commands come to this device (it subscribes to its command topic).
+    private let isCommandTarget: Bool
+    /// Publishers receiving commands: the commander's end marker arrived, with the number of commands it
+    /// sent (and had acknowledged) to this device.
+    private var commandEndSeen = false
+    private var commandsAnnounced: UInt64 = 0
+    /// Commander: the sequence number of the first end marker, once the markers are due.
+    private var markersFrom: UInt64?
+    private(set) var outages: [Outage] = []
 
     private var sendTimer: Scheduled<Void>?
     private var keepAliveTimer: Scheduled<Void>?
@@ -59,12 +88,25 @@ final class DeviceConnection {
         self.role = role
         self.context = context
         self.shard = shard
-        let limit: Int? = if case .publisher = role { context.settings.count } else { 0 }
+        let limit: Int?
+        switch role {
+        case .publisher: limit = context.settings.count
+        case .subscriber: limit = 0
+        case .commander: limit = nil
+        }
         machine = StateMachine(qos: context.settings.qos, limit: limit, window: context.settings.inflight)
         random = FastRandom(seed: UInt64(index) &+ 1)
+        if case .commander = role {
+            interval = UInt64(1e9 / context.settings.commandRate)
+        } else {
+            interval = context.intervalNanoseconds
+        }
+        broker = context.settings.brokerFor(index: index)
+        if case .publisher = role { isCommandTarget = context.settings.isCommandTarget(index) } else { isCommandTarget = false }
     }
 
     private var isPublisher: Bool { if case .publisher = role { true } else { false } }
+    private var isCommander: Bool { if case .commander = role { true } else { false } }
 
     // MARK: - Connecting
 
@@ -78,7 +120,7 @@ final class DeviceConnection {
         phase = .connecting(sinceUptime: Clock.uptimeNanoseconds())
         let bound = NIOLoopBound(self, eventLoop: shard.eventLoop)
         let ssl = context.sslContext
-        let serverName = settings.tlsServerName ?? settings.broker.host
+        let serverName = settings.tlsServerName ?? broker.host
         ClientBootstrap(group: shard.eventLoop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
@@ -97,7 +139,7 @@ final class DeviceConnection {
                     ])
                 }
             }
-            .connect(host: settings.broker.host, port: settings.broker.port)
+            .connect(host: broker.host, port: broker.port)
             .whenFailure { _ in
                 let connection = bound.value
                 connection.shard.summary.connectFailures += 1
@@ -134,6 +176,7 @@ final class DeviceConnection {
         case .connected:
             shard.summary.disconnects += 1
             disconnectedAtUptime = Clock.uptimeNanoseconds()
+            if isPublisher { outages.append(Outage(disconnectedAtWall: Clock.wallNanoseconds())) }
         case .connecting, .idle:
             shard.summary.connectFailures += 1
         }
@@ -172,7 +215,7 @@ final class DeviceConnection {
             handler?.flushSoon()
         case .suback(let ack):
             if ack.reasonCodes.contains(where: \.isFailure) { shard.summary.protocolErrors += 1 }
-            if !everSubscribed {
+            if case .subscriber = role, !everSubscribed {
                 everSubscribed = true
                 shard.subscriberReady()
             }
@@ -203,6 +246,10 @@ final class DeviceConnection {
         attempts = 0
         shard.summary.connects += 1
         if ack.sessionPresent { shard.summary.sessionPresent += 1 }
+        if isPublisher, !outages.isEmpty, outages[outages.count - 1].connackAtWall == nil {
+            outages[outages.count - 1].connackAtWall = Clock.wallNanoseconds()
+            outages[outages.count - 1].sessionPresent = ack.sessionPresent
+        }
         if everConnected {
             shard.summary.reconnects += 1
             shard.summary.reconnectTime.record(nanoseconds: Int64(now &- (disconnectedAtUptime ?? since)))
@@ -216,18 +263,24 @@ final class DeviceConnection {
             guard let topicFilter = try? MQTTTopicFilter(filter) else { return }
             write(.subscribe(MQTTSubscribe(packetId: 1, subscriptions: [MQTTSubscription(topicFilter: topicFilter, qos: settings.qos)])))
             handler?.flush()
-        case .publisher:
+        case .publisher, .commander:
+            if isCommandTarget && !ack.sessionPresent, let filter = try? MQTTTopicFilter(settings.commandTopic(forClient: index)) {
+                // A persistent session that came back keeps its subscription: subscribing only without one
+                // shows whether it did.
+                write(.subscribe(MQTTSubscribe(
+                    packetId: StateMachine.subscribePacketId, subscriptions: [MQTTSubscription(topicFilter: filter, qos: settings.qos)])))
+            }
             for resend in machine.connected(receiveMaximum: ack.properties.receiveMaximum, configuredWindow: settings.inflight) {
                 switch resend {
                 case .publish(let outgoing):
-                    shard.summary.resent += 1
+                    if isPublisher { shard.summary.resent += 1 }
                     writePublish(outgoing)
                 case .pubrel(let id):
                     write(.pubrel(MQTTPublishAck(packetId: id)))
                 }
             }
             handler?.flush()
-            if sendTimer == nil && !machine.isExhausted && context.intervalNanoseconds > 0 && nextSendUptime == 0 {
+            if sendTimer == nil && !machine.isExhausted && interval > 0 && nextSendUptime == 0 {
                 nextSendUptime = now
                 burstStartUptime = now
                 tick()
@@ -246,13 +299,17 @@ final class DeviceConnection {
             write(.pubrel(MQTTPublishAck(packetId: id)))
             handler?.flushSoon()
             return
-        case .completed(_, let latency):
-            shard.summary.acked += 1
-            shard.summary.ackLatency.record(nanoseconds: Int64(latency))
+        case .completed(let sequence, let latency):
+            if isCommander {
+                if markersFrom.map({ sequence < $0 }) ?? true { shard.summary.commandsAcked += 1 }
+            } else {
+                shard.summary.acked += 1
+                shard.summary.ackLatency.record(nanoseconds: Int64(latency))
+            }
         case .refused:
             shard.summary.protocolErrors += 1
         }
-        shard.noteCompletion(uptime: now)
+        if !isCommander { shard.noteCompletion(uptime: now) }
         pump(flushNow: false)
     }
 
@@ -264,7 +321,12 @@ final class DeviceConnection {
         case .pubrec(let id): write(.pubrec(MQTTPublishAck(packetId: id)))
         }
         if reply != .none { handler?.flushSoon() }
-        guard deliver, case .subscriber(_, let subscriber) = role else { return }
+        guard deliver else { return }
+        if isPublisher {
+            commandReceived(publish)
+            return
+        }
+        guard case .subscriber(_, let subscriber) = role else { return }
         shard.summary.received += 1
         guard let payload = DevicePayload(decoding: publish.payload) else {
             shard.summary.protocolErrors += 1
@@ -274,6 +336,23 @@ final class DeviceConnection {
         shard.summary.endToEndLatency.record(nanoseconds: Int64(bitPattern: now &- payload.sentAtNanoseconds))
         shard.accounting[subscriber, default: SequenceAccounting()].record(client: payload.clientId, sequence: payload.sequence)
         checkTarget()
+    }
+
+    /// A command (or the commander's end marker) for this device.
+    private func commandReceived(_ publish: MQTTPublish) {
+        guard let payload = DevicePayload(decoding: publish.payload), payload.clientId == clientId else {
+            shard.summary.protocolErrors += 1
+            return
+        }
+        if payload.sequence & Self.commandEndMarker != 0 {
+            commandEndSeen = true
+            commandsAnnounced = payload.sequence & ~Self.commandEndMarker
+            checkDrained()
+            return
+        }
+        shard.summary.commandsReceived += 1
+        shard.commandAccounting.record(client: payload.clientId, sequence: payload.sequence)
+        if commandEndSeen { checkDrained() }
     }
 
     // MARK: - Publishing
@@ -287,9 +366,8 @@ final class DeviceConnection {
     }
 
     private func scheduleNextTick() {
-        let interval = context.intervalNanoseconds
         guard interval > 0, !machine.stopped else { return }
-        if let count = settings.count, machine.nextSequence + pendingTicks >= UInt64(count) { return }
+        if let count = machine.limit, machine.nextSequence + pendingTicks >= count { return }
         let jitter = settings.jitter
         let factor = jitter > 0 ? Double.random(in: (1 - jitter)...(1 + jitter), using: &random) : 1
         var next = nextSendUptime + UInt64(Double(interval) * factor)
@@ -308,7 +386,7 @@ final class DeviceConnection {
     /// `flushNow`: false inside a read burst (acks), where the handler flushes once at the end of the burst.
     private func pump(flushNow: Bool = true) {
         guard case .connected = phase, let handler else { return }
-        let unthrottled = context.intervalNanoseconds == 0
+        let unthrottled = interval == 0 || markersFrom != nil
         var budget = 128
         var wrote = false
         while budget > 0, unthrottled || pendingTicks > 0, handler.isWritable {
@@ -318,9 +396,14 @@ final class DeviceConnection {
             guard let outgoing = machine.nextPublish(wallNanoseconds: Clock.wallNanoseconds(), uptimeNanoseconds: now, size: size)
             else { break }
             if !unthrottled { pendingTicks -= 1 }
-            shard.notePublish(uptime: now)
-            shard.summary.sent += 1
-            if context.qos == .atMostOnce { shard.summary.acked += 1 }
+            if isCommander {
+                if markersFrom == nil { shard.summary.commandsSent += 1 }
+                if context.qos == .atMostOnce && markersFrom == nil { shard.summary.commandsAcked += 1 }
+            } else {
+                shard.notePublish(uptime: now)
+                shard.summary.sent += 1
+                if context.qos == .atMostOnce { shard.summary.acked += 1 }
+            }
             writePublish(outgoing)
             budget -= 1
             wrote = true
@@ -345,8 +428,39 @@ final class DeviceConnection {
         guard let handler else { return }
         let payload = DevicePayload(clientId: clientId, sequence: outgoing.sequence, sentAtNanoseconds: outgoing.sentAtWallNanoseconds)
             .encoded(size: outgoing.size, allocator: handler.allocator)
-        guard case .publisher(let topic) = role else { return }
-        write(.publish(MQTTPublish(topic: topic, payload: payload, qos: context.qos, dup: outgoing.dup, packetId: outgoing.packetId)))
+        switch role {
+        case .publisher(let topic):
+            write(.publish(MQTTPublish(topic: topic, payload: payload, qos: context.qos, dup: outgoing.dup, packetId: outgoing.packetId)))
+        case .commander(let targets):
+            let (target, sequence) = commandAddress(outgoing.sequence, targets: targets)
+            let command = DevicePayload(
+                clientId: settings.clientId(target), sequence: sequence, sentAtNanoseconds: outgoing.sentAtWallNanoseconds)
+                .encoded(size: outgoing.size, allocator: handler.allocator)
+            write(.publish(MQTTPublish(
+                topic: settings.commandTopic(forClient: target), payload: command, qos: context.qos, dup: outgoing.dup,
+                packetId: outgoing.packetId)))
+        case .subscriber:
+            return
+        }
+    }
+
+    /// The commander's message `sequence`: which target, and the sequence number in its payload (for an end
+    /// marker: the marker bit plus the number of commands that target was sent).
+    private func commandAddress(_ sequence: UInt64, targets: [Int]) -> (target: Int, sequence: UInt64) {
+        let (position, number) = Self.commandAddress(sequence, targetCount: targets.count, markersFrom: markersFrom)
+        return (targets[position], number)
+    }
+
+    /// The commander's message `sequence` among `targetCount` targets: the target's position and the payload
+    /// sequence number. Markers start at `markersFrom` (one per target, in order).
+    static func commandAddress(_ sequence: UInt64, targetCount: Int, markersFrom: UInt64?) -> (position: Int, sequence: UInt64) {
+        let count = UInt64(targetCount)
+        if let first = markersFrom, sequence >= first {
+            let position = sequence - first
+            let sent = first / count + (position < first % count ? 1 : 0)
+            return (Int(position), commandEndMarker | sent)
+        }
+        return (Int(sequence % count), sequence / count)
     }
 
     private func write(_ packet: MQTTPacket) {
@@ -355,7 +469,16 @@ final class DeviceConnection {
     }
 
     private func checkDrained() {
-        guard isPublisher, machine.isDrained, case .connected = phase else { return }
+        guard isPublisher || isCommander, machine.isDrained, case .connected = phase else { return }
+        // Command targets wait for the end marker and every command it announces (a restored session may
+        // replay older commands after newer ones), or the drain timeout.
+        if isCommandTarget && (!commandEndSeen || commandsReceivedDistinct < commandsAnnounced) { return }
+        if case .commander(let targets) = role, markersFrom == nil {
+            markersFrom = machine.nextSequence
+            machine.allowMore(targets.count)
+            pump()
+            return
+        }
         if context.qos == .atMostOnce {
             guard fencePing == nil else { return }
             write(.pingreq)
@@ -378,9 +501,18 @@ final class DeviceConnection {
         checkDrained()
     }
 
+    private var commandsReceivedDistinct: UInt64 {
+        UInt64(shard.commandAccounting.clients[clientId]?.distinct ?? 0)
+    }
+
     /// Ends the connection now (drain timeout, or a subscriber at the end of the run).
     func finish() {
         if case .finished = phase { return }
+        if isCommandTarget && commandsReceivedDistinct < commandsAnnounced || isCommandTarget && !commandEndSeen {
+            let missing = (0..<commandsAnnounced).filter { !(shard.commandAccounting.clients[clientId]?.contains($0) ?? false) }
+            FileHandle.standardError.write(Data(
+                "device-sim command gap client=\(clientId) end_marker=\(commandEndSeen) announced=\(commandsAnnounced) received=\(commandsReceivedDistinct) missing=\(missing.prefix(10).map(String.init).joined(separator: ","))\n".utf8))
+        }
         let wasPublisher = isPublisher
         phase = .finished
         sendTimer?.cancel()
@@ -391,6 +523,7 @@ final class DeviceConnection {
             handler.close()
         }
         if wasPublisher { shard.publisherFinished() }
+        if case .commander = role { shard.commanderFinished() }
         targetPromise?.succeed()
         targetPromise = nil
     }

@@ -30,6 +30,11 @@ extension DeviceSimulatorCommand {
         @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("At the end of the topic but short of --expect: stop after this many seconds without a new record (default 10).", valueName: "S"))
         var idleTimeout: Double = 10
 
+        @Option(name: .customLong("mqtt-topic-prefix"), help: ArgumentHelp(
+            "Account only for records whose MQTT topic (header mqtt.topic, else the key) starts with this; skip the rest.",
+            valueName: "PREFIX"))
+        var mqttTopicPrefix: String?
+
         @Flag(name: .customLong("allow-duplicates"), help: "Only loss fails the check (at-least-once).")
         var allowDuplicates = false
 
@@ -49,7 +54,7 @@ extension DeviceSimulatorCommand {
             let identity: KafkaVerifier.Identity =
                 if let clientHeader, let sequenceHeader { .headers(client: clientHeader, sequence: sequenceHeader) } else { .payload }
             let verifier = KafkaVerifier(
-                bootstrapServers: bootstrap, topic: topic, identity: identity, expected: expect,
+                bootstrapServers: bootstrap, topic: topic, identity: identity, expected: expect, mqttTopicPrefix: mqttTopicPrefix,
                 timeout: Run.seconds(timeout), idleTimeout: Run.seconds(idleTimeout), progressInterval: .seconds(5))
             let summary = try await verifier.run { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
             print(summary.line())

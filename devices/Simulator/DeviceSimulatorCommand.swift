@@ -20,8 +20,10 @@ extension DeviceSimulatorCommand {
     struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "run", abstract: "Publish from N simulated devices (the default).")
 
-        @Option(help: ArgumentHelp("Broker or agent to connect to, mqtt://HOST:PORT or mqtts://HOST:PORT.", valueName: "URL"))
-        var broker: String = "mqtt://127.0.0.1:1883"
+        @Option(help: ArgumentHelp(
+            "Broker or agent to connect to, mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883); repeatable: device N uses the (N mod count)-th.",
+            valueName: "URL"))
+        var broker: [String] = []
 
         @Option(help: "Number of simulated devices.")
         var clients: Int = 10
@@ -119,6 +121,22 @@ extension DeviceSimulatorCommand {
         @Flag(help: "Exit 1 if a message was lost (or duplicated at QoS 2) or a device did not finish its count.")
         var check = false
 
+        @Option(name: .customLong("command-topic"), help: ArgumentHelp(
+            "Commands: every --command-every-th device subscribes to this topic ({client}, {index}) and a commander publishes sequenced commands to them.",
+            valueName: "TEMPLATE"))
+        var commandTopic: String?
+
+        @Option(name: .customLong("command-every"), help: ArgumentHelp("Devices whose number is divisible by K receive commands (default 2: half).", valueName: "K"))
+        var commandEvery: Int?
+
+        @Option(name: .customLong("command-rate"), help: ArgumentHelp("Commands per second in all, round-robin over the targets (default 10).", valueName: "R"))
+        var commandRate: Double?
+
+        @Option(name: .customLong("failover-mark"), help: ArgumentHelp(
+            "File with the failover instant (Unix seconds, date +%s.%N), read at the end: devices disconnected after it, time until each was back, with or without its session.",
+            valueName: "FILE"))
+        var failoverMark: String?
+
         @Option(name: .customLong("worker-index"), help: .hidden)
         var workerIndex: Int?
 
@@ -138,7 +156,13 @@ extension DeviceSimulatorCommand {
         func settings() throws(ConfigError) -> SimulatorSettings {
             var settings = SimulatorSettings()
             if let profile { try DeviceProfile.apply(file: profile, to: &settings) }
-            settings.broker = try SimulatorSettings.Broker(parsing: broker)
+            var brokers: [SimulatorSettings.Broker] = []
+            for url in broker.isEmpty ? ["mqtt://127.0.0.1:1883"] : broker { brokers.append(try SimulatorSettings.Broker(parsing: url)) }
+            settings.brokers = brokers
+            settings.commandTopicTemplate = commandTopic
+            if let commandEvery { settings.commandEvery = commandEvery }
+            if let commandRate { settings.commandRate = commandRate }
+            settings.failoverMarkFile = failoverMark
             settings.clients = clients
             if let rate { settings.rate = rate }
             if let size { settings.size = try SimulatorSettings.SizeRange(parsing: size) }

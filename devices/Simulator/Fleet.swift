@@ -83,6 +83,33 @@ final class Fleet: Sendable {
         }
     }
 
+    // MARK: - Commander
+
+    /// Starts the commander (when the run has commands): it connects after the ramp-up and `commandDelay`,
+    /// publishes until the run's duration is over, then sends the end markers. Returns at once.
+    func startCommander() async {
+        guard settings.commandsEnabled, let shard = shards.first else { return }
+        let context = self.context
+        let start = settings.rampUp + settings.commandDelay
+        let stop = settings.rampUp + (settings.duration ?? .zero)
+        let drain = settings.drainTimeout
+        _ = try? await shard.eventLoop.submit {
+            let connection = DeviceConnection(
+                index: 0, clientId: context.settings.commanderId(), role: .commander(targets: context.settings.commandTargets),
+                context: context, shard: shard.value)
+            shard.value.commanderConnection = connection
+            shard.eventLoop.scheduleTask(in: .nanoseconds(start.totalNanoseconds)) { connection.start() }
+            shard.eventLoop.scheduleTask(in: .nanoseconds(stop.totalNanoseconds)) { connection.stopPublishing() }
+            shard.eventLoop.scheduleTask(in: .nanoseconds((stop + drain).totalNanoseconds)) { connection.finish() }
+        }.get()
+    }
+
+    /// Waits until the commander has sent its end markers and they were acknowledged (or it was stopped).
+    func waitForCommander() async {
+        guard settings.commandsEnabled, let shard = shards.first else { return }
+        try? await shard.eventLoop.flatSubmit { shard.value.commanderDoneFuture }.get()
+    }
+
     // MARK: - Publishers
 
     /// Runs the publishers of `settings.publisherRange` to the end (count reached and acknowledged, or the
@@ -128,7 +155,10 @@ final class Fleet: Sendable {
             try? await Task.sleep(for: timeout)
             guard !Task.isCancelled else { return }
             progress("device-sim: --timeout reached; stopping every device")
-            _ = await onShards { shard in shard.connections.forEach { $0.finish() } }
+            _ = await onShards { shard in
+                shard.connections.forEach { $0.finish() }
+                shard.commanderConnection?.finish()
+            }
         }
         defer { limiter.cancel() }
         if let duration = settings.duration {
@@ -151,9 +181,9 @@ final class Fleet: Sendable {
     // MARK: - Results
 
     /// The summary so far over all shards. `expected` is what each subscriber should have received.
-    func snapshot(expected: Int?) async -> SimulatorSummary {
+    func snapshot(expected: Int?, failoverMark: UInt64? = nil) async -> SimulatorSummary {
         let parts = await onShards { shard in
-            (shard.snapshot(expected: expected), shard.firstPublishUptime, shard.lastCompletionUptime)
+            (shard.snapshot(expected: expected, failoverMark: failoverMark), shard.firstPublishUptime, shard.lastCompletionUptime)
         }
         var summary = SimulatorSummary()
         summary.processes = 1
@@ -176,6 +206,7 @@ final class Fleet: Sendable {
         _ = await onShards { shard in
             shard.subscriberConnections.forEach { $0.finish() }
             shard.connections.forEach { $0.finish() }
+            shard.commanderConnection?.finish()
             shard.abandon()
         }
         try? await group.shutdownGracefully()

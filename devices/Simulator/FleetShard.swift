@@ -9,6 +9,8 @@ final class FleetShard {
     var summary = SimulatorSummary()
     /// Per subscriber: the accounting of what it received.
     var accounting: [Int: SequenceAccounting] = [:]
+    /// The commands the devices of this shard received, by device.
+    var commandAccounting = SequenceAccounting()
     var firstPublishUptime: UInt64?
     var lastCompletionUptime: UInt64?
 
@@ -18,13 +20,20 @@ final class FleetShard {
     private let subscribersReady: EventLoopPromise<Void>
     var connections: [DeviceConnection] = []
     var subscriberConnections: [DeviceConnection] = []
+    var commanderConnection: DeviceConnection?
+    private let commanderDone: EventLoopPromise<Void>
 
     init(eventLoop: any EventLoop, slot: Int) {
         self.eventLoop = eventLoop
         self.slot = slot
         publishersDone = eventLoop.makePromise()
         subscribersReady = eventLoop.makePromise()
+        commanderDone = eventLoop.makePromise()
     }
+
+    var commanderDoneFuture: EventLoopFuture<Void> { commanderDone.futureResult }
+
+    func commanderFinished() { commanderDone.succeed() }
 
     var publishersDoneFuture: EventLoopFuture<Void> { publishersDone.futureResult }
     var subscribersReadyFuture: EventLoopFuture<Void> { subscribersReady.futureResult }
@@ -58,10 +67,24 @@ final class FleetShard {
     }
 
     /// A copy of the counters so far, with the subscribers' accounting as of now.
-    func snapshot(expected: Int?) -> SimulatorSummary {
+    /// `failoverMark`: the failover instant (wall clock, ns), to account for the devices that lost their
+    /// connection after it.
+    func snapshot(expected: Int?, failoverMark: UInt64? = nil) -> SimulatorSummary {
         var result = summary
         result.sequence = SequenceReport()
         for accounts in accounting.values { result.sequence.add(accounts.report(expected: expected)) }
+        result.commands = commandAccounting.report(expected: nil)
+        if let mark = failoverMark {
+            for connection in connections {
+                guard let outage = connection.outages.first(where: { $0.disconnectedAtWall >= mark }) else { continue }
+                result.failover.clients += 1
+                result.failover.noticed.record(nanoseconds: Int64(outage.disconnectedAtWall - mark))
+                guard let back = outage.connackAtWall else { continue }
+                result.failover.back += 1
+                result.failover.recovery.record(nanoseconds: Int64(back - mark))
+                if outage.sessionPresent { result.failover.sessionPresent += 1 }
+            }
+        }
         if let first = firstPublishUptime, let last = lastCompletionUptime, last > first {
             result.publishSeconds = Double(last - first) / 1e9
         }
@@ -72,6 +95,7 @@ final class FleetShard {
     func abandon() {
         publishersDone.succeed()
         subscribersReady.succeed()
+        commanderDone.succeed()
     }
 }
 

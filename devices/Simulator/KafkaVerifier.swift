@@ -15,6 +15,9 @@ struct KafkaVerifier: Sendable {
     var topic: String
     var identity: Identity
     var expected: Int?
+    /// Only records whose MQTT topic (header `mqtt.topic`, else the key) starts with this are accounted for;
+    /// the others are counted as skipped (e.g. commands to devices, which are in the same Kafka topic).
+    var mqttTopicPrefix: String? = nil
     var timeout: Duration
     /// At the end of every partition with fewer than `expected` messages: give up after this long without a
     /// new record (the rest is lost, not late).
@@ -25,10 +28,16 @@ struct KafkaVerifier: Sendable {
         var accounting = SequenceAccounting()
         var records = 0
         var undecodable = 0
+        var skipped = 0
         var latency = LatencyHistogram()
         /// Next offset to read, per partition.
         var nextOffset: [Int32: Int64] = [:]
+        /// The first few duplicates: client, sequence, where the second copy is.
+        var duplicateExamples: [String] = []
     }
+
+    /// How many duplicates and gaps are named on standard error (the rest are counted only).
+    static let examplesShown = 10
 
     func run(progress: @escaping @Sendable (String) -> Void) async throws(SimulatorError) -> SimulatorSummary {
         let started = Clock.uptimeNanoseconds()
@@ -37,6 +46,7 @@ struct KafkaVerifier: Sendable {
         let partitions = try await partitionCount(configuration)
         let state = Mutex(State())
         let identity = self.identity
+        let prefix = mqttTopicPrefix.map { Array($0.utf8) }
         let consumer: KafkaConsumer
         do {
             consumer = try KafkaConsumer(configuration: configuration) { records in
@@ -45,11 +55,20 @@ struct KafkaVerifier: Sendable {
                     for record in records {
                         state.records += 1
                         state.nextOffset[record.partition] = record.offset + 1
+                        if let prefix, !Self.mqttTopic(of: record).starts(with: prefix) {
+                            state.skipped += 1
+                            continue
+                        }
                         guard let (client, sequence, sentAt) = Self.identify(record, identity) else {
                             state.undecodable += 1
                             continue
                         }
-                        state.accounting.record(client: client, sequence: sequence)
+                        if state.accounting.record(client: client, sequence: sequence) == .duplicate,
+                            state.duplicateExamples.count < Self.examplesShown
+                        {
+                            state.duplicateExamples.append(
+                                "client=\(client) seq=\(sequence) partition=\(record.partition) offset=\(record.offset)")
+                        }
                         if let sentAt {
                             let appended = record.timestampMilliseconds.map { UInt64(max(0, $0)) * 1_000_000 } ?? now
                             state.latency.record(nanoseconds: Int64(bitPattern: appended &- sentAt))
@@ -87,6 +106,14 @@ struct KafkaVerifier: Sendable {
             try? await Task.sleep(for: .milliseconds(20))
         }
         return state.withLock { state in
+            if state.skipped > 0 { progress("device-sim verify-kafka skipped=\(state.skipped) records outside the topic prefix") }
+            for example in state.duplicateExamples { progress("device-sim verify-kafka duplicate \(example)") }
+            var shown = 0
+            for (client, tracker) in state.accounting.clients.sorted(by: { $0.key < $1.key }) where tracker.gaps > 0 && shown < Self.examplesShown {
+                let missing = (0..<UInt64(max(0, tracker.highest))).lazy.filter { !tracker.contains($0) }.prefix(5).map(String.init)
+                progress("device-sim verify-kafka gap client=\(client) missing=\(missing.joined(separator: ",")) highest=\(tracker.highest)")
+                shown += 1
+            }
             var summary = SimulatorSummary()
             summary.mode = "verify-kafka"
             summary.received = state.records
@@ -136,6 +163,11 @@ struct KafkaVerifier: Sendable {
             let sentAt = record.value.flatMap { DevicePayload(decoding: $0)?.sentAtNanoseconds }
             return (String(decoding: client.value, as: UTF8.self), number, sentAt)
         }
+    }
+
+    /// The MQTT topic of a record written by cloud-broker: the `mqtt.topic` header, else the key.
+    static func mqttTopic(of record: KafkaRecord) -> [UInt8] {
+        record.headers.first { $0.name == "mqtt.topic" }?.value ?? record.key ?? []
     }
 
     /// A header holding a number: decimal text, or 8 bytes big-endian.

@@ -71,7 +71,9 @@ struct SimulatorSettings: Sendable {
         var period: Duration
     }
 
-    var broker = Broker(host: "127.0.0.1", port: 1883, tls: false)
+    /// Brokers (or HAProxy frontends) to connect to; device N uses `brokers[N % brokers.count]`.
+    var brokers = [Broker(host: "127.0.0.1", port: 1883, tls: false)]
+    var broker: Broker { brokers[0] }
     var protocolVersion: MQTTProtocolVersion = .v311
     var clients = 10
     /// Messages per second per client; 0 means as fast as the in-flight window allows.
@@ -111,6 +113,17 @@ struct SimulatorSettings: Sendable {
     var threads = System.coreCount
     var processes = 1
     var json = false
+    /// Commands: every `commandEvery`-th device (index divisible by it) subscribes to this topic template
+    /// (`{client}`, `{index}`) and a commander publishes `commandRate` sequenced commands per second to them.
+    var commandTopicTemplate: String?
+    var commandEvery = 2
+    var commandRate = 10.0
+    /// The commander starts this long after the ramp-up (the targets have subscribed by then).
+    var commandDelay: Duration = .seconds(1)
+    /// File holding the failover instant (Unix seconds, e.g. `date +%s.%N` just before a node is killed),
+    /// read when the summary is made: which devices lost their connection after it, and how long until each
+    /// was back (CONNACK), with or without its session.
+    var failoverMarkFile: String?
     /// Index range of the clients this process runs (all of them unless it is a worker).
     var firstClient = 0
     var clientLimit: Int?
@@ -127,7 +140,36 @@ struct SimulatorSettings: Sendable {
             .replacingOccurrences(of: "{index}", with: String(index))
     }
 
+    func brokerFor(index: Int) -> Broker { brokers[index % brokers.count] }
+
+    var commandsEnabled: Bool { commandTopicTemplate != nil }
+
+    func isCommandTarget(_ index: Int) -> Bool { commandTopicTemplate != nil && index % commandEvery == 0 }
+
+    /// The devices that receive commands (over the whole run, not only this process's slice).
+    var commandTargets: [Int] { commandsEnabled ? Array(stride(from: 0, to: clients, by: commandEvery)) : [] }
+
+    func commandTopic(forClient index: Int) -> String {
+        (commandTopicTemplate ?? "").replacingOccurrences(of: "{client}", with: clientId(index))
+            .replacingOccurrences(of: "{index}", with: String(index))
+    }
+
+    func commanderId() -> String { "\(clientIdPrefix)-commander" }
+
     func validate() throws(ConfigError) {
+        guard !brokers.isEmpty else { throw ConfigError(key: "broker", "give at least one") }
+        guard Set(brokers.map(\.tls)).count == 1 else { throw ConfigError(key: "broker", "mix of mqtt:// and mqtts:// URLs") }
+        if commandTopicTemplate != nil {
+            guard duration != nil else { throw ConfigError(key: "command-topic", "commands need --duration (the commander stops with it)") }
+            guard commandEvery >= 1 else { throw ConfigError(key: "command-every", "must be at least 1") }
+            guard commandRate > 0, commandRate.isFinite else { throw ConfigError(key: "command-rate", "must be positive") }
+            let sample = commandTopic(forClient: 0)
+            guard (try? MQTTTopicName(sample)) != nil, !sample.isEmpty,
+                let template = commandTopicTemplate, template.contains("{client}") || template.contains("{index}")
+            else {
+                throw ConfigError(key: "command-topic", "'\(commandTopicTemplate ?? "")' must give a valid topic name per device ({client} or {index})")
+            }
+        }
         guard clients > 0 else { throw ConfigError(key: "clients", "must be at least 1") }
         guard rate >= 0, rate.isFinite else { throw ConfigError(key: "rate", "must be 0 (unthrottled) or positive") }
         guard (0...1).contains(jitter) else { throw ConfigError(key: "jitter", "must be between 0 and 1") }

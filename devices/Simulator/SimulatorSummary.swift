@@ -25,6 +25,16 @@ struct SimulatorSummary: Sendable, Codable {
     /// Loss, duplicates and order as seen by the subscribers (or the Kafka reader).
     var sequence = SequenceReport()
 
+    /// Commands: sent and acknowledged by the commander, received by the devices (duplicates included), and
+    /// the devices' accounting (distinct, duplicates, order).
+    var commandsSent = 0
+    var commandsAcked = 0
+    var commandsReceived = 0
+    var commands = SequenceReport()
+    /// Commands the commander had acknowledged that no device received.
+    var commandsLost: Int { max(0, commandsAcked - commands.distinct) }
+    var failover = FailoverReport()
+
     var ackLatency = LatencyHistogram()
     var endToEndLatency = LatencyHistogram()
     var connectTime = LatencyHistogram()
@@ -51,6 +61,11 @@ struct SimulatorSummary: Sendable, Codable {
         resent += other.resent
         received += other.received
         sequence.add(other.sequence)
+        commandsSent += other.commandsSent
+        commandsAcked += other.commandsAcked
+        commandsReceived += other.commandsReceived
+        commands.add(other.commands)
+        failover.add(other.failover)
         ackLatency.add(other.ackLatency)
         endToEndLatency.add(other.endToEndLatency)
         connectTime.add(other.connectTime)
@@ -96,6 +111,7 @@ struct SimulatorSummary: Sendable, Codable {
         let e2e = endToEndLatency.percentiles
         let connect = connectTime.percentiles
         let reconnect = reconnectTime.percentiles
+        let recovery = failover.recovery.percentiles
         return [
             (SummaryField.mode, mode),
             (SummaryField.clients, "\(clients)"),
@@ -127,6 +143,15 @@ struct SimulatorSummary: Sendable, Codable {
             (SummaryField.connectP50, ms(connect.p50)), (SummaryField.connectP99, ms(connect.p99)),
             (SummaryField.connectMax, ms(connect.max)),
             (SummaryField.reconnectP50, ms(reconnect.p50)), (SummaryField.reconnectMax, ms(reconnect.max)),
+            (SummaryField.commandsSent, "\(commandsSent)"), (SummaryField.commandsAcked, "\(commandsAcked)"),
+            (SummaryField.commandsReceived, "\(commandsReceived)"), (SummaryField.commandsLost, "\(commandsLost)"),
+            (SummaryField.commandsDuplicates, "\(commands.duplicates)"),
+            (SummaryField.failoverClients, "\(failover.clients)"), (SummaryField.failoverBack, "\(failover.back)"),
+            (SummaryField.failoverSessionPresent, "\(failover.sessionPresent)"),
+            (SummaryField.failoverWithoutSession, "\(failover.back - failover.sessionPresent)"),
+            (SummaryField.failoverNoticedMax, ms(failover.noticed.percentiles.max)),
+            (SummaryField.failoverRecoveryP50, ms(recovery.p50)), (SummaryField.failoverRecoveryP99, ms(recovery.p99)),
+            (SummaryField.failoverRecoveryMax, ms(recovery.max)),
         ]
     }
 }
@@ -171,6 +196,43 @@ enum SummaryField {
     static let connectMax = "connect_max_ms"
     static let reconnectP50 = "reconnect_p50_ms"
     static let reconnectMax = "reconnect_max_ms"
+    static let commandsSent = "commands_sent"
+    static let commandsAcked = "commands_acked"
+    static let commandsReceived = "commands_received"
+    static let commandsLost = "commands_lost"
+    static let commandsDuplicates = "commands_duplicates"
+    /// Devices that lost their connection after the failover mark (`--failover-mark`).
+    static let failoverClients = "failover_clients"
+    /// ... of which reconnected (a CONNACK after that disconnect) ...
+    static let failoverBack = "failover_back"
+    /// ... with session present, or without it.
+    static let failoverSessionPresent = "failover_session_present"
+    static let failoverWithoutSession = "failover_without_session"
+    /// From the mark to the last of those devices noticing the loss of its connection.
+    static let failoverNoticedMax = "failover_noticed_max_ms"
+    /// From the mark to each device's CONNACK; the max is "every device that lost its connection is back".
+    static let failoverRecoveryP50 = "failover_recovery_p50_ms"
+    static let failoverRecoveryP99 = "failover_recovery_p99_ms"
+    static let failoverRecoveryMax = "failover_recovery_max_ms"
+}
+
+/// The devices that lost their connection after a failover instant, and their way back.
+struct FailoverReport: Sendable, Codable {
+    var clients = 0
+    var back = 0
+    var sessionPresent = 0
+    /// Mark → the device saw its connection close.
+    var noticed = LatencyHistogram()
+    /// Mark → the device's next CONNACK.
+    var recovery = LatencyHistogram()
+
+    mutating func add(_ other: FailoverReport) {
+        clients += other.clients
+        back += other.back
+        sessionPresent += other.sessionPresent
+        noticed.add(other.noticed)
+        recovery.add(other.recovery)
+    }
 }
 
 /// The `--json` form: counts plus percentiles instead of raw buckets.
@@ -181,6 +243,10 @@ private struct JSONForm: Encodable {
     var connects, connectFailures, disconnects, reconnects, sessionPresent, protocolErrors: Int
     var sent, acked, resent, received: Int
     var sequence: SequenceReport
+    var commandsSent, commandsAcked, commandsReceived, commandsLost: Int
+    var commands: SequenceReport
+    var failoverClients, failoverBack, failoverSessionPresent: Int
+    var failoverNoticedMs, failoverRecoveryMs: LatencyHistogram.Percentiles
     var ackLatencyMs, endToEndLatencyMs, connectTimeMs, reconnectTimeMs: LatencyHistogram.Percentiles
 
     init(_ s: SimulatorSummary) {
@@ -202,6 +268,16 @@ private struct JSONForm: Encodable {
         resent = s.resent
         received = s.received
         sequence = s.sequence
+        commandsSent = s.commandsSent
+        commandsAcked = s.commandsAcked
+        commandsReceived = s.commandsReceived
+        commandsLost = s.commandsLost
+        commands = s.commands
+        failoverClients = s.failover.clients
+        failoverBack = s.failover.back
+        failoverSessionPresent = s.failover.sessionPresent
+        failoverNoticedMs = s.failover.noticed.percentiles
+        failoverRecoveryMs = s.failover.recovery.percentiles
         ackLatencyMs = s.ackLatency.percentiles
         endToEndLatencyMs = s.endToEndLatency.percentiles
         connectTimeMs = s.connectTime.percentiles
