@@ -32,6 +32,7 @@ enum BrokerMetrics {
         static let catchUp = "tributary_broker_kafka_catch_up_seconds"
         static let takeovers = "tributary_broker_takeovers_total"
         static let announcements = "tributary_broker_connection_announcements_total"
+        static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
     }
 
     static let connections = Gauge(label: Name.connections)
@@ -76,6 +77,8 @@ enum BrokerMetrics {
     /// Clients disconnected here because they connected to another node (`remote`) or to this one again (`local`).
     static let takeoversRemote = Counter(label: Name.takeovers, dimensions: [("where", "remote")])
     static let takeoversLocal = Counter(label: Name.takeovers, dimensions: [("where", "local")])
+    /// Messages read again from Kafka for sessions that moved here from another node.
+    static let movedSessionMessagesReplayed = Counter(label: Name.movedSessionMessagesReplayed)
     /// Connection announcements written to `mqtt.connections`, by outcome.
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])

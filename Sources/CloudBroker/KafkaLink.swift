@@ -65,6 +65,8 @@ final class KafkaLink: Service, Sendable {
     private let wills: NodeLossWills?
     private let publisher: Publisher?
     private let announce: (@Sendable (KafkaOutgoingMessage) -> Void)?
+    /// Which offset each messages partition had reached when (for `MovedSessionReplay`).
+    private let timeline = OffsetTimeline()
     private let logger: Logger
     private let state = Mutex(State())
     private let startedAtMilliseconds = Int64(Date().timeIntervalSince1970 * 1000)
@@ -142,6 +144,7 @@ final class KafkaLink: Service, Sendable {
                 }
             }
             messagesPositions.processed(records)
+            timeline.observe(records)
             var next: [KafkaTopicPartition: Int64] = [:]
             for record in records {
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
@@ -160,6 +163,18 @@ final class KafkaLink: Service, Sendable {
             }
         }
         let wills = self.wills
+        let replay = MovedSessionReplay(configuration: consumerConfiguration, registry: registry, defaultQoS: defaultQoS, logger: logger)
+        let heartbeatInterval = settings.heartbeatInterval
+        registry.setSessionMovedHandler { [self] clientId, subscriptions, from in
+            // From a little before the last sign of life of the node the client left.
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let lastSeen = min(now, wills?.lastHeartbeat(node: from) ?? now)
+            let margin = Int64(heartbeatInterval.components.seconds) * 1000 + heartbeatInterval.components.attoseconds / 1_000_000_000_000_000 + 1000
+            let starts = timeline.offsets(atOrBefore: lastSeen - margin)
+            let ends = state.withLock { $0.routed }
+            replay.enqueue(.init(clientId: clientId, subscriptions: subscriptions, starts: starts, ends: ends))
+        }
+        defer { registry.setSessionMovedHandler(nil) }
         let connectionsPositions = ConsumerPositions()
         let connectionsConsumer = try settings.connectionsTopic.map { _ in
             try KafkaConsumer(configuration: consumerConfiguration, logger: logger) { records in

@@ -81,6 +81,11 @@ final class NodeLossWills: Sendable {
 
     var connectionCount: Int { state.withLock { $0.connections.count } }
 
+    /// The latest heartbeat (or connection) time of `node` (writer's wall clock, ms), if any was read.
+    func lastHeartbeat(node: String) -> Int64? {
+        state.withLock { $0.heartbeats[node]?.atMilliseconds }
+    }
+
     /// Applies one announcement (in log order per key).
     func apply(clientId: String, _ announcement: ConnectionAnnouncement) {
         state.withLock { state in

@@ -37,6 +37,8 @@ final class SessionRegistry: Sendable {
         var announcements: [String: Announcement] = [:]
         /// Connection number of every announced connection whose end is not announced yet.
         var announcedBy: [ObjectIdentifier: UInt64] = [:]
+        /// Messages routed to a moved session while its replay from Kafka runs, delivered after it (order).
+        var heldDuringReplay: [String: [OutboundMessage]] = [:]
         var nextConnection: UInt64 = 0
         var subscriptions = SubscriptionTree<String, SubscriptionOptions>()
         var shareCursor: [String: Int] = [:]
@@ -56,6 +58,9 @@ final class SessionRegistry: Sendable {
     private let nodeId: String
     private let incarnation: String
     private let announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)?
+    /// Called when a client attaches to a session another node wrote while it was connected there.
+    typealias SessionMovedHandler = @Sendable (_ clientId: String, _ subscriptions: [SubscriptionOptions], _ from: String) -> Void
+    private let sessionMoved = Mutex<SessionMovedHandler?>(nil)
 
     init(
         store: any SessionStore, limits: BrokerLimits, logger: Logger, nodeId: String = "", incarnation: String = "",
@@ -72,6 +77,10 @@ final class SessionRegistry: Sendable {
     }
 
     var onlineCount: Int { state.withLock { $0.online.count } }
+
+    func setSessionMovedHandler(_ handler: SessionMovedHandler?) {
+        sessionMoved.withLock { $0 = handler }
+    }
     var subscriptionCount: Int { state.withLock { $0.subscriptions.count } }
 
     // MARK: Connect and disconnect
@@ -106,6 +115,10 @@ final class SessionRegistry: Sendable {
             if let old, !request.cleanStart {
                 // A session read from Kafka after a restart is not in the subscription index yet.
                 self.register(clientId: request.clientId, Array(old.subscriptions.values))
+                if let from = old.movedFrom, let handler = self.sessionMoved.withLock({ $0 }) {
+                    self.state.withLock { $0.heldDuringReplay[request.clientId] = [] }
+                    handler(request.clientId, Array(old.subscriptions.values), from)
+                }
                 return (old, true)
             }
             if request.cleanStart {
@@ -334,7 +347,9 @@ final class SessionRegistry: Sendable {
             }
             for (key, outbound) in perClient {
                 let clientId = key.hasPrefix("\u{1}") ? String(key.dropFirst()) : key
-                if let endpoint = state.online[clientId] {
+                if state.heldDuringReplay[clientId] != nil {
+                    state.heldDuringReplay[clientId]!.append(outbound)
+                } else if let endpoint = state.online[clientId] {
                     direct.append((endpoint, outbound))
                 } else {
                     let result = store.enqueue(clientId: clientId, message: outbound, limit: limits.sessionQueueLimit)
@@ -345,6 +360,16 @@ final class SessionRegistry: Sendable {
         }
         for (endpoint, outbound) in direct { endpoint.deliver(outbound) }
         return count
+    }
+
+    /// The replay of a moved session is over: what routing held back for it meanwhile goes out, in order.
+    func endReplay(clientId: String) {
+        let (held, endpoint) = state.withLock { state in
+            (state.heldDuringReplay.removeValue(forKey: clientId) ?? [], state.online[clientId])
+        }
+        for message in held {
+            if let endpoint { endpoint.deliver(message) } else { redeliver(clientId: clientId, message) }
+        }
     }
 
     /// A message that reached a connection after it closed: queue it for the session or hand it to

@@ -71,6 +71,7 @@ struct SessionSnapshot: Sendable, Equatable {
         for options in subscriptions { session.subscriptions[options.subscription.topicFilter.string] = options }
         if connected {
             session.inboundReleaseUnknown = true
+            session.movedFrom = owner
         } else {
             session.inboundAwaitingRelease = Set(inboundAwaitingRelease)
         }

@@ -24,6 +24,9 @@ struct SessionState: Sendable {
     /// and a PUBREL for an unknown identifier is completed with success (the message was stored before its
     /// PUBREC). Resent PUBLISHes are recognised by `PublishDeduplicator`.
     var inboundReleaseUnknown = false
+    /// Restored from a snapshot that node `movedFrom` wrote while the client was connected there: what
+    /// that node had not delivered is read again from Kafka when the client attaches (`MovedSessionReplay`).
+    var movedFrom: String?
     /// Messages towards the client.
     var outbound = OutboundState()
 

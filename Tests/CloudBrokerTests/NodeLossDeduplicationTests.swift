@@ -181,6 +181,43 @@ struct PublishDeduplicatorTests {
 /// Takeover across nodes through `mqtt.connections`.
 @Suite("cloud-broker takeover across nodes", .serialized)
 struct CrossNodeTakeoverTests {
+    @Test("messages published while a subscriber's node is dead reach it on the node it reconnects to (replayed from Kafka)")
+    func messagesForMovedSession() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
+            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let clientId = "moved-subscriber"
+            let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
+            try await first.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
+            try await BrokerProtocolTests.subscribe(first, "cmd/\(clientId)", qos: .atLeastOnce)
+            _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the snapshot with the subscription") { records in
+                guard let value = records.last?.value, let snapshot = try? SessionSnapshot.decode(value) else { return false }
+                return snapshot.subscriptions.count == 1
+            }
+            nodeA.process.send(SIGKILL)
+            _ = await nodeA.process.waitForExit()
+
+            // Published through node B while the subscriber is between nodes: B does not route to it yet.
+            let commander = try await RawMQTTClient.connect(port: nodeB.mqttPort)
+            try await commander.handshake(BrokerProtocolTests.v5("moved-commander"))
+            try await BrokerProtocolTests.publishQoS1(commander, "cmd/\(clientId)", "c1", id: 1)
+            try await BrokerProtocolTests.publishQoS1(commander, "cmd/\(clientId)", "c2", id: 2)
+
+            let second = try await RawMQTTClient.connect(port: nodeB.mqttPort)
+            #expect(try await second.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == true)
+            var received: [String] = []
+            while received.count < 2 {
+                let publish = try await BrokerProtocolTests.nextPublish(second, timeout: .seconds(15))
+                received.append(String(buffer: publish.payload))
+                if let id = publish.packetId { try await second.send(.puback(MQTTPublishAck(packetId: id))) }
+            }
+            #expect(received == ["c1", "c2"])
+            await second.close()
+            await commander.close()
+        }
+    }
+
     @Test("a client connecting to node B is disconnected from node A with 0x8E; B keeps the session and A writes nothing after")
     func takeoverAcrossNodes() async throws {
         try await withProcesses { scope in

@@ -1,0 +1,158 @@
+import Common
+import Logging
+import Synchronization
+import TributaryKafka
+
+/// Messages for a session that moved here from a node that stopped delivering to it (lost, or the client
+/// left it): "Kafka is the queue" for connected sessions too.
+///
+/// While a client is connected to node A, the other nodes keep a copy of its session (from the snapshot A
+/// wrote while it was connected) but do not route to it. When the client attaches here, the records that
+/// match its subscriptions and that A may not have delivered are read again from Kafka and handed to it:
+/// from a little before A's last heartbeat (`NodeLossWills`; one heartbeat interval and one second
+/// earlier) up to where this node's routing stood when the client's subscriptions were registered here
+/// (later records reach it by routing). `OffsetTimeline` turns that instant into offsets per partition.
+///
+/// Several moved sessions are replayed by one consumer (a reconnect storm after a node loss is one
+/// replay, not one per client). The price of not losing: messages A delivered in that last second or two
+/// are delivered again (QoS 1 and QoS 2 alike, as new PUBLISHes). Routing holds the client's live messages
+/// back until its replay is over (`SessionRegistry.endReplay`), so they follow the replayed ones.
+final class MovedSessionReplay: Sendable {
+    struct Request: Sendable {
+        var clientId: String
+        var subscriptions: [SubscriptionOptions]
+        var starts: [KafkaTopicPartition: Int64]
+        var ends: [KafkaTopicPartition: Int64]
+    }
+
+    private struct State {
+        var pending: [Request] = []
+        var running = false
+    }
+
+    private let configuration: KafkaConfiguration
+    private let registry: SessionRegistry
+    private let defaultQoS: MQTTQoS
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    init(configuration: KafkaConfiguration, registry: SessionRegistry, defaultQoS: MQTTQoS, logger: Logger) {
+        self.configuration = configuration
+        self.registry = registry
+        self.defaultQoS = defaultQoS
+        self.logger = logger
+    }
+
+    /// Replays `request` soon; routing holds the client's live messages back until then
+    /// (`SessionRegistry.endReplay`).
+    func enqueue(_ request: Request) {
+        guard request.starts.contains(where: { $0.value < request.ends[$0.key] ?? 0 }) else {
+            registry.endReplay(clientId: request.clientId)
+            return
+        }
+        let start = state.withLock { state -> Bool in
+            state.pending.append(request)
+            guard !state.running else { return false }
+            state.running = true
+            return true
+        }
+        if start { Task { await self.drain() } }
+    }
+
+    private func drain() async {
+        while true {
+            let batch = state.withLock { state -> [Request] in
+                let batch = state.pending
+                state.pending = []
+                if batch.isEmpty { state.running = false }
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                try await replay(batch)
+            } catch {
+                logger.warning("cannot replay messages to moved sessions", metadata: ["mqtt.sessions": "\(batch.count)", "kafka.error": "\(error)"])
+            }
+            for request in batch { registry.endReplay(clientId: request.clientId) }
+        }
+    }
+
+    private func replay(_ batch: [Request]) async throws {
+        var starts: [KafkaTopicPartition: Int64] = [:]
+        var ends: [KafkaTopicPartition: Int64] = [:]
+        for request in batch {
+            for (partition, start) in request.starts where start < request.ends[partition] ?? 0 {
+                starts[partition] = min(starts[partition] ?? start, start)
+                ends[partition] = max(ends[partition] ?? 0, request.ends[partition] ?? 0)
+            }
+        }
+        guard !starts.isEmpty else { return }
+        let registry = self.registry
+        let defaultQoS = self.defaultQoS
+        let progress = Mutex<[KafkaTopicPartition: Int64]>([:])
+        let replayed = Atomic<Int>(0)
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger) { records in
+            var next: [KafkaTopicPartition: Int64] = [:]
+            for record in records {
+                let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                next[partition] = max(next[partition] ?? 0, record.offset + 1)
+                guard let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) else { continue }
+                for request in batch {
+                    guard let start = request.starts[partition], record.offset >= start, record.offset < request.ends[partition] ?? 0,
+                        let outbound = SessionRegistry.outbound(for: message, clientId: request.clientId, subscriptions: request.subscriptions)
+                    else { continue }
+                    registry.redeliver(clientId: request.clientId, outbound)
+                    replayed.add(1, ordering: .relaxed)
+                }
+            }
+            progress.withLock { progress in for (partition, offset) in next { progress[partition] = max(progress[partition] ?? 0, offset) } }
+        }
+        defer { consumer.close() }
+        try consumer.assign(starts.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if progress.withLock({ progress in ends.allSatisfy { progress[$0.key] ?? 0 >= $0.value } }) { break }
+            try await Task.sleep(for: .milliseconds(5))  // polls the consumer's progress
+        }
+        let count = replayed.load(ordering: .relaxed)
+        BrokerMetrics.movedSessionMessagesReplayed.increment(by: count)
+        logger.info("replayed messages to sessions that moved here", metadata: ["mqtt.sessions": "\(batch.count)", "mqtt.messages": "\(count)"])
+    }
+}
+
+/// Per messages partition, samples of (record timestamp, offset) taken as the node consumes, at most one
+/// per partition every 100 ms, for the last ten minutes: which offset a partition had reached at an instant.
+final class OffsetTimeline: Sendable {
+    private struct Sample {
+        var milliseconds: Int64
+        var offset: Int64
+    }
+
+    private let samples = Mutex<[KafkaTopicPartition: [Sample]]>([:])
+    private let spacingMilliseconds: Int64 = 100
+    private let keptSamples = 6_000
+
+    func observe(_ records: [KafkaRecord]) {
+        guard !records.isEmpty else { return }
+        samples.withLock { samples in
+            for record in records {
+                guard let milliseconds = record.timestampMilliseconds else { continue }
+                let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                if let last = samples[partition]?.last, milliseconds - last.milliseconds < spacingMilliseconds { continue }
+                samples[partition, default: []].append(Sample(milliseconds: milliseconds, offset: record.offset))
+                if samples[partition]!.count > keptSamples { samples[partition]!.removeFirst(samples[partition]!.count - keptSamples) }
+            }
+        }
+    }
+
+    /// Per partition, an offset at or before the first record with a timestamp at or after
+    /// `milliseconds` (the earliest sample when the timeline does not reach back that far).
+    func offsets(atOrBefore milliseconds: Int64) -> [KafkaTopicPartition: Int64] {
+        samples.withLock { samples in
+            samples.compactMapValues { list in
+                guard let first = list.first else { return nil }
+                return list.last { $0.milliseconds <= milliseconds }?.offset ?? first.offset
+            }
+        }
+    }
+}
