@@ -130,6 +130,8 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     private var lastReceivedTick: Int64 = 0
     private var tickTask: RepeatedTask?
     private var registeredClientId: String?
+    /// Shutting down: read nothing more, close once the queued stores are acknowledged.
+    private var draining = false
 
     init(
         sink: any RecordSink,
@@ -180,7 +182,24 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         if idle >= keepAlive * 1_500_000_000 { perform(machine.keepAliveExpired()) }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is DeviceListener.Drain else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !draining else { return }
+        draining = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        (chain ?? context.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in
+            let handler = loopBound.value
+            guard let context = handler.context else { return }
+            handler.close(reasonCode: handler.connackSent ? .serverShuttingDown : nil, message: "the agent is shutting down", context: context)
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Packets already decoded when draining began are dropped unacknowledged: the device resends them.
+        guard !draining else { return }
         lastReceivedTick = ticks
         perform(machine.received(unwrapInboundIn(data)))
     }
@@ -200,6 +219,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
+        if draining { return }
         if pendingStores > maximumPendingStores {
             readHeld = true
         } else {
@@ -272,7 +292,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
             let token = sessions.beginStore(lastSequence: sink.lastSequence)
             do {
                 let sequence = try await sink.append(body)
-                try await sessions.insert(id, for: clientId)
+                try await sessions.insert(id, sequence: sequence, for: clientId)
                 sessions.endStore(token, sequence: sequence)
             } catch {
                 sessions.endStore(token, sequence: nil)
@@ -291,7 +311,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
             case .failure(let error):
                 handler.fail("storing a device publish failed: \(error)")
             }
-            if handler.readHeld && handler.pendingStores <= handler.maximumPendingStores / 2, let context = handler.context {
+            if handler.readHeld && !handler.draining && handler.pendingStores <= handler.maximumPendingStores / 2, let context = handler.context {
                 handler.readHeld = false
                 context.read()
             }

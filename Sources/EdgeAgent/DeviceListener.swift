@@ -6,7 +6,21 @@ import ServiceLifecycle
 import Synchronization
 
 /// The MQTT listener devices connect to (TCP). One `DeviceConnectionHandler` per connection.
+///
+/// Graceful shutdown: stop accepting, then drain every device connection (no more reads; the stores it
+/// has queued finish and are acknowledged; MQTT 5 devices get DISCONNECT 0x8B), closing whatever is still
+/// open after `drainTimeout`.
 final class DeviceListener: Service, Sendable {
+    /// Sent through each device pipeline on shutdown.
+    struct Drain {}
+
+    struct BindState {
+        var port: Int?
+        var failed = false
+        var nextWaiter = 0
+        var waiters: [Int: CheckedContinuation<Int?, Never>] = [:]
+    }
+
     let address: HostPort
     let sink: any RecordSink
     let sessions: DeviceSessionStore
@@ -15,12 +29,17 @@ final class DeviceListener: Service, Sendable {
     let maximumPacketSize: Int
     let group: any EventLoopGroup
     let logger: Logger
-    private let boundPort = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    let drainTimeout: TimeAmount
+    private let bindState = Mutex(BindState())
+    /// Every open device connection (also those that have not sent CONNECT yet).
+    private let children = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     init(
         address: HostPort, sink: any RecordSink, sessions: DeviceSessionStore, receiveMaximum: UInt16,
-        maximumPacketSize: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+        maximumPacketSize: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        drainTimeout: TimeAmount = .seconds(2)
     ) {
+        self.drainTimeout = drainTimeout
         self.address = address
         self.sink = sink
         self.sessions = sessions
@@ -31,18 +50,37 @@ final class DeviceListener: Service, Sendable {
     }
 
     /// The port bound, once listening.
-    var port: Int? { boundPort.withLock { $0.port } }
+    var port: Int? { bindState.withLock { $0.port } }
 
-    /// Returns the bound port once the listener is up.
-    func waitUntilBound() async -> Int {
-        await withCheckedContinuation { continuation in
-            let known = boundPort.withLock { state -> Int? in
-                if let port = state.port { return port }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let known { continuation.resume(returning: known) }
+    /// The bound port once the listener is up; nil if binding failed or the waiting task was cancelled.
+    func waitUntilBound() async -> Int? {
+        let id = bindState.withLock { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
         }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Int?, Never>) in
+                let known = bindState.withLock { state -> Int?? in
+                    if let port = state.port { return .some(port) }
+                    if state.failed || Task.isCancelled { return .some(nil) }
+                    state.waiters[id] = continuation
+                    return .none
+                }
+                if let known { continuation.resume(returning: known) }
+            }
+        } onCancel: {
+            bindState.withLock { $0.waiters.removeValue(forKey: id) }?.resume(returning: nil)
+        }
+    }
+
+    private func finishBinding(_ port: Int?) {
+        let waiters = bindState.withLock { state in
+            state.port = port
+            state.failed = port == nil
+            defer { state.waiters = [:] }
+            return state.waiters.values
+        }
+        for waiter in waiters { waiter.resume(returning: port) }
     }
 
     func run() async throws {
@@ -52,34 +90,55 @@ final class DeviceListener: Service, Sendable {
         let receiveMaximum = self.receiveMaximum
         let maximumPacketSize = self.maximumPacketSize
         let logger = self.logger
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(.backlog, value: 256)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.autoRead, value: true)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let versionBox = MQTTVersionBox()
-                    let operations = channel.pipeline.syncOperations
-                    try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumPacketSize, versionBox: versionBox)))
-                    try operations.addHandler(MessageToByteHandler(MQTTPacketEncoder(versionBox: versionBox)))
-                    try operations.addHandler(DeviceConnectionHandler(
-                        sink: sink, sessions: sessions, registry: registry, receiveMaximum: receiveMaximum, logger: logger))
+        let listener = self
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(.backlog, value: 256)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.autoRead, value: true)
+                .childChannelInitializer { channel in
+                    let key = ObjectIdentifier(channel)
+                    listener.children.withLock { $0[key] = channel }
+                    channel.closeFuture.whenComplete { _ in _ = listener.children.withLock { $0.removeValue(forKey: key) } }
+                    return channel.eventLoop.makeCompletedFuture {
+                        let versionBox = MQTTVersionBox()
+                        let operations = channel.pipeline.syncOperations
+                        try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumPacketSize, versionBox: versionBox)))
+                        try operations.addHandler(MessageToByteHandler(MQTTPacketEncoder(versionBox: versionBox)))
+                        try operations.addHandler(DeviceConnectionHandler(
+                            sink: sink, sessions: sessions, registry: registry, receiveMaximum: receiveMaximum, logger: logger))
+                    }
                 }
-            }
-            .bind(host: address.host, port: address.port).get()
-        let port = channel.localAddress?.port ?? 0
-        let waiters = boundPort.withLock { state in
-            state.port = port
-            defer { state.waiters = [] }
-            return state.waiters
+                .bind(host: address.host, port: address.port).get()
+        } catch {
+            finishBinding(nil)
+            throw error
         }
-        for waiter in waiters { waiter.resume(returning: port) }
+        let port = channel.localAddress?.port ?? 0
+        finishBinding(port)
         logger.info("Listening for devices", metadata: ["device.listen": "\(address.host):\(channel.localAddress?.port ?? 0)"])
-        await withGracefulShutdownHandler {
+        // Also on cancellation: closeFuture.get() does not return on its own then.
+        await withTaskCancellationOrGracefulShutdownHandler {
             try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             channel.close(promise: nil)
         }
+        await drainConnections()
+    }
+
+    /// Asks every device connection to finish its queued stores and close; closes the rest after the timeout.
+    func drainConnections() async {
+        let open = children.withLock { Array($0.values) }
+        guard !open.isEmpty else { return }
+        logger.info("Closing device connections", metadata: ["device.connections": "\(open.count)"])
+        for channel in open { channel.pipeline.fireUserInboundEventTriggered(Drain()) }
+        let eventLoop = group.next()
+        let deadline = eventLoop.scheduleTask(in: drainTimeout) {
+            for channel in open { channel.close(promise: nil) }
+        }
+        try? await EventLoopFuture.andAllComplete(open.map(\.closeFuture), on: eventLoop).get()
+        deadline.cancel()
     }
 }

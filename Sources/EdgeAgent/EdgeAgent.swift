@@ -5,6 +5,10 @@ import NIOCore
 import NIOSSL
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Composes the agent's services (device listener, uplink, HTTP endpoints, systemd readiness and watchdog)
 /// in one ServiceGroup. Shared by `main` and the tests.
 enum EdgeAgent {
@@ -45,17 +49,25 @@ enum EdgeAgent {
         }
         let notifier = SystemdNotifier()
         let readiness = ReadinessService(listener: listener, http: http, notifier: notifier, logger: logger)
+        // A service that fails (e.g. a port already in use) shuts the others down gracefully: cancellation alone
+        // would not stop the HTTP server and device listener, which wait on their channels' close.
+        let stopAll = ServiceGroupConfiguration.ServiceConfiguration.TerminationBehavior.gracefullyShutdownGroup
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: http),
-            .init(service: uplink),
-            .init(service: listener),
-            .init(service: readiness, successTerminationBehavior: .ignore),
+            .init(service: http, failureTerminationBehavior: stopAll),
+            .init(service: uplink, failureTerminationBehavior: stopAll),
+            .init(service: listener, failureTerminationBehavior: stopAll),
+            .init(service: readiness, successTerminationBehavior: .ignore, failureTerminationBehavior: stopAll),
         ]
         if let interval = SystemdNotifier.watchdogInterval() {
-            services.append(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
+            // First, so it is told last: it keeps systemd's watchdog fed while the others stop.
+            services.insert(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
                 listener.port != nil
-            }))
+            }, failureTerminationBehavior: stopAll), at: 0)
         }
+        // Last, so it is told first: bounds the whole shutdown even if a service does not finish.
+        services.append(.init(
+            service: ShutdownDeadline(limit: configuration.shutdownTimeout + .seconds(5), logger: logger),
+            successTerminationBehavior: .ignore))
         var group = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
         try await ServiceGroup(configuration: group).run()
@@ -66,11 +78,14 @@ enum EdgeAgent {
     static func recoverDeviceSessions(_ sessions: DeviceSessionStore, buffer: DiskBuffer, logger: Logger) async throws {
         let last = buffer.stats.lastSequence
         var next = sessions.coveredThrough + 1
-        var records: [AgentRecord] = []
+        var records: [(sequence: UInt64, record: AgentRecord)] = []
         while next <= last {
             let batch = try buffer.read(from: next, maxRecords: 4096)
             guard let final = batch.last else { break }
-            records += batch.compactMap { AgentRecord(decoding: $0.body) }.filter { $0.qos == .exactlyOnce && $0.persistentSession }
+            for item in batch {
+                guard let record = AgentRecord(decoding: item.body), record.qos == .exactlyOnce, record.persistentSession else { continue }
+                records.append((item.sequence, record))
+            }
             next = final.sequence + 1
         }
         let recovered = try await sessions.recover(from: records, lastSequence: last)
@@ -113,6 +128,24 @@ enum EdgeAgent {
     }
 }
 
+/// Once graceful shutdown begins, gives the other services `limit` to finish; past that the process logs
+/// and exits 1 instead of hanging (everything acknowledged is already durable; a restart resumes).
+struct ShutdownDeadline: Service {
+    let limit: Duration
+    let logger: Logger
+
+    func run() async throws {
+        do { try await gracefulShutdown() } catch { return }  // cancelled: the group is ending anyway
+        let limit = self.limit
+        let logger = self.logger
+        Task.detached {
+            try await Task.sleep(for: limit)  // the deadline itself
+            logger.critical("Shutdown did not finish in time; exiting", metadata: ["shutdown.limit": "\(limit)"])
+            exit(1)
+        }
+    }
+}
+
 /// Tells systemd (and the log) that the agent is ready once the device listener and HTTP endpoint are bound.
 struct ReadinessService: Service {
     let listener: DeviceListener
@@ -121,7 +154,8 @@ struct ReadinessService: Service {
     let logger: Logger
 
     func run() async throws {
-        let devicePort = await listener.waitUntilBound()
+        // nil: the listener failed to bind (the group is stopping with its error) or we were cancelled.
+        guard let devicePort = await listener.waitUntilBound() else { return }
         let httpPort = try await http.port()
         notifier.ready(status: "forwarding")
         logger.info("Edge agent ready", metadata: ["device.port": "\(devicePort)", "http.port": "\(httpPort)"])

@@ -6,9 +6,9 @@ import DiskBuffer
 struct StateFileWriter {
     var bytes: [UInt8] = []
 
-    init(magic: String) {
+    init(magic: String, version: UInt32 = 1) {
         bytes += Array(magic.utf8)
-        put(UInt32(1))
+        put(version)
     }
 
     mutating func put<T: FixedWidthInteger>(_ value: T) {
@@ -32,16 +32,18 @@ struct StateFileWriter {
 struct StateFileReader {
     let bytes: [UInt8]
     var offset = 4
+    private(set) var version: UInt32 = 0
 
-    /// nil if the magic, version or checksum is wrong.
-    init?(_ bytes: [UInt8], magic: String) {
+    /// nil if the magic or checksum is wrong, or the version is not in `versions`.
+    init?(_ bytes: [UInt8], magic: String, versions: ClosedRange<UInt32> = 1...1) {
         guard bytes.count >= 12, Array(bytes[0..<4]) == Array(magic.utf8) else { return nil }
         let body = bytes[0..<(bytes.count - 4)]
         var stored: UInt32 = 0
         for byte in bytes[(bytes.count - 4)...] { stored = stored << 8 | UInt32(byte) }
         guard CRC32C.checksum(body) == stored else { return nil }
         self.bytes = Array(body)
-        guard get(UInt32.self) == 1 else { return nil }
+        guard let version = get(UInt32.self), versions.contains(version) else { return nil }
+        self.version = version
     }
 
     var isAtEnd: Bool { offset >= bytes.count }

@@ -54,7 +54,10 @@ final class Uplink: Service, Sendable {
     let group: any EventLoopGroup
     let logger: Logger
     let onCommand: @Sendable (MQTTPublish) -> Void
-    private let current = Mutex<(shuttingDown: Bool, continuation: AsyncStream<Event>.Continuation?)>((false, nil))
+    private let current = Mutex<(shuttingDown: Bool, continuation: AsyncStream<Event>.Continuation?, connecting: (any Channel)?)>(
+        (false, nil, nil))
+    /// After DISCONNECT on shutdown, how long the broker gets to close before we close the connection.
+    let disconnectGrace: TimeAmount = .seconds(2)
     /// 0 disconnected, 1 connecting, 2 connected: for /metrics and logs.
     let state = Atomic<Int>(0)
 
@@ -109,11 +112,13 @@ final class Uplink: Service, Sendable {
                 backoff = min(backoff * 2, settings.backoffMaximum)
             }
         } onGracefulShutdown: {
-            let continuation = self.current.withLock { state in
+            let (continuation, connecting) = self.current.withLock { state in
                 state.shuttingDown = true
-                return state.continuation
+                return (state.continuation, state.connecting)
             }
             continuation?.yield(.shutdown)
+            // A TCP/TLS connect still in progress (up to upstream.connect_timeout) is abandoned now.
+            if let connecting, !connecting.isActive { connecting.close(promise: nil) }
         }
         logger.info("Uplink stopped", metadata: ["uplink.inflight": "\(session.inflightCount)"])
     }
@@ -238,9 +243,12 @@ final class Uplink: Service, Sendable {
             case .progressTick:
                 forwarder.reportProgress()
             case .shutdown:
-                // Stop sending new records; DISCONNECT so the broker keeps the session cleanly.
+                // Stop sending new records; DISCONNECT so the broker keeps the session cleanly. A broker that
+                // does not let the connection close (stopped, or a write stuck) is cut off after a grace period;
+                // the session state is persisted, so this is no worse than a crash.
                 forwarder.stop()
                 channel.writeAndFlush(MQTTClientConnection.Command.disconnect, promise: nil)
+                channel.eventLoop.scheduleTask(in: disconnectGrace) { channel.close(promise: nil) }
             }
         }
         return (session, wasConnected)
@@ -249,6 +257,8 @@ final class Uplink: Service, Sendable {
     private func connect(session: MQTTClientSession, events: AsyncStream<Event>.Continuation) async throws -> any Channel {
         let settings = self.settings
         let store = self.store
+        let uplink = self
+        defer { current.withLock { $0.connecting = nil } }
         var bootstrap = ClientBootstrap(group: group)
             .connectTimeout(TimeAmount.nanoseconds(Int64(settings.connectTimeout.milliseconds) * 1_000_000))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -258,7 +268,12 @@ final class Uplink: Service, Sendable {
                 value: SocketOptionValue(timeout.milliseconds))
         }
         return try await bootstrap.channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
+            let abandon = uplink.current.withLock { state -> Bool in
+                state.connecting = channel
+                return state.shuttingDown
+            }
+            if abandon { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+            return channel.eventLoop.makeCompletedFuture {
                 let operations = channel.pipeline.syncOperations
                 if let tls = settings.tls {
                     try operations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: settings.tlsServerName ?? settings.host))

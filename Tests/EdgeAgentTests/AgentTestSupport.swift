@@ -59,6 +59,39 @@ enum AgentHarness {
             ])
     }
 
+    /// GET http://127.0.0.1:<port><path> (Python urllib: the test has no HTTP client of its own).
+    static func httpGet(_ scope: ProcessScope, port: Int, path: String) async throws -> String {
+        let process = try scope.launch(
+            name: "http-get", executable: python,
+            arguments: ["-c", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())",
+                        "http://127.0.0.1:\(port)\(path)"])
+        guard await process.waitForExit(timeout: .seconds(10)) == .exited(0) else {
+            throw HarnessError("GET \(path) failed: \(process.logTail(lines: 3))")
+        }
+        return process.logText()
+    }
+
+    /// The value of an unlabelled metric on the agent's /metrics (nil if absent).
+    static func metric(_ scope: ProcessScope, port: Int, _ name: String) async throws -> Double? {
+        let text = try await httpGet(scope, port: port, path: "/metrics")
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ").last ?? "")
+        }
+        return nil
+    }
+
+    /// Polls /metrics until `name` satisfies `condition` (the agent exposes no event to await for it).
+    static func waitForMetric(
+        _ scope: ProcessScope, port: Int, _ name: String, timeout: Duration = .seconds(30), _ condition: (Double) -> Bool
+    ) async throws -> Double {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let value = try await metric(scope, port: port, name), condition(value) { return value }
+            guard ContinuousClock.now < deadline else { throw HarnessError("\(name) did not reach the expected value within \(timeout)") }
+            try await Task.sleep(for: .milliseconds(200))  // polling an HTTP endpoint
+        }
+    }
+
     static func temporaryDirectory(_ name: String) throws -> String {
         let path = TestEnvironment.packageRoot + "/.run/agent-tests/\(name)-\(getpid())-\(Int.random(in: 0..<1_000_000))"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)

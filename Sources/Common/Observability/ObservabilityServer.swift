@@ -72,9 +72,11 @@ public final class ObservabilityServer: Service, Sendable {
         boundPort.withLock { $0 = port }
         resumeWaiters(with: .success(port))
         logger.info("HTTP endpoint listening", metadata: ["http.listen": "\(address.host):\(port)"])
-        try await withGracefulShutdownHandler {
+        // Also on cancellation (the service group cancels when shutdown overruns or another service ends early):
+        // closeFuture.get() does not return on its own then.
+        try await withTaskCancellationOrGracefulShutdownHandler {
             try await channel.closeFuture.get()
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             channel.close(promise: nil)
         }
     }
