@@ -1,7 +1,10 @@
+import DiskBuffer
 import Metrics
 
 /// Every metric the edge agent exports, declared in one place. Prefix `tributary_agent_`; the disk buffer's
-/// own metrics (`tributary_buffer_*`) are declared in the DiskBuffer module.
+/// own metrics (`tributary_buffer_*`: records, bytes, oldest unacknowledged age, appends, fsyncs, drops)
+/// are declared in the DiskBuffer module, and the agent only refreshes that module's gauges periodically
+/// (`bufferRecords`, `bufferBytes`, `bufferOldestAge`) so they move while nothing is appended or acknowledged.
 enum AgentMetrics {
     static let deviceConnections = Meter(label: "tributary_agent_device_connections")
     static let deviceConnectionsTotal = Counter(label: "tributary_agent_device_connections_total")
@@ -22,13 +25,26 @@ enum AgentMetrics {
     static let acknowledged = Counter(label: "tributary_agent_acknowledged_messages_total")
     static let refusedUpstream = Counter(label: "tributary_agent_upstream_refused_messages_total")
     static let undecodable = Counter(label: "tributary_agent_undecodable_records_total")
-    static let backlogRecords = Gauge(label: "tributary_agent_backlog_records")
     static let replayRate = Gauge(label: "tributary_agent_replay_rate_messages_per_second")
-    static let bufferBytes = Gauge(label: "tributary_agent_buffer_bytes")
-    static let bufferOldestAge = Gauge(label: "tributary_agent_buffer_oldest_age_seconds")
-    static let bufferDropped = Gauge(label: "tributary_agent_buffer_dropped_records")
     static let commandsDelivered = Counter(label: "tributary_agent_commands_delivered_total")
     static let persistSeconds = Timer(label: "tributary_agent_uplink_state_persist_seconds")
+
+    /// The disk buffer's own gauges (same series as the DiskBuffer module's), refreshed by the uplink.
+    static let bufferRecords = Gauge(label: DiskBufferMetricNames.records)
+    static let bufferBytes = Gauge(label: DiskBufferMetricNames.bytes)
+    static let bufferOldestAge = Gauge(label: DiskBufferMetricNames.oldestUnacknowledgedAgeSeconds)
+
+    /// Creates every metric at start-up, so /metrics lists them all (at zero) before their first use.
+    static func registerAll() {
+        deviceConnections.set(0)
+        for qos in [MQTTQoSLabel.zero, .one, .two] { _ = received(qos: qos) }
+        _ = [
+            deviceConnectionsTotal, receivedBytes, duplicatesIgnored, rejected, malformed, uplinkReconnects, forwarded,
+            forwardedBytes, acknowledged, refusedUpstream, undecodable, commandsDelivered,
+        ]
+        for gauge in [uplinkState, uplinkInflight, replayRate] { gauge.record(0) }
+        _ = persistSeconds
+    }
 }
 
 enum MQTTQoSLabel: String {

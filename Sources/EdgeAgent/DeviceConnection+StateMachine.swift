@@ -178,6 +178,13 @@ enum DeviceConnection {
             }
         }
 
+        /// Whether `publish` repeats a QoS 2 message stored (or being stored) and awaiting PUBREL: it gets
+        /// PUBREC (or nothing while storing) and is not stored again. For the duplicates metric.
+        func isDuplicate(_ publish: MQTTPublish) -> Bool {
+            guard state == .connected, publish.qos == .exactlyOnce, let id = publish.packetId else { return false }
+            return awaitingRelease.contains(id) || storing.contains(id)
+        }
+
         /// The buffer holds the publish (and a QoS 2 id is recorded): acknowledge.
         mutating func stored(_ completion: Completion) -> [Action] {
             switch completion {

@@ -201,7 +201,9 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         // Packets already decoded when draining began are dropped unacknowledged: the device resends them.
         guard !draining else { return }
         lastReceivedTick = ticks
-        perform(machine.received(unwrapInboundIn(data)))
+        let packet = unwrapInboundIn(data)
+        if case .publish(let publish) = packet, machine.isDuplicate(publish) { AgentMetrics.duplicatesIgnored.increment() }
+        perform(machine.received(packet))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -14,6 +14,7 @@ import Glibc
 enum EdgeAgent {
     static func run(configuration: EdgeAgentConfiguration) async throws {
         let logger = Logger(label: "tributary.edge-agent")
+        AgentMetrics.registerAll()
         let (buffer, report) = try DiskBuffer.open(configuration.buffer, logger: logger)
         logger.info("Disk buffer open", metadata: [
             "buffer.directory": "\(configuration.buffer.directory)", "buffer.records": "\(report.records)",

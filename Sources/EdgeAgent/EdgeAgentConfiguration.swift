@@ -4,7 +4,10 @@ import DiskBuffer
 /// Everything the agent is told at start-up. Each key is documented in `keys` (and in
 /// config/edge-agent.yaml); every key can also be set as TRIBUTARY_<KEY> or with --set KEY=VALUE.
 struct EdgeAgentConfiguration: Sendable {
-    static let keys: [ConfigKey] = ConfigKey.common + [
+    static let keys: [ConfigKey] = ConfigKey.common.filter { $0.name != "http.listen" } + [
+        ConfigKey(
+            "http.listen", default: "127.0.0.1:9101",
+            help: "Address of the /metrics, /health and /ready endpoints. Port 9101, not 9100: node_exporter, often on the same gateway, has 9100. Loopback by default; 0.0.0.0:9101 (firewalled) for a remote Prometheus."),
         ConfigKey("agent_id", help: "Id of this gateway, sent upstream as the user property tributary-agent."),
         ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices (TCP)."),
         ConfigKey("device.receive_maximum", default: "100", help: "MQTT 5 Receive Maximum announced to devices: unacknowledged QoS 1/2 publishes per device."),

@@ -74,14 +74,13 @@ final class Uplink: Service, Sendable {
         self.logger = logger
     }
 
-    /// Buffer gauges for /metrics; also refreshed while the uplink is down (backlog during an outage).
+    /// Refreshes the buffer's gauges for /metrics, also while the uplink is down (backlog during an outage).
     @discardableResult
     static func recordBufferGauges(_ buffer: DiskBuffer) -> DiskBuffer.Stats {
         let stats = buffer.stats
-        AgentMetrics.backlogRecords.record(Int64(stats.records))
+        AgentMetrics.bufferRecords.record(Int64(stats.records))
         AgentMetrics.bufferBytes.record(stats.bytes)
         AgentMetrics.bufferOldestAge.record(stats.oldestUnacknowledgedAgeSeconds ?? 0)
-        AgentMetrics.bufferDropped.record(Int64(stats.droppedRecords))
         return stats
     }
 

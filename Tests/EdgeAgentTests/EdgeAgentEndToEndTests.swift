@@ -221,6 +221,37 @@ struct EdgeAgentEndToEndTests {
         #expect(agent.logText().contains("Edge agent stopped"), "\(label)")
     }
 
+    @Test("/metrics lists every agent metric at 0 right after start, and the buffer gauges once (tributary_buffer_*)")
+    func metricsRegisteredAtStart() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("metrics")
+            let ports = try AgentHarness.ports()
+            // Upstream down, no device: nothing has been used yet.
+            _ = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: try FreePort.next())
+            let text = try await AgentHarness.httpGet(scope, port: ports.http, path: "/metrics")
+            let zeroAtStart = [
+                "tributary_agent_device_connections", "tributary_agent_device_connections_total",
+                "tributary_agent_received_messages_total{qos=\"0\"}", "tributary_agent_received_messages_total{qos=\"1\"}",
+                "tributary_agent_received_messages_total{qos=\"2\"}", "tributary_agent_received_bytes_total",
+                "tributary_agent_device_duplicates_ignored_total", "tributary_agent_device_rejected_messages_total",
+                "tributary_agent_device_protocol_errors_total", "tributary_agent_uplink_inflight_messages",
+                "tributary_agent_forwarded_messages_total", "tributary_agent_forwarded_bytes_total",
+                "tributary_agent_acknowledged_messages_total", "tributary_agent_upstream_refused_messages_total",
+                "tributary_agent_undecodable_records_total", "tributary_agent_replay_rate_messages_per_second",
+                "tributary_agent_commands_delivered_total", "tributary_agent_uplink_state_persist_seconds_count",
+                "tributary_buffer_records", "tributary_buffer_appends_total",
+            ]
+            let lines = Set(text.split(separator: "\n").map(String.init))
+            for name in zeroAtStart {
+                #expect(lines.contains("\(name) 0") || lines.contains("\(name) 0.0"), "\(name) 0 missing from /metrics")
+            }
+            #expect(lines.contains { $0.hasPrefix("tributary_agent_uplink_state ") })
+            #expect(lines.contains { $0.hasPrefix("tributary_agent_uplink_reconnects_total ") })
+            #expect(!text.contains("tributary_agent_buffer_"))
+            #expect(!text.contains("tributary_agent_backlog_"))
+        }
+    }
+
     @Test("the device port already in use: the agent exits 1 with the bind error at once (it used to hang: the HTTP server ignored cancellation)")
     func devicePortInUse() async throws {
         try await withProcesses { scope in
