@@ -83,6 +83,13 @@ enum BrokerMetrics {
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
 
+    /// The failover metrics, created (static lets are lazy) so that /metrics shows them at zero before a
+    /// node is ever lost.
+    static func registerFailoverMetrics() {
+        _ = (duplicatesSuppressedBySequence, duplicatesSuppressedByPacketId, catchUp, takeoversRemote, takeoversLocal)
+        _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished)
+    }
+
     static func kafkaError(_ name: String) -> Counter {
         Counter(label: Name.kafkaErrors, dimensions: [("error", name)])
     }

@@ -32,6 +32,7 @@ enum CloudBroker {
             logger.warning("Kafka producer recreated", metadata: ["kafka.error": "\(cause)"])
         })
         let retained = RetainedStore(defaultQoS: configuration.defaultQoS)
+        BrokerMetrics.registerFailoverMetrics()
         let deduplicator = PublishDeduplicator(clientWindow: configuration.limits.receiveMaximum)
         let messagesCatchUp = KafkaCatchUp(name: "messages", positions: ConsumerPositions(), logger: logger)
         let publisher = Publisher(

@@ -101,6 +101,7 @@ final class SessionRegistry: Sendable {
         }
         let oldSession: EventLoopFuture<SessionState?>
         if let previous, previous !== endpoint {
+            BrokerMetrics.takeoversLocal.increment()
             oldSession = previous.takeOver().hop(to: eventLoop)
         } else {
             let store = self.store
