@@ -215,6 +215,10 @@ final class DeviceConnection {
             handler?.flushSoon()
         case .suback(let ack):
             if ack.reasonCodes.contains(where: \.isFailure) { shard.summary.protocolErrors += 1 }
+            if isCommandTarget, !everSubscribed {
+                everSubscribed = true
+                shard.commandTargetsSubscribed += 1
+            }
             if case .subscriber = role, !everSubscribed {
                 everSubscribed = true
                 shard.subscriberReady()

@@ -85,23 +85,48 @@ final class Fleet: Sendable {
 
     // MARK: - Commander
 
-    /// Starts the commander (when the run has commands): it connects after the ramp-up and `commandDelay`,
-    /// publishes until the run's duration is over, then sends the end markers. Returns at once.
-    func startCommander() async {
-        guard settings.commandsEnabled, let shard = shards.first else { return }
-        let context = self.context
-        let start = settings.rampUp + settings.commandDelay
+    /// Starts the commander (when the run has commands): it connects once every command target has its
+    /// subscription (when the devices run in this process; with worker processes, which it cannot see, after
+    /// the ramp-up and `commandDelay`), publishes until the run's duration is over, then sends the end
+    /// markers. Returns at once.
+    func startCommander(devicesHere: Bool) {
+        guard settings.commandsEnabled, !shards.isEmpty else { return }
+        let targets = settings.commandTargets.count
         let stop = settings.rampUp + (settings.duration ?? .zero)
+        let delay = settings.rampUp + settings.commandDelay
+        Task {
+            if devicesHere {
+                // The devices subscribe as they connect; a command sent to a device before its SUBACK is lost
+                // by MQTT's rules, not by the broker. Bounded by the end of publishing.
+                while elapsed < stop {
+                    let subscribed = await onShards { $0.commandTargetsSubscribed }.reduce(0, +)
+                    if subscribed >= targets { break }
+                    try? await Task.sleep(for: .milliseconds(50))  // polling the shards' counters
+                }
+            } else {
+                try? await Task.sleep(for: delay)
+            }
+            launchCommander(stopAfter: stop - elapsed)
+        }
+    }
+
+    private var elapsed: Duration { .nanoseconds(Int64(Clock.uptimeNanoseconds() - startUptime)) }
+
+    private func launchCommander(stopAfter stop: Duration) {
+        guard let shard = shards.first else { return }
+        let context = self.context
         let drain = settings.drainTimeout
-        _ = try? await shard.eventLoop.submit {
+        let started = String(format: "%.2f", Double(elapsed.totalNanoseconds) / 1e9)
+        FileHandle.standardError.write(Data("device-sim commander starts at \(started) s\n".utf8))
+        shard.eventLoop.execute {
             let connection = DeviceConnection(
                 index: 0, clientId: context.settings.commanderId(), role: .commander(targets: context.settings.commandTargets),
                 context: context, shard: shard.value)
             shard.value.commanderConnection = connection
-            shard.eventLoop.scheduleTask(in: .nanoseconds(start.totalNanoseconds)) { connection.start() }
-            shard.eventLoop.scheduleTask(in: .nanoseconds(stop.totalNanoseconds)) { connection.stopPublishing() }
-            shard.eventLoop.scheduleTask(in: .nanoseconds((stop + drain).totalNanoseconds)) { connection.finish() }
-        }.get()
+            connection.start()
+            shard.eventLoop.scheduleTask(in: .nanoseconds(max(0, stop.totalNanoseconds))) { connection.stopPublishing() }
+            shard.eventLoop.scheduleTask(in: .nanoseconds(max(0, (stop + drain).totalNanoseconds))) { connection.finish() }
+        }
     }
 
     /// Waits until the commander has sent its end markers and they were acknowledged (or it was stopped).

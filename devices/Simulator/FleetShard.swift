@@ -11,6 +11,8 @@ final class FleetShard {
     var accounting: [Int: SequenceAccounting] = [:]
     /// The commands the devices of this shard received, by device.
     var commandAccounting = SequenceAccounting()
+    /// Devices of this shard that have their command subscription (SUBACK received once).
+    var commandTargetsSubscribed = 0
     var firstPublishUptime: UInt64?
     var lastCompletionUptime: UInt64?
 

@@ -18,7 +18,7 @@ struct SimulatorRun: Sendable {
             FileHandle.standardError.write(Data((text + "\n").utf8))
         }
         await fleet.startSubscribers()
-        if !isWorker { await fleet.startCommander() }
+        if !isWorker { fleet.startCommander(devicesHere: workerArguments == nil) }
         var publishers: SimulatorSummary?
         if let workerArguments {
             do {

@@ -118,7 +118,8 @@ struct SimulatorSettings: Sendable {
     var commandTopicTemplate: String?
     var commandEvery = 2
     var commandRate = 10.0
-    /// The commander starts this long after the ramp-up (the targets have subscribed by then).
+    /// With worker processes, the commander starts this long after the ramp-up (the targets should have
+    /// subscribed by then; in one process it waits for their SUBACKs instead).
     var commandDelay: Duration = .seconds(1)
     /// File holding the failover instant (Unix seconds, e.g. `date +%s.%N` just before a node is killed),
     /// read when the summary is made: which devices lost their connection after it, and how long until each
