@@ -355,7 +355,13 @@ final class DeviceConnection {
             return
         }
         shard.summary.commandsReceived += 1
-        shard.commandAccounting.record(client: payload.clientId, sequence: payload.sequence)
+        if shard.commandAccounting.record(client: payload.clientId, sequence: payload.sequence) == .duplicate,
+            shard.commandDuplicatesNamed < 10
+        {
+            shard.commandDuplicatesNamed += 1
+            FileHandle.standardError.write(Data(
+                "device-sim command duplicate client=\(clientId) seq=\(payload.sequence) packet_id=\(publish.packetId.map(String.init) ?? "-") dup_flag=\(publish.dup) reconnects=\(outages.count)\n".utf8))
+        }
         if commandEndSeen { checkDrained() }
     }
 

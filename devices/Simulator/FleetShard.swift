@@ -13,6 +13,8 @@ final class FleetShard {
     var commandAccounting = SequenceAccounting()
     /// Devices of this shard that have their command subscription (SUBACK received once).
     var commandTargetsSubscribed = 0
+    /// Duplicate commands named on standard error so far (the first few of each shard).
+    var commandDuplicatesNamed = 0
     var firstPublishUptime: UInt64?
     var lastCompletionUptime: UInt64?
 
