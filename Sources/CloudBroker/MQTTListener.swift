@@ -61,6 +61,9 @@ final class MQTTListener: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
                 .childChannelOption(.maxMessagesPerRead, value: 4)
+                // Reads start small and grow with the traffic (NIO's default starts at 2 KiB per read, which
+                // an idle connection's decoder would keep).
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
                 .childChannelInitializer { channel in
                     children.add(channel)
                     channel.closeFuture.whenComplete { _ in children.remove(channel) }
