@@ -4,7 +4,8 @@ import Metrics
 import Synchronization
 
 /// Every metric the broker exports, declared once (names snake_case with units, prefix `tributary_broker_`).
-/// Metric handles are created once here; label values are from fixed sets.
+/// Metric handles are created once here; label values are from fixed sets. `registerAll` creates every
+/// handle (every label combination) at start-up, so that `/metrics` shows each series at zero before first use.
 enum BrokerMetrics {
     enum Name {
         static let connections = "tributary_broker_connections"
@@ -33,6 +34,17 @@ enum BrokerMetrics {
         static let takeovers = "tributary_broker_takeovers_total"
         static let announcements = "tributary_broker_connection_announcements_total"
         static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
+        static let authAccepted = "tributary_broker_auth_accepted_total"
+        static let authFailures = "tributary_broker_auth_failures_total"
+
+        /// Every name above (a test checks that a fresh node exports each of them).
+        static let all = [
+            connections, connectionsTotal, packetsReceived, packetsSent, publishesReceived, messagesDelivered, messagesDropped,
+            kafkaDelivery, kafkaErrors, kafkaInflight, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
+            sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
+            sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed,
+            authAccepted, authFailures,
+        ]
     }
 
     static let connections = Gauge(label: Name.connections)
@@ -90,7 +102,37 @@ enum BrokerMetrics {
         _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished)
     }
 
+    /// CONNECTs let in, by how (`certificate`, `password`, `jwt`, `anonymous`).
+    static let authAccepted: [AuthenticationMethod: Counter] = Dictionary(
+        uniqueKeysWithValues: AuthenticationMethod.allCases.map { ($0, Counter(label: Name.authAccepted, dimensions: [("method", $0.rawValue)])) })
+    /// CONNECTs refused by authentication, by method and reason (`AuthenticationFailure`).
+    static let authFailures: [AuthenticationFailure: Counter] = Dictionary(
+        uniqueKeysWithValues: AuthenticationFailure.allCases.map {
+            ($0, Counter(label: Name.authFailures, dimensions: [("method", $0.method.rawValue), ("reason", $0.rawValue)]))
+        })
+
+    /// The librdkafka errors a delivery usually fails with, registered at start; others appear when they occur.
+    static let expectedKafkaErrors = ["_MSG_TIMED_OUT", "_QUEUE_FULL", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_FATAL", "_PURGE_QUEUE", "_PURGE_INFLIGHT"]
+
     static func kafkaError(_ name: String) -> Counter {
         Counter(label: Name.kafkaErrors, dimensions: [("error", name)])
+    }
+
+    /// Creates every handle now (Swift initialises static properties lazily, on first use). Call once,
+    /// after `MetricsSystem.bootstrap`.
+    static func registerAll() {
+        connections.record(0)
+        kafkaInflight.record(0)
+        sessions.record(0)
+        sessionQueuedMessages.record(0)
+        retainedMessages.record(0)
+        let counters: [Counter] = [
+            connectionsTotal, messagesDroppedProducerFull, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
+            willsPublished, protocolErrors, sessionRecordsWritten, sessionRecordsWriteFailed, sessionRecordsRejected,
+        ] + Array(packetsReceived.values) + Array(packetsSent.values) + publishesReceived + messagesDelivered + messagesDroppedQueueFull
+            + Array(authAccepted.values) + Array(authFailures.values) + expectedKafkaErrors.map(kafkaError)
+        for counter in counters { counter.increment(by: 0) }
+        _ = kafkaDelivery
+        registerFailoverMetrics()
     }
 }

@@ -67,7 +67,7 @@ enum CloudBroker {
         }
         let broker = BrokerContext(
             registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger,
-            passwordFile: configuration.passwordFile)
+            authenticator: configuration.authenticator)
         let replication = Int16(configuration.replicationFactor)
         var topics = configuration.messagesTopics.map {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)
@@ -104,6 +104,7 @@ enum CloudBroker {
 
     static func run(configuration: CloudBrokerConfiguration) async throws {
         let logger = Logger(label: "tributary.cloud-broker")
+        BrokerMetrics.registerAll()
         let node = try build(configuration: configuration, logger: logger)
         defer { node.producer.shutdown() }
         let notifier = SystemdNotifier()

@@ -19,8 +19,16 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.max_session_expiry", default: "86400", help: "Longest session expiry interval granted, in seconds (MQTT 3.1.1 persistent sessions get this)."),
         ConfigKey("mqtt.connect_timeout", default: "10s", help: "A connection that sends no CONNECT within this time is closed."),
         ConfigKey("mqtt.retain_available", default: "true", help: "Whether retained messages are supported."),
-        ConfigKey("auth.password_file", default: "", help: "Password file (USER:pbkdf2-sha256$...; write it with 'cloud-broker passwd FILE USER'). Empty: no authentication."),
-        ConfigKey("auth.allow_anonymous", default: "false", help: "With a password file: accept clients that send no user name."),
+        ConfigKey("auth.password_file", default: "", help: "Password file (USER:pbkdf2-sha256$...; write it with 'cloud-broker passwd FILE USER'). Empty: no password file (see also auth.jwt.keys, mqtt.tls_identity)."),
+        ConfigKey("auth.allow_anonymous", default: "false", help: "With a password file or JWT keys: accept clients that send neither user name nor password."),
+        ConfigKey("auth.jwt.keys", default: "", help: "List of 'HS256|RS256|ES256 PATH [KID]': an HMAC secret file or a PEM public key that JWTs are verified with (KID: the token header's kid). Empty: no JWT authentication."),
+        ConfigKey("auth.jwt.token_in", default: "password", help: "The CONNECT field carrying the JWT: 'password' (any user name, or none) or 'username'."),
+        ConfigKey("auth.jwt.identity_claim", default: "sub", help: "The string claim that becomes the client's user name for the ACL (USER, %u)."),
+        ConfigKey("auth.jwt.issuer", default: "", help: "When set, a token's iss claim must equal it."),
+        ConfigKey("auth.jwt.audience", default: "", help: "When set, a token's aud claim must contain it."),
+        ConfigKey("auth.jwt.leeway", default: "10s", help: "Clock skew allowed when checking exp and nbf."),
+        ConfigKey("auth.jwt.require_expiry", default: "true", help: "Refuse tokens without an exp claim."),
+        ConfigKey("mqtt.tls_identity", default: "none", help: "With verified client certificates: 'cn' (subject common name) or 'san' (first DNS/e-mail/URI subject alternative name) becomes the client's user name; a CONNECT with another user name is refused (0x87). 'none': certificates only gate the handshake."),
         ConfigKey("auth.acl", default: "", help: "Ordered list of 'USER|* read|write|readwrite FILTER' (%u = user name, %c = client id); when set, what no rule allows is denied."),
         ConfigKey("kafka.bootstrap_servers", help: "Comma-separated Kafka bootstrap servers, HOST:PORT."),
         ConfigKey("kafka.messages_topic", default: "mqtt.messages", help: "Kafka topic receiving published messages when no rule matches."),
@@ -68,7 +76,7 @@ struct CloudBrokerConfiguration: Sendable {
     var fetchWaitMax: Duration
     var defaultQoS: MQTTQoS
     var limits: BrokerLimits
-    var passwordFile: PasswordFile?
+    var authenticator = Authenticator()
     var tls: TLSSettings?
 
     init(_ values: ConfigValues) throws(ConfigError) {
@@ -138,14 +146,7 @@ struct CloudBrokerConfiguration: Sendable {
                 clientCA: values.optionalString("mqtt.tls_client_ca"),
                 requireClientCertificate: try values.oneOf("mqtt.tls_client_certificates", TLSSettings.ClientCertificates.self) == .required)
         }
-        if let path = values.optionalString("auth.password_file") {
-            do {
-                passwordFile = try PasswordFile.load(path: path)
-            } catch {
-                throw ConfigError(key: "auth.password_file", origin: values.raw("auth.password_file")?.origin, error.message)
-            }
-            limits.authentication = .passwordFile(allowAnonymous: try values.bool("auth.allow_anonymous"))
-        }
+        try loadAuthentication(values)
         do {
             limits.access = try AccessRules(parsing: values.list("auth.acl"))
         } catch {
@@ -154,6 +155,35 @@ struct CloudBrokerConfiguration: Sendable {
         guard (5...MQTTPacket.protocolMaximumPacketSize).contains(limits.maximumPacketSize) else {
             throw ConfigError(key: "mqtt.max_packet_size", "must be between 5 bytes and 256MiB")
         }
+    }
+
+    /// `auth.*` and `mqtt.tls_identity` (see `Authenticator` for the order in which they apply).
+    private mutating func loadAuthentication(_ values: ConfigValues) throws(ConfigError) {
+        func failing<T>(_ key: String, _ body: () throws(BrokerError) -> T) throws(ConfigError) -> T {
+            do {
+                return try body()
+            } catch {
+                throw ConfigError(key: key, origin: values.raw(key)?.origin, error.message)
+            }
+        }
+        if let path = values.optionalString("auth.password_file") {
+            authenticator.passwordFile = try failing("auth.password_file") { () throws(BrokerError) in try PasswordFile.load(path: path) }
+        }
+        let keys = values.list("auth.jwt.keys")
+        if !keys.isEmpty {
+            var jwt = JWTSettings(
+                tokenIn: try values.oneOf("auth.jwt.token_in", JWTSettings.Carrier.self), identityClaim: try values.string("auth.jwt.identity_claim"),
+                issuer: values.optionalString("auth.jwt.issuer"), audience: values.optionalString("auth.jwt.audience"),
+                leeway: try values.duration("auth.jwt.leeway"), requireExpiry: try values.bool("auth.jwt.require_expiry"))
+            jwt.keys = try failing("auth.jwt.keys") { () throws(BrokerError) in try keys.map(JWTSettings.parseKey) }
+            authenticator.jwt = try failing("auth.jwt.keys") { () throws(BrokerError) in try JWTVerifier(settings: jwt) }
+        }
+        authenticator.certificateIdentity = try values.oneOf("mqtt.tls_identity", CertificateIdentity.self)
+        if authenticator.certificateIdentity != .none && (tls?.clientCA == nil) {
+            throw ConfigError(key: "mqtt.tls_identity", "needs a TLS listener that verifies client certificates (mqtt.tls_listen, mqtt.tls_client_ca)")
+        }
+        authenticator.allowAnonymous = try values.bool("auth.allow_anonymous")
+        limits.authentication = authenticator.isEnabled ? .checked : .none
     }
 
     /// The topics this node writes and consumes (messages topics from the rules, then the retained topic).
@@ -185,13 +215,12 @@ struct BrokerLimits: Sendable, Equatable {
     var access = AccessRules()
 }
 
-/// How CONNECT credentials are checked.
+/// Whether CONNECT credentials are checked.
 enum Authentication: Sendable, Equatable {
-    /// Anyone may connect; user names and passwords are ignored.
+    /// Anyone may connect; passwords are ignored and the user name given is the one the ACL sees.
     case none
-    /// A user name must match a password in `auth.password_file`; clients without a user name are
-    /// accepted only if `allowAnonymous`.
-    case passwordFile(allowAnonymous: Bool)
+    /// The node's `Authenticator` decides (password file, JWT, client certificate identity).
+    case checked
 }
 
 /// The TLS listener (`mqtt.tls_*`).

@@ -14,8 +14,8 @@ extension MQTTServerConnection {
     struct StateMachine {
         enum Action {
             case send(MQTTPacket)
-            /// Check these credentials against the password file (off the event loop), then call `authenticated`.
-            case authenticate(username: String, password: [UInt8])
+            /// Authenticate these credentials (`Authenticator`, off the event loop), then call `authenticated`.
+            case authenticate(username: String?, password: [UInt8]?)
             /// Look up or create the session, take over any connection of the same client, then call
             /// `sessionAttached`.
             case attachSession(SessionRequest)
@@ -167,27 +167,24 @@ extension MQTTServerConnection {
             connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
             connected.username = connect.username
             let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry, will: connect.will)
-            switch limits.authentication {
-            case .none:
-                break
-            case .passwordFile(let allowAnonymous):
-                if let username = connect.username {
-                    state = .authenticating(connected, assignedClientId: assigned, request: request)
-                    return [.pauseReading, .authenticate(username: username, password: connect.password.map { Array($0.readableBytesView) } ?? [])]
-                }
-                if !allowAnonymous { return refuse(.notAuthorized) }
+            if limits.authentication == .checked {
+                state = .authenticating(connected, assignedClientId: assigned, request: request)
+                return [.pauseReading, .authenticate(username: connect.username, password: connect.password.map { Array($0.readableBytesView) })]
             }
             state = .connecting(connected, assignedClientId: assigned)
             return [.pauseReading, .attachSession(request)]
         }
 
-        /// The password check finished.
-        mutating func authenticated(_ accepted: Bool) -> [Action] {
-            guard case .authenticating(let connected, let assigned, let request) = state else { return [] }
-            guard accepted else {
+        /// Authentication finished: refused, or accepted under an identity (the user name the ACL sees).
+        mutating func authenticated(_ outcome: AuthenticationOutcome) -> [Action] {
+            guard case .authenticating(var connected, let assigned, let request) = state else { return [] }
+            switch outcome {
+            case .refused(let failure):
                 state = .closed(nil)
                 ending = .normal
-                return [.send(.connack(MQTTConnAck(reasonCode: .badUserNameOrPassword))), .close]
+                return [.send(.connack(MQTTConnAck(reasonCode: failure.reasonCode))), .close]
+            case .accepted(_, let identity):
+                connected.username = identity
             }
             state = .connecting(connected, assignedClientId: assigned)
             return [.attachSession(request)]

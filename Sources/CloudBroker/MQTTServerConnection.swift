@@ -11,8 +11,8 @@ struct BrokerContext: Sendable {
     var retained: RetainedStore
     var limits: BrokerLimits
     var logger: Logger
-    /// Checked for CONNECTs with a user name when `limits.authentication` is `.passwordFile`.
-    var passwordFile: PasswordFile? = nil
+    /// Who a connecting client is, when `limits.authentication` is `.checked`.
+    var authenticator = Authenticator()
 }
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
@@ -259,19 +259,41 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
     }
 
-    private func authenticate(username: String, password: [UInt8], context: ChannelHandlerContext) {
-        let passwordFile = broker.passwordFile ?? PasswordFile()
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let logger = broker.logger
-        // PBKDF2 takes milliseconds: never on the event loop.
-        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
-            passwordFile.verify(user: username, password: password)
-        }.whenComplete { result in
-            let accepted = (try? result.get()) ?? false
-            if !accepted { logger.info("authentication failed", metadata: ["mqtt.username": "\(username)"]) }
-            let connection = loopBound.value
-            connection.perform(connection.machine.authenticated(accepted))
+    private func authenticate(username: String?, password: [UInt8]?, context: ChannelHandlerContext) {
+        let authenticator = broker.authenticator
+        let certificate = authenticator.certificateIdentity == .none ? nil : CertificateNames.ofPeer(context.pipeline.syncOperations)
+        let step = authenticator.plan(Credentials(username: username, password: password, certificate: certificate))
+        let outcome: EventLoopFuture<AuthenticationOutcome>
+        switch step {
+        case .decided(let decided):
+            authenticated(decided, username: username)
+            return
+        case .checkPassword(let user, let password):
+            // PBKDF2 takes milliseconds: never on the event loop.
+            outcome = NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { authenticator.checkPassword(user: user, password: password) }
+        case .verifyToken:
+            outcome = context.eventLoop.makeFutureWithTask { await authenticator.complete(step) }
         }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        outcome.whenComplete { result in
+            loopBound.value.authenticated((try? result.get()) ?? .refused(.badPassword), username: username)
+        }
+    }
+
+    private func authenticated(_ outcome: AuthenticationOutcome, username: String?) {
+        switch outcome {
+        case .accepted(let method, _):
+            BrokerMetrics.authAccepted[method]?.increment()
+        case .refused(let failure):
+            BrokerMetrics.authFailures[failure]?.increment()
+            // Never the token: with `auth.jwt.token_in: username` the user name is left out.
+            let tokenInUsername = failure.method == .jwt && broker.authenticator.jwt?.settings.tokenIn == .username
+            broker.logger.info("authentication refused", metadata: [
+                "mqtt.client_id": "\(machine.clientId ?? "")", "mqtt.username": "\(tokenInUsername ? "(token)" : username ?? "")",
+                "auth.method": "\(failure.method.rawValue)", "auth.reason": "\(failure.rawValue)",
+            ])
+        }
+        perform(machine.authenticated(outcome))
     }
 
     private func produce(token: UInt64, publish: MQTTPublish, context: ChannelHandlerContext) {

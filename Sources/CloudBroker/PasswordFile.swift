@@ -52,6 +52,9 @@ struct PasswordFile: Sendable {
         return try PasswordFile(contents: text, origin: path)
     }
 
+    /// Whether `user` has a line in the file.
+    func contains(user: String) -> Bool { entries[user] != nil }
+
     /// Whether `password` is the password of `user` (unknown users cost the same as known ones).
     func verify(user: String, password: [UInt8]) -> Bool {
         let entry = entries[user] ?? Entry(iterations: Self.defaultIterations, salt: Array(repeating: 0, count: 16), key: Array(repeating: 0, count: 32))
