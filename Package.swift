@@ -47,10 +47,14 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // CRC-32C with the processor's CRC instructions, chosen at run time (one small C file: Swift
+        // cannot compile a function for an instruction set extension; see docs/ARCHITECTURE.md).
+        .target(name: "CCRC32C"),
         // The edge agent's crash-safe segmented log. Opaque record bodies; no MQTT knowledge.
         .target(
             name: "DiskBuffer",
             dependencies: [
+                "CCRC32C",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

@@ -18,6 +18,7 @@ else
     package="$here/.build-buffer-bench"
     mkdir -p "$package/Sources"
     ln -sfn "$root/Sources/DiskBuffer" "$package/Sources/DiskBuffer"
+    ln -sfn "$root/Sources/CCRC32C" "$package/Sources/CCRC32C"
     ln -sfn "$here/Sources/BufferBench" "$package/Sources/BufferBench"
     cat > "$package/Package.swift" <<'MANIFEST'
 // swift-tools-version: 6.2
@@ -33,7 +34,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
+        .target(name: "CCRC32C", path: "Sources/CCRC32C"),
         .target(name: "DiskBuffer", dependencies: [
+            "CCRC32C",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
         ], path: "Sources/DiskBuffer"),
