@@ -4,11 +4,19 @@ import Glibc
 import Darwin
 #endif
 
-/// A mutex with a condition variable guarding a value. `wait` may be called only from inside
-/// `withLock`; it releases the mutex while waiting, like `pthread_cond_wait`.
+/// A mutex guarding a value, with condition variables. `wait` may be called only from inside
+/// `withLock`; it releases the mutex while waiting, like `pthread_cond_wait`. Each thread that waits
+/// has its own condition (`Condition`), so waking one does not wake the others.
 final class ConditionLock<State>: @unchecked Sendable {
+    enum Condition: Int, CaseIterable {
+        /// The writer thread waits on this one.
+        case writer
+        /// The interval sync thread waits on this one.
+        case syncer
+    }
+
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let conditions = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: Condition.allCases.count)
     private let state: UnsafeMutablePointer<State>
 
     init(_ initial: State) {
@@ -16,7 +24,7 @@ final class ConditionLock<State>: @unchecked Sendable {
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(condition, &attributes)
+        for index in Condition.allCases.indices { pthread_cond_init(conditions + index, &attributes) }
         pthread_condattr_destroy(&attributes)
         state = .allocate(capacity: 1)
         state.initialize(to: initial)
@@ -25,9 +33,9 @@ final class ConditionLock<State>: @unchecked Sendable {
     deinit {
         state.deinitialize(count: 1)
         state.deallocate()
-        pthread_cond_destroy(condition)
+        for index in Condition.allCases.indices { pthread_cond_destroy(conditions + index) }
         pthread_mutex_destroy(mutex)
-        condition.deallocate()
+        conditions.deallocate()
         mutex.deallocate()
     }
 
@@ -39,18 +47,37 @@ final class ConditionLock<State>: @unchecked Sendable {
         return try body(&state.pointee)
     }
 
-    /// Waits for `signal` or until the monotonic deadline (nanoseconds), whichever comes first.
-    /// Call only while holding the lock (inside `withLock`).
-    func wait(untilMonotonicNanoseconds deadline: UInt64?) {
-        guard let deadline else {
-            pthread_cond_wait(condition, mutex)
-            return
-        }
-        var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
-        _ = pthread_cond_timedwait(condition, mutex, &time)
+    /// What a `waitLoop` step decided.
+    enum Step<Result> {
+        /// Done: unlock and return this.
+        case done(Result)
+        /// Wait for `signal` on the loop's condition or until the monotonic deadline (nanoseconds),
+        /// then run the step again.
+        case wait(until: UInt64?)
     }
 
-    func signal() { pthread_cond_broadcast(condition) }
+    /// Runs `step` under the lock until it returns `.done`, waiting on `condition` in between (the lock
+    /// is released while waiting, like `pthread_cond_wait`). Each step is a new access to the state, so
+    /// what other threads changed while this one waited is seen: never wait inside `withLock` itself,
+    /// where the compiler may keep fields of the `inout` state in registers across the wait.
+    func waitLoop<Result>(_ condition: Condition, _ step: (inout State) -> Step<Result>) -> Result {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let variable = conditions + condition.rawValue
+        while true {
+            switch step(&state.pointee) {
+            case .done(let result):
+                return result
+            case .wait(let deadline?):
+                var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+                _ = pthread_cond_timedwait(variable, mutex, &time)
+            case .wait(nil):
+                pthread_cond_wait(variable, mutex)
+            }
+        }
+    }
+
+    func signal(_ condition: Condition = .writer) { pthread_cond_broadcast(conditions + condition.rawValue) }
 }
 
 private final class ThreadBody: @unchecked Sendable {
@@ -74,7 +101,7 @@ func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws(Di
     }, box)
     guard result == 0 else {
         Unmanaged<ThreadBody>.fromOpaque(box).release()
-        throw DiskBufferError(.io, "cannot start the writer thread", errno: result)
+        throw DiskBufferError(.io, "cannot start the \(name) thread", errno: result)
     }
     pthread_detach(thread)
 }

@@ -13,6 +13,18 @@ extension Core {
         var bodyBytes = 0
         var sequence = max(requested, 1)
         var hint: (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?
+        var window = lock.withLock { state -> [UInt8] in
+            defer { state.spareReadWindow = [] }
+            return state.spareReadWindow
+        }
+        defer {
+            // Keep at most one window of at most a chunk: memory stays bounded however large a record was.
+            if window.count <= ChunkReader.chunkSize {
+                lock.withLock { state in
+                    if state.spareReadWindow.isEmpty { state.spareReadWindow = window }
+                }
+            }
+        }
         while records.count < maxRecords && (records.isEmpty || bodyBytes < maxBytes) {
             // Find the segment holding `sequence` (or the next one after a gap) under the lock.
             guard let (segment, readable, startHint) = (try lock.withLock { (state: inout State) throws(DiskBufferError) -> (Segment, UInt64, (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?)? in
@@ -37,7 +49,8 @@ extension Core {
                 sequence = segment.last + 1
                 continue
             }
-            var reader = ChunkReader(handle: handle, limit: segment.bytes)
+            var reader = ChunkReader(handle: handle, limit: segment.bytes, window: window)
+            defer { window = reader.takeWindow() }
             var offset = Int64(RecordFormat.segmentHeaderSize)
             var expected = segment.first
             if let startHint, startHint.segmentFirst == segment.first, startHint.sequence <= sequence {

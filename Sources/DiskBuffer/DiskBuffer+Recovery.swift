@@ -46,30 +46,58 @@ extension DiskBuffer {
     }
 }
 
-/// Reads a file through a 1 MiB window, so scans do one `pread` per MiB rather than per record.
+/// Reads a file through a 1 MiB window, so scans do one `pread` per MiB rather than per record. The
+/// window's storage can be handed from one reader to the next (`init(window:)`, `takeWindow()`), so
+/// that streaming reads do not allocate, and fault in, a fresh MiB each time.
 struct ChunkReader {
     let handle: FileHandle
     let limit: Int64
-    private var window: [UInt8] = []
+    private var window: [UInt8]
+    /// Bytes of `window` holding file data, from `windowStart`.
+    private var filled = 0
     private var windowStart: Int64 = 0
     static let chunkSize = 1 << 20
 
-    init(handle: FileHandle, limit: Int64) {
+    init(handle: FileHandle, limit: Int64, window: [UInt8] = []) {
         self.handle = handle
         self.limit = limit
+        self.window = window
+    }
+
+    /// The window's storage, for the next reader.
+    mutating func takeWindow() -> [UInt8] {
+        filled = 0
+        defer { window = [] }
+        return window
     }
 
     /// Up to `count` bytes at `offset` (fewer at `limit`).
     mutating func bytes(at offset: Int64, count: Int) throws(DiskBufferError) -> ArraySlice<UInt8> {
         let wanted = Int(min(Int64(count), max(0, limit - offset)))
-        if offset >= windowStart, offset + Int64(wanted) <= windowStart + Int64(window.count) {
+        if offset >= windowStart, offset + Int64(wanted) <= windowStart + Int64(filled) {
             let start = Int(offset - windowStart)
             return window[start..<(start + wanted)]
         }
         let size = Int(min(Int64(max(Self.chunkSize, wanted)), max(0, limit - offset)))
-        window = try handle.read(count: size, at: offset)
+        if window.count < size {
+            // Grow only: a window sized for one large record stays that size for this reader.
+            window = [UInt8](repeating: 0, count: max(size, min(Self.chunkSize, window.count * 2)))
+        }
+        let handle = handle
+        var failure: DiskBufferError?
+        var got = 0
+        window.withUnsafeMutableBytes { raw in
+            do throws(DiskBufferError) {
+                got = try handle.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<size]), at: offset)
+            } catch { failure = error }
+        }
+        if let failure {
+            filled = 0
+            throw failure
+        }
+        filled = got
         windowStart = offset
-        return window[0..<min(wanted, window.count)]
+        return window[0..<min(wanted, got)]
     }
 
     /// Decodes the record at `offset`: nil if the file ends inside it.
@@ -350,7 +378,17 @@ enum Recovery {
         let writer = Writer(
             core: core, active: active, activeFirst: segments[segments.count - 1].first,
             activeSize: activeSize, nextSequence: nextSequence)
-        try startThread(name: "buffer-writer") { writer.run() }
+        if case .interval(let milliseconds) = configuration.fsync {
+            let syncer = Syncer(core: core, intervalNanoseconds: UInt64(milliseconds) * 1_000_000)
+            try startThread(name: "buffer-syncer") { syncer.run() }
+        }
+        do {
+            try startThread(name: "buffer-writer") { writer.run() }
+        } catch {
+            core.lock.withLock { $0.syncerStop = true }
+            core.lock.signal(.syncer)
+            throw error
+        }
 
         let stats = state.stats(now: Clock.wallSeconds())
         let report = DiskBuffer.RecoveryReport(

@@ -18,7 +18,7 @@ struct Segment: Sendable, Hashable {
 struct PendingAppend {
     var body: [UInt8]
     var bodyState: UInt32
-    var continuation: CheckedContinuation<Result<UInt64, DiskBufferError>, Never>
+    var continuation: UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>
 }
 
 struct Waiter {
@@ -59,12 +59,33 @@ struct State {
     var unlinkQueue: [String] = []
     var droppedRecords: UInt64 = 0
     var syncs: UInt64 = 0
+    /// Policy `interval`: the active segment and how far it was written, waiting for the syncer.
+    var syncTarget: SyncTarget?
+    /// Set by the writer when it exits; the syncer then sets `syncerExited` and returns.
+    var syncerStop = false
+    var syncerExited = false
+    /// Test hook: while true, the syncer stops just before its fdatasync, as if the disk took forever.
+    var syncerHeld = false
+    /// A read window (up to 1 MiB, or one record's size) kept between reads so that streaming reads
+    /// reuse it instead of allocating; taken by a read, given back when it ends.
+    var spareReadWindow: [UInt8] = []
     /// Where the last read stopped, so the next sequential read starts without a scan.
     var readHint: (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?
 
     func unacknowledged(in segment: Segment) -> UInt64 {
         let start = max(segment.first, acknowledgedThrough + 1)
         return segment.last >= start ? segment.last - start + 1 : 0
+    }
+
+    /// Removes and returns the readers' waiters that can now read (or must return: closing).
+    mutating func takeReadyWaiters() -> [Waiter] {
+        guard !waiters.isEmpty else { return [] }
+        var ready: [Waiter] = []
+        for (id, waiter) in waiters where waiter.after < readableThrough || lifecycle != .open {
+            ready.append(waiter)
+            waiters.removeValue(forKey: id)
+        }
+        return ready
     }
 
     mutating func pruneSamples() {
@@ -171,6 +192,13 @@ extension DiskBuffer {
             }
             if exited { continuation.resume() } else { core.lock.signal() }
         }
+    }
+
+    /// Test hook (policy `interval`): while held, the syncer stops just before each fdatasync, as if
+    /// the disk took forever to sync; releasing lets it go on.
+    func holdSyncs(_ held: Bool) {
+        core.lock.withLock { $0.syncerHeld = held }
+        core.lock.signal(.syncer)
     }
 
     /// Test hook: stops the writer as a SIGKILL would (no final sync, no ledger write) and releases the

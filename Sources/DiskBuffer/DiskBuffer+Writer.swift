@@ -6,8 +6,9 @@ import Darwin
 import Logging
 
 /// The writer thread: takes all pending appends at once, writes them with one `pwrite` per segment,
-/// syncs per policy (one sync for the whole batch: group commit), then resumes the appenders. It also
-/// runs the interval syncs, ledger writes and segment deletions. Everything here runs on that one
+/// syncs per policy `always` (one sync for the whole batch: group commit), then resumes the appenders.
+/// With policy `interval` it hands each write to the ``Syncer`` thread instead, so appends never wait
+/// for a sync. It also runs ledger writes and segment deletions. Everything here runs on that one
 /// thread; the fields below are touched by no other.
 final class Writer: @unchecked Sendable {
     let core: Core
@@ -15,12 +16,13 @@ final class Writer: @unchecked Sendable {
     var activeFirst: UInt64
     var activeSize: Int64
     var nextSequence: UInt64
-    /// Written but not yet synced data in the active segment.
+    /// Written data in the active segment that this thread has not synced (with policy `interval`
+    /// the syncer may have synced it meanwhile: then a sync here costs little).
     var unsynced = false
-    var lastSync: UInt64
     var lastLedgerWrite: UInt64
     var buffer: [UInt8] = []
-    let intervalNanoseconds: UInt64?
+    /// Policy `interval`: a ``Syncer`` thread runs and must be stopped before the active file closes.
+    let hasSyncer: Bool
     let ledgerIntervalNanoseconds: UInt64
 
     init(core: Core, active: FileHandle, activeFirst: UInt64, activeSize: Int64, nextSequence: UInt64) {
@@ -29,14 +31,8 @@ final class Writer: @unchecked Sendable {
         self.activeFirst = activeFirst
         self.activeSize = activeSize
         self.nextSequence = nextSequence
-        let now = Clock.monotonicNanoseconds()
-        lastSync = now
-        lastLedgerWrite = now
-        if case .interval(let milliseconds) = core.configuration.fsync {
-            intervalNanoseconds = UInt64(milliseconds) * 1_000_000
-        } else {
-            intervalNanoseconds = nil
-        }
+        lastLedgerWrite = Clock.monotonicNanoseconds()
+        if case .interval = core.configuration.fsync { hasSyncer = true } else { hasSyncer = false }
         ledgerIntervalNanoseconds = UInt64(core.configuration.ledgerIntervalMilliseconds) * 1_000_000
     }
 
@@ -48,7 +44,6 @@ final class Writer: @unchecked Sendable {
         var deletable: [Segment] = []
         var unlink: [String] = []
         var writeLedger = false
-        var syncNow = false
         var stopping = false
         var crash = false
         var barriers: [CheckedContinuation<Void, Never>] = []
@@ -62,7 +57,7 @@ final class Writer: @unchecked Sendable {
                 return
             }
             if !work.batch.isEmpty { write(work.batch) }
-            if work.syncNow || (work.stopping && unsynced) { syncActive() }
+            if work.stopping && unsynced { syncActive() }
             if work.writeLedger || !work.deletable.isEmpty || work.stopping {
                 persistLedgerAndDelete(acknowledged: work.acknowledged, deletable: work.deletable)
             }
@@ -85,46 +80,41 @@ final class Writer: @unchecked Sendable {
 
     /// Waits until there is something to do and takes it.
     private func nextWork() -> Work {
-        core.lock.withLock { state -> Work in
-            while true {
-                var work = Work()
-                if state.crash {
-                    work.crash = true
-                    return work
-                }
-                let now = Clock.monotonicNanoseconds()
-                var deadline: UInt64?
-                if unsynced, let interval = intervalNanoseconds {
-                    if now >= lastSync + interval { work.syncNow = true } else { deadline = lastSync + interval }
-                }
-                let ackPending = state.acknowledgedThrough > state.persistedAcknowledgedThrough
-                if ackPending {
-                    if now >= lastLedgerWrite + ledgerIntervalNanoseconds {
-                        work.writeLedger = true
-                    } else {
-                        deadline = min(deadline ?? .max, lastLedgerWrite + ledgerIntervalNanoseconds)
-                    }
-                }
-                // Wholly acknowledged segments, never the newest.
-                var count = 0
-                while count + 1 < state.segments.count && state.segments[count].last <= state.acknowledgedThrough {
-                    count += 1
-                }
-                work.deletable = Array(state.segments.prefix(count))
-                work.stopping = state.lifecycle != .open
-                work.unlink = state.unlinkQueue
-                state.unlinkQueue.removeAll()
-                work.batch = state.pending
-                state.pending.removeAll(keepingCapacity: true)
-                work.acknowledged = state.acknowledgedThrough
-                work.barriers = state.barriers
-                state.barriers.removeAll()
-                if !work.batch.isEmpty || work.syncNow || work.writeLedger || !work.deletable.isEmpty
-                    || work.stopping || !work.unlink.isEmpty || !work.barriers.isEmpty {
-                    return work
-                }
-                core.lock.wait(untilMonotonicNanoseconds: deadline)
+        core.lock.waitLoop(.writer) { state -> ConditionLock<State>.Step<Work> in
+            var work = Work()
+            if state.crash {
+                work.crash = true
+                return .done(work)
             }
+            let now = Clock.monotonicNanoseconds()
+            var deadline: UInt64?
+            let ackPending = state.acknowledgedThrough > state.persistedAcknowledgedThrough
+            if ackPending {
+                if now >= lastLedgerWrite + ledgerIntervalNanoseconds {
+                    work.writeLedger = true
+                } else {
+                    deadline = lastLedgerWrite + ledgerIntervalNanoseconds
+                }
+            }
+            // Wholly acknowledged segments, never the newest.
+            var count = 0
+            while count + 1 < state.segments.count && state.segments[count].last <= state.acknowledgedThrough {
+                count += 1
+            }
+            work.deletable = Array(state.segments.prefix(count))
+            work.stopping = state.lifecycle != .open
+            work.unlink = state.unlinkQueue
+            state.unlinkQueue.removeAll()
+            work.batch = state.pending
+            state.pending.removeAll(keepingCapacity: true)
+            work.acknowledged = state.acknowledgedThrough
+            work.barriers = state.barriers
+            state.barriers.removeAll()
+            if !work.batch.isEmpty || work.writeLedger || !work.deletable.isEmpty
+                || work.stopping || !work.unlink.isEmpty || !work.barriers.isEmpty {
+                return .done(work)
+            }
+            return .wait(until: deadline)
         }
     }
 
@@ -174,9 +164,19 @@ final class Writer: @unchecked Sendable {
             nextSequence += written
             let added = size - activeSize
             activeSize = size
-            let waiters = core.lock.withLock { state -> [Waiter] in
+            let active = active
+            let hasSyncer = hasSyncer
+            let (waiters, wakeSyncer) = core.lock.withLock { state -> ([Waiter], Bool) in
                 state.writtenThrough = first + written - 1
-                if case .interval = policy {} else { state.readableThrough = state.writtenThrough }
+                var wakeSyncer = false
+                if hasSyncer {
+                    // Readers wait for the syncer; a syncer already holding a target picks up the
+                    // newer one when its interval ends.
+                    wakeSyncer = state.syncTarget == nil
+                    state.syncTarget = SyncTarget(handle: active, through: state.writtenThrough)
+                } else {
+                    state.readableThrough = state.writtenThrough
+                }
                 if var last = state.segments.last, last.first == activeFirst {
                     last.last = state.writtenThrough
                     last.bytes = activeSize
@@ -188,8 +188,9 @@ final class Writer: @unchecked Sendable {
                 if state.samples.last.map({ now - $0.time >= 1 }) ?? true {
                     state.samples.append((first, now))
                 }
-                return takeReadyWaiters(&state)
+                return (state.takeReadyWaiters(), wakeSyncer)
             }
+            if wakeSyncer { core.lock.signal(.syncer) }
             core.metrics.appends.increment(by: Int64(written))
             for (offset, pending) in part.enumerated() {
                 pending.continuation.resume(returning: .success(first + UInt64(offset)))
@@ -235,37 +236,27 @@ final class Writer: @unchecked Sendable {
         let start = Clock.monotonicNanoseconds()
         try active.syncData()
         let end = Clock.monotonicNanoseconds()
-        lastSync = end
         unsynced = false
         core.metrics.fsyncs.increment()
         core.metrics.fsyncDuration.recordNanoseconds(Int64(end - start))
-        let readableAdvances: Bool
-        if case .interval = policy { readableAdvances = true } else { readableAdvances = false }
+        let active = active
+        let readableAdvances = hasSyncer
         let waiters = core.lock.withLock { state -> [Waiter] in
             state.syncs += 1
             guard readableAdvances else { return [] }
+            // Everything written is synced: the syncer's pending target for this file is covered.
+            if state.syncTarget?.handle === active { state.syncTarget = nil }
             state.readableThrough = state.writtenThrough
-            return takeReadyWaiters(&state)
+            return state.takeReadyWaiters()
         }
         for waiter in waiters { waiter.continuation.resume() }
     }
 
-    /// The interval sync (and the final one on close). A failure is logged and retried at the next tick.
+    /// The final sync on close. A failure is logged.
     private func syncActive() {
         do { try sync() } catch {
-            lastSync = Clock.monotonicNanoseconds()
             core.logger.warning("buffer sync failed", metadata: ["buffer.error": "\(error)"])
         }
-    }
-
-    private func takeReadyWaiters(_ state: inout State) -> [Waiter] {
-        guard !state.waiters.isEmpty else { return [] }
-        var ready: [Waiter] = []
-        for (id, waiter) in state.waiters where waiter.after < state.readableThrough || state.lifecycle != .open {
-            ready.append(waiter)
-            state.waiters.removeValue(forKey: id)
-        }
-        return ready
     }
 
     // MARK: Ledger and deletion
@@ -314,6 +305,13 @@ final class Writer: @unchecked Sendable {
     // MARK: Exit
 
     private func exit(crash: Bool) {
+        let hasSyncer = hasSyncer
+        // The syncer may be syncing the active file: wait for it before closing that file.
+        core.lock.withLock { $0.syncerStop = true }
+        core.lock.signal(.syncer)
+        core.lock.waitLoop(.writer) { state -> ConditionLock<State>.Step<Void> in
+            hasSyncer && !state.syncerExited ? .wait(until: nil) : .done(())
+        }
         let (pending, waiters, stoppers) = core.lock.withLock { state in
             state.lifecycle = .closed
             state.writerExited = true

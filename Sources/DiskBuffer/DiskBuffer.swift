@@ -44,9 +44,11 @@ import Logging
 /// A crash-safe, append-only, segmented log of opaque records on local disk. See the format and
 /// invariants at the top of this file and in docs/disk-format.md.
 ///
-/// Thread-safe: `append` may be called concurrently from many tasks or event loops; file writes and
-/// syncs run on one writer thread owned by the buffer, and many concurrent appends share one sync
-/// (group commit). `read` does blocking `pread`s of records that are normally in the page cache.
+/// Thread-safe: `append` may be called concurrently from many tasks or event loops; file writes run on
+/// one writer thread owned by the buffer, one `pwrite` for all appends waiting at that moment. With
+/// policy `always` they share one sync (group commit); with `interval` a second thread syncs beside the
+/// writer, so appends never wait for a sync. `read` does blocking `pread`s of records that are normally
+/// in the page cache.
 public final class DiskBuffer: Sendable {
     /// One stored record.
     public struct Record: Sendable, Hashable {
@@ -115,7 +117,9 @@ public final class DiskBuffer: Sendable {
         }
         let bodyState = RecordFormat.bodyState(body)
         let size = Int64(RecordFormat.recordHeaderSize + body.count)
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<UInt64, DiskBufferError>, Never>) in
+        // Unsafe continuation: this is the per-record hot path, and the writer resumes each pending append
+        // exactly once (written, failed, or closed at exit); a checked one costs an allocation per record.
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>) in
             var wake = false
             let refused: DiskBufferError? = core.lock.withLock { state in
                 guard state.lifecycle == .open else {

@@ -6,15 +6,19 @@ import Testing
 @testable import DiskBuffer
 
 /// The real crash test: a child process (this test binary, re-run with an environment variable so that
-/// only `crashChild` does anything) appends with `fsync: always` from several tasks and prints each
-/// sequence once `append` returned; the parent SIGKILLs it at a random moment, reopens the buffer and
-/// checks that every reported sequence is there, with its body, in order.
+/// only `crashChild` does anything) appends with `fsync: always` (or `interval`, where the syncer thread
+/// runs beside the writer) from several tasks and prints each sequence once `append` returned; the
+/// parent SIGKILLs it at a random moment, reopens the buffer and checks that every reported sequence is
+/// there, with its body, in order.
 @Suite struct CrashTests {
     static let directoryVariable = "TRIBUTARY_BUFFER_CRASH_CHILD_DIR"
     static let seedVariable = "TRIBUTARY_BUFFER_CRASH_CHILD_SEED"
+    static let policyVariable = "TRIBUTARY_BUFFER_CRASH_CHILD_POLICY"
 
-    static func configuration(_ directory: String) -> DiskBuffer.Configuration {
-        DiskBuffer.Configuration(directory: directory, segmentMaxBytes: 64 << 10, maxBytes: 1 << 30, fsync: .always)
+    static func configuration(_ directory: String, interval: Bool = false) -> DiskBuffer.Configuration {
+        DiskBuffer.Configuration(
+            directory: directory, segmentMaxBytes: 64 << 10, maxBytes: 1 << 30,
+            fsync: interval ? .interval(milliseconds: 1) : .always)
     }
 
     /// The child's work. Does nothing in a normal test run.
@@ -22,7 +26,9 @@ import Testing
         guard let variable = getenv(Self.directoryVariable) else { return }
         let directory = String(cString: variable)
         let seed = getenv(Self.seedVariable).flatMap { UInt64(String(cString: $0)) } ?? 1
-        let (buffer, _) = try DiskBuffer.open(Self.configuration(directory), logger: Logger(label: "crash-child"))
+        let interval = getenv(Self.policyVariable).map { String(cString: $0) == "interval" } ?? false
+        let (buffer, _) = try DiskBuffer.open(
+            Self.configuration(directory, interval: interval), logger: Logger(label: "crash-child"))
         func report(_ line: String) {
             let bytes = Array((line + "\n").utf8)
             _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
@@ -56,7 +62,7 @@ import Testing
 
     /// Starts the child, reads its reports until `killAfter` durable sequences were seen, SIGKILLs it,
     /// then drains what it printed before dying.
-    func runChild(directory: String, seed: UInt64, killAfter: Int) throws -> Round {
+    func runChild(directory: String, seed: UInt64, killAfter: Int, interval: Bool) throws -> Round {
         var pipeDescriptors: [Int32] = [0, 0]
         try #require(pipe(&pipeDescriptors) == 0)
         // Not inherited by other children; dup2 onto the child's stdout clears the flag there.
@@ -75,7 +81,10 @@ import Testing
             environment.append(String(cString: pointer))
             entry += 1
         }
-        environment += ["\(Self.directoryVariable)=\(directory)", "\(Self.seedVariable)=\(seed)"]
+        environment += [
+            "\(Self.directoryVariable)=\(directory)", "\(Self.seedVariable)=\(seed)",
+            "\(Self.policyVariable)=\(interval ? "interval" : "always")",
+        ]
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer {
@@ -122,6 +131,16 @@ import Testing
     }
 
     @Test func sigkillNeverLosesAReportedRecord() async throws {
+        try await crashRounds(rounds: 12, interval: false)
+    }
+
+    /// With policy `interval`, `append` returns once the record is written (the syncer syncs later): a
+    /// process crash must still lose nothing that was reported.
+    @Test func sigkillUnderIntervalNeverLosesAReportedRecord() async throws {
+        try await crashRounds(rounds: 6, interval: true)
+    }
+
+    func crashRounds(rounds: Int, interval: Bool) async throws {
         let directory = TemporaryDirectory("crash")
         defer { directory.remove() }
         var random = SeededGenerator(seed: 42)
@@ -129,14 +148,13 @@ import Testing
         var totalReported = 0
         var totalTruncatedBytes: Int64 = 0
         var truncations = 0
-        let rounds = 12
         for round in 0..<rounds {
             let killAfter = round == 0 ? 200 : [0, 1, 50, 300, 1000, 2500].randomElement(using: &random)!
-            let child = try runChild(directory: directory.path, seed: UInt64(round + 1), killAfter: killAfter)
+            let child = try runChild(directory: directory.path, seed: UInt64(round + 1), killAfter: killAfter, interval: interval)
             acknowledgedUpperBound = max(acknowledgedUpperBound, child.highestAcknowledgement)
             totalReported += child.reported.count
 
-            let (buffer, report) = try DiskBuffer.open(Self.configuration(directory.path), logger: testLogger)
+            let (buffer, report) = try DiskBuffer.open(Self.configuration(directory.path, interval: interval), logger: testLogger)
             totalTruncatedBytes += report.truncatedBytes
             if report.truncatedBytes > 0 { truncations += 1 }
             #expect(report.acknowledgedThrough <= acknowledgedUpperBound, "round \(round)")
@@ -156,6 +174,6 @@ import Testing
             await buffer.close()
         }
         #expect(totalReported > 1000)
-        print("crash test: \(rounds) SIGKILLs, \(totalReported) reported sequences checked, \(truncations) torn tails totalling \(totalTruncatedBytes) bytes cut")
+        print("crash test (\(interval ? "interval" : "always")): \(rounds) SIGKILLs, \(totalReported) reported sequences checked, \(truncations) torn tails totalling \(totalTruncatedBytes) bytes cut")
     }
 }

@@ -1,0 +1,99 @@
+import Testing
+@testable import DiskBuffer
+
+/// Policy `interval`: the syncer thread fdatasyncs beside the writer, so appends never wait for a sync,
+/// while readers see only synced records. The syncs are held with a test hook (as if the disk never
+/// finished one): if an append waited for a sync, these tests would hang until their time limit.
+@Suite(.timeLimit(.minutes(1))) struct IntervalPolicyTests {
+    func configuration(_ directory: String, segmentMaxBytes: Int = 64 << 20) -> DiskBuffer.Configuration {
+        DiskBuffer.Configuration(directory: directory, segmentMaxBytes: segmentMaxBytes, fsync: .interval(milliseconds: 1))
+    }
+
+    @Test func appendsReturnWhileASyncIsStuckAndReadersWaitForIt() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(configuration(directory.path), logger: testLogger)
+        buffer.holdSyncs(true)
+        // Many batches, over many 1 ms intervals, from concurrent appenders.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<8 {
+                group.addTask {
+                    for _ in 0..<250 { _ = try await buffer.append(body(for: UInt64(task), size: 200)) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(buffer.stats.lastSequence == 2000)
+        // Written, not synced: not readable.
+        #expect(try buffer.read(from: 1).isEmpty)
+        #expect(buffer.stats.syncs == 0)
+
+        buffer.holdSyncs(false)
+        var next: UInt64 = 1
+        while next <= 2000 {
+            await buffer.waitForRecords(after: next - 1)
+            let records = try buffer.read(from: next)
+            guard records.first?.sequence == next else {
+                Issue.record("expected sequence \(next), read \(records.first?.sequence ?? 0)")
+                break
+            }
+            next += UInt64(records.count)
+        }
+        #expect(buffer.stats.syncs >= 1)
+        await buffer.close()
+    }
+
+    /// Rolling to a new segment syncs the old one on the writer thread, even while the syncer is stuck:
+    /// the old segment's records become readable, the new one's wait for the syncer.
+    @Test func segmentRollSyncsTheOldSegmentWithoutTheSyncer() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(configuration(directory.path, segmentMaxBytes: 4096), logger: testLogger)
+        buffer.holdSyncs(true)
+        for sequence in UInt64(1)...100 { _ = try await buffer.append(body(for: sequence, size: 100)) }
+        let segments = buffer.stats.segments
+        #expect(segments > 1)
+        let readable = try readAll(buffer)
+        // Everything in the sealed segments, nothing of the newest.
+        #expect(!readable.isEmpty)
+        #expect(readable.map(\.sequence) == Array(1...UInt64(readable.count)))
+        #expect(readable.count < 100)
+        #expect(readable.allSatisfy { $0.body == body(for: $0.sequence, size: 100) })
+        buffer.holdSyncs(false)
+        await buffer.waitForRecords(after: 99)
+        #expect(try readAll(buffer).count == 100)
+        await buffer.close()
+    }
+
+    /// Close while the syncer is stuck in a sync: close still finishes (the writer stops the syncer and
+    /// waits for it before closing the file), and everything appended is there after reopening.
+    @Test func closeWhileASyncIsStuck() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(configuration(directory.path), logger: testLogger)
+        buffer.holdSyncs(true)
+        for sequence in UInt64(1)...50 { _ = try await buffer.append(body(for: sequence)) }
+        await buffer.close()
+        let (reopened, report) = try DiskBuffer.open(configuration(directory.path), logger: testLogger)
+        #expect(report.isClean)
+        let records = try readAll(reopened)
+        #expect(records.map(\.sequence) == Array(1...50))
+        #expect(records.allSatisfy { $0.body == body(for: $0.sequence) })
+        await reopened.close()
+    }
+
+    /// A simulated crash while the syncer is stuck: what `append` returned was written, so it survives a
+    /// process crash (not a power loss, which the interval policy allows to lose the last interval).
+    @Test func crashWhileASyncIsStuckKeepsEveryAppendedRecord() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(configuration(directory.path), logger: testLogger)
+        buffer.holdSyncs(true)
+        for sequence in UInt64(1)...50 { _ = try await buffer.append(body(for: sequence)) }
+        await buffer.simulateCrash()
+        let (reopened, _) = try DiskBuffer.open(configuration(directory.path), logger: testLogger)
+        let records = try readAll(reopened)
+        #expect(records.map(\.sequence) == Array(1...50))
+        await reopened.close()
+    }
+}
