@@ -15,6 +15,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.max_inflight_outbound", default: "64", help: "QoS 1/2 messages sent to one client and not yet acknowledged (lowered to the client's Receive Maximum)."),
         ConfigKey("mqtt.session_queue_limit", default: "1000", help: "Messages queued for one session beyond the in-flight window; beyond it messages are dropped and counted."),
         ConfigKey("mqtt.topic_alias_maximum", default: "64", help: "Topic aliases an MQTT 5 client may use towards the broker (0 disables them)."),
+        ConfigKey("mqtt.outbound_topic_alias_maximum", default: "64", help: "Topic aliases the broker sets on messages to an MQTT 5 client that announces a Topic Alias Maximum (the smaller of the two; 0 disables them; least recently used replaced)."),
         ConfigKey("mqtt.max_keep_alive", default: "0", help: "Longest keep-alive accepted in seconds; a larger (or zero) one is replaced by this via Server Keep Alive for MQTT 5 clients. 0 = accept the client's."),
         ConfigKey("mqtt.max_session_expiry", default: "86400", help: "Longest session expiry interval granted, in seconds (MQTT 3.1.1 persistent sessions get this)."),
         ConfigKey("mqtt.connect_timeout", default: "10s", help: "A connection that sends no CONNECT within this time is closed."),
@@ -132,7 +133,8 @@ struct CloudBrokerConfiguration: Sendable {
             maxKeepAlive: try values.int("mqtt.max_keep_alive", range: 0...65_535),
             maxSessionExpiry: UInt32(try values.int("mqtt.max_session_expiry", range: 0...Int(UInt32.max))),
             connectTimeout: try values.duration("mqtt.connect_timeout"),
-            retainAvailable: try values.bool("mqtt.retain_available")
+            retainAvailable: try values.bool("mqtt.retain_available"),
+            outboundTopicAliasMaximum: try values.int("mqtt.outbound_topic_alias_maximum", range: 0...65_535)
         )
         if let listen = values.optionalString("mqtt.tls_listen") {
             let address: HostPort
@@ -211,6 +213,8 @@ struct BrokerLimits: Sendable, Equatable {
     var maxSessionExpiry: UInt32 = 86_400
     var connectTimeout: Duration = .seconds(10)
     var retainAvailable: Bool = true
+    /// Topic aliases the broker sets towards an MQTT 5 client (capped by the client's Topic Alias Maximum).
+    var outboundTopicAliasMaximum: Int = 64
     var authentication: Authentication = .none
     var access = AccessRules()
 }

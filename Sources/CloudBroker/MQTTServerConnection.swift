@@ -40,6 +40,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     /// The version of the CONNECT received, for a refusing CONNACK sent after the machine closed.
     private var connectVersion: MQTTProtocolVersion?
     private var clientMaximumPacketSize = MQTTPacket.protocolMaximumPacketSize
+    private var outboundAliases = OutboundTopicAliases(maximum: 0)
     private var takeOverPromise: EventLoopPromise<SessionState?>?
     private var closing = false
     private var lateMessages: [OutboundMessage] = []
@@ -77,6 +78,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             requestedKeepAlive = connect.keepAlive
             connectVersion = connect.protocolVersion
             if let size = connect.properties.maximumPacketSize { clientMaximumPacketSize = Int(size) }
+            if let aliases = connect.properties.topicAliasMaximum {
+                outboundAliases = OutboundTopicAliases(maximum: min(Int(aliases), broker.limits.outboundTopicAliasMaximum))
+            }
         }
         perform(machine.packetReceived(packet, now: context.eventLoop.now, wallClock: Date()))
     }
@@ -224,9 +228,16 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             }
             return
         }
+        var packet = packet
+        var aliasUse: OutboundTopicAliases.Use?
+        if case .publish(let publish) = packet, outboundAliases.maximum > 0 {
+            let (wire, use) = outboundAliases.plan(publish)
+            (packet, aliasUse) = (.publish(wire), use)
+        }
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
             try packet.encode(into: &buffer, version: version, maximumPacketSize: clientMaximumPacketSize)
+            if let aliasUse { outboundAliases.commit(aliasUse) }
         } catch {
             // Too large for the client (MQTT 5.0 section 3.1.2.25): discarded as if it had been delivered.
             if case .publish(let publish) = packet, let packetId = publish.packetId {
