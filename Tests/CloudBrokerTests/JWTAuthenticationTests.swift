@@ -220,8 +220,15 @@ struct JWTAuthenticationTests {
                 "-h", "127.0.0.1", "-p", port, "-u", "anything", "-P", try signers[0].token(TokenSigner.claims(sub: "dev-0")), "-t", "devices/dev-0/v3", "-m", "ok-v3", "-q", "1",
             ])
             #expect(v3.0 == .exited(0), "3.1.1 token: \(v3.1)")
+            // paho (MQTT 5; it sends a password only with a user name): an expired token gets 0x86 (134).
+            let paho = try Tools.script(scope, "paho_jwt.py", Self.pahoJWT)
+            let pahoRun = try await scope.run("paho-jwt", Tools.python, [
+                paho, port, try signers[1].token(TokenSigner.claims(sub: "dev-1")), try signers[1].token(TokenSigner.claims(sub: "dev-1", expiresIn: -120)),
+            ])
+            #expect(pahoRun.0 == .exited(0) && pahoRun.1.contains("OK paho"), "paho: \(pahoRun.1)")
             let v5Client = try await RawMQTTClient.connect(port: broker.mqttPort)
-            var connect = MQTTConnect(protocolVersion: .v5, clientIdentifier: "acl-probe", username: "jwt", password: ByteBuffer(string: try signers[2].token(TokenSigner.claims(sub: "dev-2"))))
+            // MQTT 5 allows a password without a user name: the token alone.
+            var connect = MQTTConnect(protocolVersion: .v5, clientIdentifier: "acl-probe", username: nil, password: ByteBuffer(string: try signers[2].token(TokenSigner.claims(sub: "dev-2"))))
             #expect(try await v5Client.handshake(connect).reasonCode == .success)
             try await v5Client.send(.publish(MQTTPublish(topic: "devices/dev-1/t", payload: ByteBuffer(string: "denied"), qos: .atLeastOnce, packetId: 1)))
             let denied = try await v5Client.next { if case .puback(let ack) = $0 { ack } else { nil } }
@@ -252,18 +259,57 @@ struct JWTAuthenticationTests {
 
             let reader = try KafkaReader(tansu: tansu, topic: "mqtt.messages", partitions: 6)
             defer { reader.close() }
-            let records = try await reader.waitUntil("the token-authenticated publishes") { $0.count >= 4 }
-            #expect(Set(records.compactMap(\.valueString)) == ["ok-0", "ok-1", "ok-2", "ok-v3"])
+            let records = try await reader.waitUntil("the token-authenticated publishes") { $0.count >= 5 }
+            #expect(Set(records.compactMap(\.valueString)) == ["ok-0", "ok-1", "ok-2", "ok-v3", "ok-paho"])
             let metrics = try await MetricsScrape.get(port: broker.httpPort)
-            #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_failures_total{method="jwt",reason="expired"}"#) == 2)
+            #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_failures_total{method="jwt",reason="expired"}"#) == 3)
             #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_failures_total{method="jwt",reason="bad_signature"}"#) == 2)
             #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_failures_total{method="jwt",reason="algorithm_mismatch"}"#) == 2)
-            #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_accepted_total{method="jwt"}"#) == 5)
+            #expect(MetricsScrape.value(metrics, #"tributary_broker_auth_accepted_total{method="jwt"}"#) == 6)
             let log = broker.process.logText()
             #expect(log.contains("authentication refused"))
             for token in [expired, forged, wrongAlgorithm] { #expect(!log.contains(token), "a token was logged") }
         }
     }
+
+    /// argv: port, valid token (sub dev-1), expired token. Prints "OK paho" when the valid token connects and
+    /// publishes to devices/dev-1/paho and the expired one is refused with 134 (bad user name or password).
+    static let pahoJWT = """
+        import sys, threading
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        port, good, expired = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+        def connect(token, client_id):
+            done, result = threading.Event(), {}
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+            client.username_pw_set("jwt", token)
+            def on_connect(c, userdata, flags, reason, properties):
+                result["rc"] = reason.value
+                done.set()
+            client.on_connect = on_connect
+            client.connect("127.0.0.1", port)
+            client.loop_start()
+            if not done.wait(10):
+                sys.exit("no CONNACK")
+            return client, result["rc"]
+
+        client, rc = connect(good, "paho-jwt")
+        if rc != 0:
+            sys.exit(f"valid token refused: {rc}")
+        info = client.publish("devices/dev-1/paho", b"ok-paho", qos=1)
+        info.wait_for_publish(10)
+        if not info.is_published():
+            sys.exit("publish not acknowledged")
+        client.disconnect()
+        client.loop_stop()
+        refused, rc = connect(expired, "paho-expired")
+        refused.loop_stop()
+        if rc != 134:
+            sys.exit(f"expired token: reason {rc}, expected 134")
+        print("OK paho")
+        """
 
     /// The token in the user name (`auth.jwt.token_in: username`), with a password-file user beside it.
     @Test func tokenInTheUserNameBesideAPasswordFile() async throws {
