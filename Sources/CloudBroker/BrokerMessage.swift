@@ -19,6 +19,10 @@ struct BrokerMessage: Sendable, Equatable {
     var properties: MQTTProperties
     /// When the message expires (MQTT 5 Message Expiry Interval), on the wall clock.
     var expiresAt: Date?
+    /// Where it was consumed from (nil for retained messages and messages not from a messages topic): a
+    /// session going offline with it undelivered stores an offset at or before it (`OutboundState.replayFrom`).
+    var source: KafkaTopicPartition? = nil
+    var sourceOffset: Int64? = nil
 
     /// Seconds left before expiry (rounded up), nil if it never expires, 0 if it has expired.
     func remainingExpiry(now: Date) -> UInt32? {
@@ -153,7 +157,8 @@ enum KafkaRecordMapping {
         }
         return BrokerMessage(
             topic: topic!, payload: ByteBuffer(bytes: value), qos: qos, retain: retain, publisherClientId: clientId,
-            properties: properties, expiresAt: expiresAt)
+            properties: properties, expiresAt: expiresAt, source: KafkaTopicPartition(topic: record.topic, partition: record.partition),
+            sourceOffset: record.offset)
     }
 
     static func isValidTopicName(_ text: String) -> Bool {

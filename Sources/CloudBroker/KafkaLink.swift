@@ -165,12 +165,18 @@ final class KafkaLink: Service, Sendable {
         let wills = self.wills
         let replay = MovedSessionReplay(configuration: consumerConfiguration, registry: registry, defaultQoS: defaultQoS, logger: logger)
         let heartbeatInterval = settings.heartbeatInterval
-        registry.setSessionMovedHandler { [self] clientId, subscriptions, from in
-            // From a little before the last sign of life of the node the client left.
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
-            let lastSeen = min(now, wills?.lastHeartbeat(node: from) ?? now)
-            let margin = Int64(heartbeatInterval.components.seconds) * 1000 + heartbeatInterval.components.attoseconds / 1_000_000_000_000_000 + 1000
-            let starts = timeline.offsets(atOrBefore: lastSeen - margin)
+        registry.setSessionMovedHandler { [self] clientId, subscriptions, start in
+            let starts: [KafkaTopicPartition: Int64]
+            switch start {
+            case .lastSeen(let node):
+                // From a little before the last sign of life of the node the client left.
+                let now = Int64(Date().timeIntervalSince1970 * 1000)
+                let lastSeen = min(now, wills?.lastHeartbeat(node: node) ?? now)
+                let margin = Int64(heartbeatInterval.components.seconds) * 1000 + heartbeatInterval.components.attoseconds / 1_000_000_000_000_000 + 1000
+                starts = timeline.offsets(atOrBefore: lastSeen - margin)
+            case .offsets(let offsets):
+                starts = offsets
+            }
             let ends = state.withLock { $0.routed }
             replay.enqueue(.init(clientId: clientId, subscriptions: subscriptions, starts: starts, ends: ends))
         }

@@ -122,7 +122,10 @@ final class KafkaSessionStore: SessionStore {
 
     func put(_ session: SessionState, now: ContinuousClock.Instant) {
         local.put(session, now: now)
-        writeSnapshot(session, offsets: positions.withLock { $0 }?() ?? [:], connected: false)
+        // Where delivery stands, moved back to the oldest message the client has not got yet.
+        var offsets = positions.withLock { $0 }?() ?? [:]
+        for (partition, offset) in session.outbound.replayFrom() { offsets[partition] = min(offsets[partition] ?? offset, offset) }
+        writeSnapshot(session, offsets: offsets, connected: false)
     }
 
     /// Writes the snapshot of a connected session (no delivery position: it receives directly).
@@ -207,8 +210,11 @@ final class KafkaSessionStore: SessionStore {
             return
         }
         let nowWall = Int64(Date().timeIntervalSince1970 * 1000)
-        let session = snapshot.session
+        var session = snapshot.session
         meta.withLock { meta in
+            // Read at start-up, the replay happens before CONNECTs (`KafkaLink.catchUp`); read later, it
+            // happens when the client attaches here.
+            if meta.loaded && !snapshot.connected && !snapshot.offsets.isEmpty { session.undeliveredFrom = snapshot.offsets }
             guard snapshot.epoch >= meta.epochs[clientId, default: 0] else { return }
             meta.epochs[clientId] = snapshot.epoch
             meta.persisted.insert(clientId)

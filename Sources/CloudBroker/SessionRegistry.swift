@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import Synchronization
+import TributaryKafka
 
 /// A live client connection as the registry sees it (implemented by `MQTTServerConnection.Handle`).
 protocol ConnectionEndpoint: AnyObject, Sendable {
@@ -59,7 +60,15 @@ final class SessionRegistry: Sendable {
     private let incarnation: String
     private let announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)?
     /// Called when a client attaches to a session another node wrote while it was connected there.
-    typealias SessionMovedHandler = @Sendable (_ clientId: String, _ subscriptions: [SubscriptionOptions], _ from: String) -> Void
+    typealias SessionMovedHandler = @Sendable (_ clientId: String, _ subscriptions: [SubscriptionOptions], _ from: ReplayStart) -> Void
+
+    /// Where the replay of a session that moved here starts.
+    enum ReplayStart: Sendable {
+        /// A little before the last sign of life of the node the connected client left.
+        case lastSeen(node: String)
+        /// Exactly here (the offline snapshot's offsets).
+        case offsets([KafkaTopicPartition: Int64])
+    }
     private let sessionMoved = Mutex<SessionMovedHandler?>(nil)
 
     init(
@@ -116,9 +125,15 @@ final class SessionRegistry: Sendable {
             if let old, !request.cleanStart {
                 // A session read from Kafka after a restart is not in the subscription index yet.
                 self.register(clientId: request.clientId, Array(old.subscriptions.values))
-                if let from = old.movedFrom, let handler = self.sessionMoved.withLock({ $0 }) {
+                var start: ReplayStart?
+                if let node = old.movedFrom {
+                    start = .lastSeen(node: node)
+                } else if let offsets = old.undeliveredFrom {
+                    start = .offsets(offsets)
+                }
+                if let start, let handler = self.sessionMoved.withLock({ $0 }) {
                     self.state.withLock { $0.heldDuringReplay[request.clientId] = [] }
-                    handler(request.clientId, Array(old.subscriptions.values), from)
+                    handler(request.clientId, Array(old.subscriptions.values), start)
                 }
                 return (old, true)
             }

@@ -1,5 +1,6 @@
 import Common
 import Foundation
+import TributaryKafka
 
 /// A subscription as the session keeps it.
 struct SubscriptionOptions: Sendable, Equatable {
@@ -27,6 +28,9 @@ struct SessionState: Sendable {
     /// Restored from a snapshot that node `movedFrom` wrote while the client was connected there: what
     /// that node had not delivered is read again from Kafka when the client attaches (`MovedSessionReplay`).
     var movedFrom: String?
+    /// Restored from an offline snapshot another node wrote while this node was running: messages from
+    /// these offsets on were queued there, not here, and are read again from Kafka when the client attaches.
+    var undeliveredFrom: [KafkaTopicPartition: Int64]?
     /// Messages towards the client.
     var outbound = OutboundState()
 
@@ -61,6 +65,21 @@ struct OutboundState: Sendable {
 
     var queuedCount: Int { queue.count - queueHead }
     var inflightCount: Int { inflight.count }
+
+    /// Per messages-topic partition, the offset of the oldest QoS 1/2 message the client has not got yet:
+    /// queued, or sent and not acknowledged (a QoS 2 message past PUBREC has reached the client and does not
+    /// count). A snapshot of a session going offline stores offsets no later than these, so that a node
+    /// restoring it replays them ("Kafka is the queue") instead of losing them with this node.
+    func replayFrom() -> [KafkaTopicPartition: Int64] {
+        var oldest: [KafkaTopicPartition: Int64] = [:]
+        func note(_ message: OutboundMessage) {
+            guard message.qos != .atMostOnce, let partition = message.message.source, let offset = message.message.sourceOffset else { return }
+            oldest[partition] = min(oldest[partition] ?? offset, offset)
+        }
+        for entry in inflight where entry.phase != .awaitingPubComp { note(entry.message) }
+        for message in queue[queueHead...] { note(message) }
+        return oldest
+    }
 
     /// Queues `message`; returns false (and does not queue) if the queue already holds `limit`.
     mutating func enqueue(_ message: OutboundMessage, limit: Int) -> Bool {

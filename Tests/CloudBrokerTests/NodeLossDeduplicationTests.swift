@@ -181,6 +181,48 @@ struct PublishDeduplicatorTests {
 /// Takeover across nodes through `mqtt.connections`.
 @Suite("cloud-broker takeover across nodes", .serialized)
 struct CrossNodeTakeoverTests {
+    @Test("messages queued or unacknowledged when a session went offline reach it on another node after the first died")
+    func undeliveredMessagesOfAnOfflineSession() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
+            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let clientId = "slow-subscriber"
+            let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
+            var connect = BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)
+            connect.properties.receiveMaximum = 1  // one message in flight: the others wait in the session's queue
+            try await first.handshake(connect)
+            try await BrokerProtocolTests.subscribe(first, "slow/#", qos: .atLeastOnce)
+            let publisher = try await RawMQTTClient.connect(port: nodeA.mqttPort)
+            try await publisher.handshake(BrokerProtocolTests.v5("slow-publisher"))
+            for (index, payload) in ["s1", "s2", "s3"].enumerated() {
+                try await BrokerProtocolTests.publishQoS1(publisher, "slow/x", payload, id: UInt16(index + 1))
+            }
+            // s1 arrives and is never acknowledged; s2 and s3 stay queued on node A.
+            #expect(String(buffer: try await BrokerProtocolTests.nextPublish(first).payload) == "s1")
+            try await first.send(.disconnect(MQTTDisconnect()))
+            // The offline snapshot is written; then node A dies with the queue in its memory.
+            _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the offline snapshot") { records in
+                guard let value = records.last?.value, let snapshot = try? SessionSnapshot.decode(value) else { return false }
+                return !snapshot.connected && !snapshot.offsets.isEmpty
+            }
+            nodeA.process.send(SIGKILL)
+            _ = await nodeA.process.waitForExit()
+
+            let second = try await RawMQTTClient.connect(port: nodeB.mqttPort)
+            #expect(try await second.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == true)
+            var received: [String] = []
+            while received.count < 3 {
+                let publish = try await BrokerProtocolTests.nextPublish(second, timeout: .seconds(15))
+                received.append(String(buffer: publish.payload))
+                if let id = publish.packetId { try await second.send(.puback(MQTTPublishAck(packetId: id))) }
+            }
+            #expect(received == ["s1", "s2", "s3"])
+            await second.close()
+            await publisher.close()
+        }
+    }
+
     @Test("messages published while a subscriber's node is dead reach it on the node it reconnects to (replayed from Kafka)")
     func messagesForMovedSession() async throws {
         try await withProcesses { scope in
