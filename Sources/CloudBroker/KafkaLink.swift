@@ -164,16 +164,15 @@ final class KafkaLink: Service, Sendable {
         }
         let wills = self.wills
         let replay = MovedSessionReplay(configuration: consumerConfiguration, registry: registry, defaultQoS: defaultQoS, logger: logger)
-        let heartbeatInterval = settings.heartbeatInterval
         registry.setSessionMovedHandler { [self] clientId, subscriptions, start in
             let starts: [KafkaTopicPartition: Int64]
             switch start {
             case .lastSeen(let node):
-                // From a little before the last sign of life of the node the client left.
+                // From one second before the last sign of life of the node the client left: that node was
+                // delivering until then; the second covers what it had sent and not yet seen acknowledged.
                 let now = Int64(Date().timeIntervalSince1970 * 1000)
                 let lastSeen = min(now, wills?.lastHeartbeat(node: node) ?? now)
-                let margin = Int64(heartbeatInterval.components.seconds) * 1000 + heartbeatInterval.components.attoseconds / 1_000_000_000_000_000 + 1000
-                starts = timeline.offsets(atOrBefore: lastSeen - margin)
+                starts = timeline.offsets(atOrBefore: lastSeen - 1000)
             case .offsets(let offsets):
                 starts = offsets
             }
