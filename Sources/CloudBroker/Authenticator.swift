@@ -83,7 +83,7 @@ enum AuthenticationOutcome: Sendable, Equatable {
 /// 3. JWT (`auth.jwt.*`): the token (in the password, or in the user name with `auth.jwt.token_in:
 ///    username`) must verify; the identity is its `auth.jwt.identity_claim`.
 /// 4. No credentials: anonymous when `auth.allow_anonymous` (0x87 otherwise).
-/// 5. Anything else (a user name nobody knows): 0x86, after the same PBKDF2 cost as a known user.
+/// 5. Anything else (a user name nothing verifies): 0x86, after the same PBKDF2 cost as a known user.
 ///
 /// `plan` takes the synchronous decisions; the password and token checks are `Step`s the caller runs off
 /// the event loop (PBKDF2 costs milliseconds; jwt-kit is async).
@@ -124,14 +124,11 @@ struct Authenticator: Sendable {
             if let token = carrier, !token.isEmpty { return .verifyToken(token) }
         }
         if credentials.username == nil && credentials.password == nil {
-            // Without a password file or JWT configured, anyone without credentials gets in.
-            return .decided(allowAnonymous || (passwordFile == nil && jwt == nil) ? .accepted(.anonymous, identity: nil) : .refused(.anonymousNotAllowed))
+            return .decided(allowAnonymous ? .accepted(.anonymous, identity: nil) : .refused(.anonymousNotAllowed))
         }
-        if passwordFile == nil && jwt == nil {
-            // Only certificate identity is configured: clients without a certificate keep their user name.
-            return .decided(.accepted(.anonymous, identity: credentials.username))
-        }
-        // An unknown user: pay the PBKDF2 cost anyway so that the answer does not tell who exists.
+        // A user name nothing can verify (also with certificate identity alone: a client without a
+        // certificate may not pick its ACL identity). Pay the PBKDF2 cost anyway so that the answer does
+        // not tell who exists.
         return .checkPassword(user: credentials.username ?? "", password: credentials.password ?? [])
     }
 

@@ -21,7 +21,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.connect_timeout", default: "10s", help: "A connection that sends no CONNECT within this time is closed."),
         ConfigKey("mqtt.retain_available", default: "true", help: "Whether retained messages are supported."),
         ConfigKey("auth.password_file", default: "", help: "Password file (USER:pbkdf2-sha256$...; write it with 'cloud-broker passwd FILE USER'). Empty: no password file (see also auth.jwt.keys, mqtt.tls_identity)."),
-        ConfigKey("auth.allow_anonymous", default: "false", help: "With a password file or JWT keys: accept clients that send neither user name nor password."),
+        ConfigKey("auth.allow_anonymous", default: "false", help: "When authentication is on (a password file, JWT keys or mqtt.tls_identity): accept clients that send neither user name nor password (and, with mqtt.tls_identity, no certificate) as anonymous."),
         ConfigKey("auth.jwt.keys", default: "", help: "List of 'HS256|RS256|ES256 PATH [KID]': an HMAC secret file or a PEM public key that JWTs are verified with (KID: the token header's kid). Empty: no JWT authentication."),
         ConfigKey("auth.jwt.token_in", default: "password", help: "The CONNECT field carrying the JWT: 'password' (any user name, or none) or 'username'."),
         ConfigKey("auth.jwt.identity_claim", default: "sub", help: "The string claim that becomes the client's user name for the ACL (USER, %u)."),

@@ -60,6 +60,12 @@ struct CertificateIdentityTests {
             #expect(otherName.1.lowercased().contains("not authori"), "3.1.1 refusal: \(otherName.1)")
             let otherTopic = try await scope.run("pub-other-topic", pub, tls + ["-V", "mqttv5", "-t", "devices/device-2/t", "-m", "other-topic"])
             _ = otherTopic  // acknowledged with 0x87 and not produced: checked in Kafka below
+            // The plain TCP listener: no certificate, so a user name cannot claim an identity, nor can nobody.
+            let plain = ["-h", "127.0.0.1", "-p", "\(broker.mqttPort)", "-q", "1", "-t", "devices/device-1/t"]
+            let claimed = try await scope.run("pub-tcp-claimed", pub, plain + ["-u", "device-1", "-m", "claimed"])
+            #expect(claimed.0 != .exited(0) && claimed.1.lowercased().contains("bad user name or password"), "TCP with a user name: \(claimed.1)")
+            let nobody = try await scope.run("pub-tcp-anonymous", pub, plain + ["-m", "anonymous"])
+            #expect(nobody.0 != .exited(0) && nobody.1.lowercased().contains("not authori"), "TCP anonymous: \(nobody.1)")
             let reader = try KafkaReader(tansu: tansu, topic: "mqtt.messages", partitions: 6)
             defer { reader.close() }
             let records = try await reader.waitUntil("the allowed publishes") { $0.count >= 2 }

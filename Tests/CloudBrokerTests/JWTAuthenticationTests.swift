@@ -194,6 +194,17 @@ struct JWTAuthenticationTests {
             Issue.record("SAN identity")
             return
         }
+        // Certificate identity alone: without a certificate a client cannot choose its ACL identity.
+        let certificateOnly = Authenticator(certificateIdentity: .cn, allowAnonymous: false)
+        guard case .checkPassword = certificateOnly.plan(Credentials(username: "device-1", password: nil)) else {
+            Issue.record("an unverifiable user name")
+            return
+        }
+        #expect(certificateOnly.checkPassword(user: "device-1", password: []) == .refused(.badPassword))
+        guard case .decided(.refused(.anonymousNotAllowed)) = certificateOnly.plan(Credentials()) else {
+            Issue.record("anonymous with certificate identity alone")
+            return
+        }
     }
 
     /// A broker with HS256, RS256 and ES256 keys (by kid) and an ACL on `%u`; real clients connect with
