@@ -38,6 +38,9 @@ final class Writer: @unchecked Sendable {
 
     private var policy: DiskBuffer.FsyncPolicy { core.configuration.fsync }
 
+    /// A batch is written with one `pwrite` per segment and per this many bytes at most.
+    static let maxWriteBytes = 4 << 20
+
     private struct Work {
         var batch: [PendingAppend] = []
         var acknowledged: UInt64 = 0
@@ -122,6 +125,10 @@ final class Writer: @unchecked Sendable {
 
     private func write(_ batch: [PendingAppend]) {
         let segmentMax = Int64(core.configuration.effectiveSegmentMaxBytes)
+        // The write buffer keeps its capacity between batches, but never more than a write's worth (a
+        // larger single record's is released after it): memory stays bounded however many appends
+        // arrive at once.
+        defer { if buffer.capacity > 2 * Self.maxWriteBytes { buffer = [] } }
         var index = 0
         while index < batch.count {
             buffer.removeAll(keepingCapacity: true)
@@ -131,6 +138,7 @@ final class Writer: @unchecked Sendable {
             while index < batch.count {
                 let recordSize = Int64(RecordFormat.recordHeaderSize + batch[index].body.count)
                 if size + recordSize > segmentMax && size > Int64(RecordFormat.segmentHeaderSize) { break }
+                if !buffer.isEmpty && buffer.count + Int(recordSize) > Self.maxWriteBytes { break }
                 RecordFormat.appendRecord(
                     to: &buffer, sequence: first + UInt64(index - start),
                     body: batch[index].body, bodyState: batch[index].bodyState)

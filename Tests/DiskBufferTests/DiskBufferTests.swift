@@ -71,6 +71,32 @@ import Testing
         await buffer.close()
     }
 
+    /// Many large appends at once are written in pieces of at most `Writer.maxWriteBytes` (the write
+    /// buffer stays bounded), and a single record larger than that still goes in whole.
+    @Test func largeBatchesAreWrittenInBoundedPieces() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(.init(directory: directory.path, fsync: .interval(milliseconds: 1)), logger: testLogger)
+        let large = Writer.maxWriteBytes + 12345
+        let results = try await withThrowingTaskGroup(of: (UInt64, [UInt8]).self) { group in
+            for task in 0..<64 {
+                group.addTask {
+                    let payload = body(for: UInt64(task), size: task == 7 ? large : 100 << 10)
+                    return (try await buffer.append(payload), payload)
+                }
+            }
+            var all: [UInt64: [UInt8]] = [:]
+            for try await (sequence, payload) in group { all[sequence] = payload }
+            return all
+        }
+        #expect(Set(results.keys) == Set(1...64))
+        await buffer.waitForRecords(after: 63)
+        let stored = try readAll(buffer)
+        #expect(stored.map(\.sequence) == Array(1...64))
+        #expect(stored.allSatisfy { results[$0.sequence] == $0.body })
+        await buffer.close()
+    }
+
     @Test func segmentsRollAndAcknowledgedOnesAreDeleted() async throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
