@@ -25,6 +25,8 @@ struct Result {
     var syncs: Int
     var syncsEstimated: Bool
     var recordSize: Int
+    /// User + system CPU time of this process during the run (all its threads).
+    var cpuSeconds: Double = 0
 
     var recordsPerSecond: Double { Double(records) / seconds }
     var megabytesPerSecond: Double { Double(records * recordSize) / seconds / 1e6 }
@@ -36,13 +38,26 @@ struct Result {
     var syncsPerSecond: Double { Double(syncs) / seconds }
 
     var line: String {
-        String(format: "%-28@ %10.0f rec/s %8.1f MB/s  p99 %8.3f ms  %8.0f fsync/s%@  (%d records, %.2f s)",
+        String(format: "%-28@ %10.0f rec/s %8.1f MB/s  p99 %8.3f ms  %8.0f fsync/s%@  (%d records, %.2f s, cpu %.2f s = %.2f us/record)",
                name as NSString, recordsPerSecond, megabytesPerSecond, p99Milliseconds, syncsPerSecond,
-               (syncsEstimated ? " (est.)" : "") as NSString, records, seconds)
+               (syncsEstimated ? " (est.)" : "") as NSString, records, seconds, cpuSeconds,
+               records > 0 ? cpuSeconds * 1e6 / Double(records) : 0)
     }
 }
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+/// User + system CPU seconds used by this process so far.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    #if os(Linux)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    #else
+    getrusage(RUSAGE_SELF, &usage)
+    #endif
+    func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
 
 @main
 struct BufferBench: AsyncParsableCommand {
@@ -75,11 +90,15 @@ struct BufferBench: AsyncParsableCommand {
         print(String(format: "raw sequential write (dd bs=1M oflag=direct conv=fdatasync): %.1f MB/s", raw))
         for policy in policies {
             print("--- policy \(policy)")
-            let buffer = try await runDiskBuffer(policy: policy)
+            var cpu = processCPUSeconds()
+            var buffer = try await runDiskBuffer(policy: policy)
+            buffer.cpuSeconds = processCPUSeconds() - cpu
             print(buffer.line)
             var sqlite: Result?
             if !skipSQLite {
+                cpu = processCPUSeconds()
                 sqlite = try await runSQLite(policy: policy)
+                sqlite!.cpuSeconds = processCPUSeconds() - cpu
                 print(sqlite!.line)
             }
             if let sqlite {
