@@ -13,6 +13,8 @@ final class ConditionLock<State>: @unchecked Sendable {
         case writer
         /// The interval sync thread waits on this one.
         case syncer
+        /// The ledger and deletion thread waits on this one.
+        case housekeeper
     }
 
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)

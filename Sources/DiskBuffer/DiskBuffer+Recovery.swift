@@ -378,15 +378,22 @@ enum Recovery {
         let writer = Writer(
             core: core, active: active, activeFirst: segments[segments.count - 1].first,
             activeSize: activeSize, nextSequence: nextSequence)
-        if case .interval(let milliseconds) = configuration.fsync {
-            let syncer = Syncer(core: core, intervalNanoseconds: UInt64(milliseconds) * 1_000_000)
-            try startThread(name: "buffer-syncer") { syncer.run() }
-        }
+        // The writer stops the other two when it exits; if it cannot start, they are stopped here.
+        let housekeeper = Housekeeper(core: core)
         do {
+            if case .interval(let milliseconds) = configuration.fsync {
+                let syncer = Syncer(core: core, intervalNanoseconds: UInt64(milliseconds) * 1_000_000)
+                try startThread(name: "buffer-syncer") { syncer.run() }
+            }
+            try startThread(name: "buffer-housekeeper") { housekeeper.run() }
             try startThread(name: "buffer-writer") { writer.run() }
         } catch {
-            core.lock.withLock { $0.syncerStop = true }
+            core.lock.withLock { state in
+                state.syncerStop = true
+                state.housekeeperStop = true
+            }
             core.lock.signal(.syncer)
+            core.lock.signal(.housekeeper)
             throw error
         }
 

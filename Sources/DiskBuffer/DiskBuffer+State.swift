@@ -66,6 +66,11 @@ struct State {
     var syncerExited = false
     /// Test hook: while true, the syncer stops just before its fdatasync, as if the disk took forever.
     var syncerHeld = false
+    /// Set by the writer when it exits; the housekeeper then sets `housekeeperExited` and returns.
+    var housekeeperStop = false
+    var housekeeperExited = false
+    /// `settle` barriers the writer has passed, for the housekeeper to resume after its next pass.
+    var housekeepingBarriers: [CheckedContinuation<Void, Never>] = []
     /// A read window (up to 1 MiB, or one record's size) kept between reads so that streaming reads
     /// reuse it instead of allocating; taken by a read, given back when it ends.
     var spareReadWindow: [UInt8] = []
@@ -75,6 +80,13 @@ struct State {
     func unacknowledged(in segment: Segment) -> UInt64 {
         let start = max(segment.first, acknowledgedThrough + 1)
         return segment.last >= start ? segment.last - start + 1 : 0
+    }
+
+    /// Wholly acknowledged segments, never the newest.
+    func deletableSegments() -> [Segment] {
+        var count = 0
+        while count + 1 < segments.count && segments[count].last <= acknowledgedThrough { count += 1 }
+        return Array(segments.prefix(count))
     }
 
     /// Removes and returns the readers' waiters that can now read (or must return: closing).
@@ -182,7 +194,8 @@ final class Core: Sendable {
 
 extension DiskBuffer {
     /// Test hook: returns after the writer thread has handled everything requested so far (pending
-    /// appends, segment deletions after acknowledgements, dropped segments, a due ledger write).
+    /// appends), and then the housekeeper (segment deletions after acknowledgements, dropped segments,
+    /// a due ledger write).
     func settle() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let exited = core.lock.withLock { state -> Bool in

@@ -47,8 +47,8 @@ import Logging
 /// Thread-safe: `append` may be called concurrently from many tasks or event loops; file writes run on
 /// one writer thread owned by the buffer, one `pwrite` for all appends waiting at that moment. With
 /// policy `always` they share one sync (group commit); with `interval` a second thread syncs beside the
-/// writer, so appends never wait for a sync. `read` does blocking `pread`s of records that are normally
-/// in the page cache.
+/// writer, so appends never wait for a sync. A third thread writes the ledger and deletes segments.
+/// `read` does blocking `pread`s of records that are normally in the page cache.
 public final class DiskBuffer: Sendable {
     /// One stored record.
     public struct Record: Sendable, Hashable {
@@ -121,16 +121,20 @@ public final class DiskBuffer: Sendable {
         // exactly once (written, failed, or closed at exit); a checked one costs an allocation per record.
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>) in
             var wake = false
+            var dropped = false
             let refused: DiskBufferError? = core.lock.withLock { state in
                 guard state.lifecycle == .open else {
                     return DiskBufferError(.closed, "the buffer is closed")
                 }
-                if let refusal = core.admit(size, &state) { return refusal }
+                let refusal = core.admit(size, &state)
+                dropped = !state.unlinkQueue.isEmpty
+                if let refusal { return refusal }
                 wake = state.pending.isEmpty
                 state.pending.append(PendingAppend(body: body, bodyState: bodyState, continuation: continuation))
                 state.pendingBytes += size
                 return nil
             }
+            if dropped { core.lock.signal(.housekeeper) }
             if let refused {
                 core.metrics.rejected(refused)
                 continuation.resume(returning: .failure(refused))
@@ -192,7 +196,7 @@ public final class DiskBuffer: Sendable {
             state.acknowledgedThrough = sequence
             state.pruneSamples()
         }
-        core.lock.signal()
+        core.lock.signal(.housekeeper)
     }
 
     /// The acknowledged position (in memory; the ledger may lag by up to the ledger interval).
