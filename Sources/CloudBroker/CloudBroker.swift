@@ -2,6 +2,7 @@ import Common
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import TributaryKafka
 
@@ -96,11 +97,19 @@ enum CloudBroker {
                 throw BrokerError(.configuration, "TLS listener: \(error)")
             }
         }
-        let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
+        // `/ready` and `/metrics` on a thread of their own: a node whose MQTT event loops are saturated (a
+        // reconnect storm after another node's loss) still answers the load balancer's health checks in
+        // time, instead of being marked down and cutting its clients too.
+        let http = ObservabilityServer(
+            address: configuration.httpListen, registry: Observability.registry, group: Self.httpEventLoopGroup, logger: logger
+        ) {
             link.readiness()
         }
         return Node(listener: listener, tlsListener: tlsListener, kafka: link, http: http, producer: producer, registry: registry, retained: retained)
     }
+
+    /// One thread for the HTTP endpoints (created once per process).
+    static let httpEventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     static func run(configuration: CloudBrokerConfiguration) async throws {
         let logger = Logger(label: "tributary.cloud-broker")
