@@ -70,8 +70,7 @@ final class MQTTListener: Service, Sendable {
                     return channel.eventLoop.makeCompletedFuture {
                         if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                         try channel.pipeline.syncOperations.addHandlers([
-                            ByteCountingHandler(),
-                            ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: broker.limits.maximumPacketSize)),
+                            ByteToMessageHandler(CountingMQTTPacketDecoder(maximumPacketSize: broker.limits.maximumPacketSize)),
                             MQTTServerConnection(broker: broker),
                         ])
                     }

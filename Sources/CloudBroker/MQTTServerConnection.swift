@@ -17,7 +17,7 @@ struct BrokerContext: Sendable {
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
 ///
-/// Pipeline: `ByteCountingHandler` → `ByteToMessageHandler(MQTTPacketDecoder)` → this handler, which
+/// Pipeline: `ByteToMessageHandler(CountingMQTTPacketDecoder)` → this handler, which
 /// writes encoded `ByteBuffer`s itself (so that it can apply the client's Maximum Packet Size per packet).
 /// Reading is manual (`autoRead` stays on, but `read` is held back) while the client is connecting, while
 /// `receiveMaximum` publishes wait for Kafka, while the producer queue is full and while the socket is not
@@ -34,7 +34,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var machinePausedReading = false
     private var blockedPublishes = 0
     private var readPending = false
-    private var keepAliveTask: RepeatedTask?
+    /// Registered with the loop's `KeepAliveSweeper` (no timer of its own).
+    private var keepAliveRegistered = false
     private var connectTimeoutTask: Scheduled<Void>?
     private var requestedKeepAlive: UInt16 = 0
     /// The version of the CONNECT received, for a refusing CONNACK sent after the machine closed.
@@ -109,7 +110,10 @@ final class MQTTServerConnection: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         BrokerMetrics.connectionClosed()
-        keepAliveTask?.cancel()
+        if keepAliveRegistered {
+            KeepAliveSweeper.on(context.eventLoop).unregister(self)
+            keepAliveRegistered = false
+        }
         connectTimeoutTask?.cancel()
         let (session, will, attached) = machine.channelClosed()
         if let takeOverPromise {
@@ -204,12 +208,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             case .scheduleKeepAlive(let interval):
                 connectTimeoutTask?.cancel()
                 connectTimeoutTask = nil
-                keepAliveTask?.cancel()
-                let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-                let loop = context.eventLoop
-                keepAliveTask = loop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { _ in
-                    loopBound.value.perform(loopBound.value.machine.keepAliveCheck(now: loop.now))
-                }
+                KeepAliveSweeper.on(context.eventLoop).register(self, interval: TimeAmount(interval))
+                keepAliveRegistered = true
             case .dropped(let qos):
                 BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
             case .close:
@@ -224,6 +224,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         guard let version = machine.version ?? connectVersion else {
             // Only a CONNACK refusing an unknown version is sent before the version is known.
             if case .connack = packet, let buffer = try? packet.encoded(version: .v311, allocator: context.channel.allocator) {
+                BrokerMetrics.bytesSent.increment(by: buffer.readableBytes)
                 context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
             }
             return
@@ -248,6 +249,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
         BrokerMetrics.packetsSent[packet.type]?.increment()
         if case .publish(let publish) = packet { BrokerMetrics.messagesDelivered[Int(publish.qos.rawValue)].increment() }
+        BrokerMetrics.bytesSent.increment(by: buffer.readableBytes)
         context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
@@ -324,6 +326,11 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             })
     }
 
+    /// Called by the loop's `KeepAliveSweeper` every half keep-alive.
+    func keepAliveDue(now: NIODeadline) {
+        perform(machine.keepAliveCheck(now: now))
+    }
+
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
         guard readPending, !machinePausedReading, blockedPublishes == 0 else { return }
         readPending = false
@@ -373,19 +380,28 @@ extension MQTTServerConnection {
 }
 
 /// Counts bytes in and out of a connection (`tributary_broker_bytes_*_total`).
-final class ByteCountingHandler: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// The MQTT decoder of a client connection, counting the bytes of the packets it decodes
+/// (`bytes_received`; bytes sent are counted where `MQTTServerConnection` writes), so that a connection
+/// needs no byte-counting handler of its own (one pipeline context less per connection).
+struct CountingMQTTPacketDecoder: ByteToMessageDecoder {
+    typealias InboundOut = MQTTPacket
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        BrokerMetrics.bytesReceived.increment(by: unwrapInboundIn(data).readableBytes)
-        context.fireChannelRead(data)
+    let decoder: MQTTPacketDecoder
+
+    init(maximumPacketSize: Int) {
+        decoder = MQTTPacketDecoder(maximumPacketSize: maximumPacketSize)
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        BrokerMetrics.bytesSent.increment(by: unwrapOutboundIn(data).readableBytes)
-        context.write(data, promise: promise)
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        let start = buffer.readerIndex
+        guard let packet = try decoder.decodePacket(from: &buffer) else { return .needMoreData }
+        BrokerMetrics.bytesReceived.increment(by: buffer.readerIndex - start)
+        context.fireChannelRead(wrapInboundOut(packet))
+        return .continue
+    }
+
+    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        // A partial packet at EOF is dropped with the connection; whole ones are still delivered.
+        try decode(context: context, buffer: &buffer)
     }
 }
