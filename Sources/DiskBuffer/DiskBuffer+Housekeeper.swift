@@ -34,6 +34,9 @@ final class Housekeeper: @unchecked Sendable {
 
     func run() {
         while let work = nextWork() {
+            core.lock.waitLoop(.housekeeper) { state -> ConditionLock<State>.Step<Void> in
+                state.housekeeperHeld && !state.housekeeperStop ? .wait(until: nil) : .done(())
+            }
             if work.writeLedger || !work.deletable.isEmpty {
                 core.persistLedgerAndDelete(
                     acknowledged: work.acknowledged, nextSequence: work.nextSequence, deletable: work.deletable)

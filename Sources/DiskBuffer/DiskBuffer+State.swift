@@ -69,6 +69,8 @@ struct State {
     /// Set by the writer when it exits; the housekeeper then sets `housekeeperExited` and returns.
     var housekeeperStop = false
     var housekeeperExited = false
+    /// Test hook: while true, the housekeeper stops before each ledger write and deletion.
+    var housekeeperHeld = false
     /// `settle` barriers the writer has passed, for the housekeeper to resume after its next pass.
     var housekeepingBarriers: [CheckedContinuation<Void, Never>] = []
     /// A read window (up to 1 MiB, or one record's size) kept between reads so that streaming reads
@@ -212,6 +214,13 @@ extension DiskBuffer {
     func holdSyncs(_ held: Bool) {
         core.lock.withLock { $0.syncerHeld = held }
         core.lock.signal(.syncer)
+    }
+
+    /// Test hook: while held, the housekeeper stops before each ledger write and segment deletion, as if
+    /// unlinking took forever; releasing lets it go on.
+    func holdHousekeeping(_ held: Bool) {
+        core.lock.withLock { $0.housekeeperHeld = held }
+        core.lock.signal(.housekeeper)
     }
 
     /// Test hook: stops the writer as a SIGKILL would (no final sync, no ledger write) and releases the

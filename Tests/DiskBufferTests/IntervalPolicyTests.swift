@@ -97,3 +97,39 @@ import Testing
         await reopened.close()
     }
 }
+
+/// Ledger writes and segment deletions run on the housekeeping thread: appends go on while a deletion
+/// is stuck (held with a test hook), and close still finishes.
+@Suite(.timeLimit(.minutes(1))) struct HousekeeperTests {
+    @Test(arguments: [DiskBuffer.FsyncPolicy.always, .interval(milliseconds: 1)])
+    func appendsGoOnWhileDeletionIsStuck(policy: DiskBuffer.FsyncPolicy) async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let configuration = DiskBuffer.Configuration(directory: directory.path, segmentMaxBytes: 4096, fsync: policy)
+        let (buffer, _) = try DiskBuffer.open(configuration, logger: testLogger)
+        buffer.holdHousekeeping(true)
+        for sequence in UInt64(1)...100 { _ = try await buffer.append(body(for: sequence, size: 100)) }
+        await buffer.waitForRecords(after: 99)
+        try buffer.acknowledge(through: 100)
+        for sequence in UInt64(101)...200 { _ = try await buffer.append(body(for: sequence, size: 100)) }
+        let held = buffer.stats.segments
+        #expect(held > 3, "acknowledged segments are not deleted while housekeeping is held")
+        #expect(segmentFiles(directory.path).count == held)
+
+        buffer.holdHousekeeping(false)
+        await buffer.settle()
+        #expect(buffer.stats.segments < held)
+        #expect(segmentFiles(directory.path).count == buffer.stats.segments)
+        await buffer.waitForRecords(after: 199)
+        #expect(try readAll(buffer, from: 101).map(\.sequence) == Array(101...200))
+
+        // Close while held: the writer stops the housekeeper, then writes the final ledger itself.
+        buffer.holdHousekeeping(true)
+        try buffer.acknowledge(through: 150)
+        await buffer.close()
+        let (reopened, report) = try DiskBuffer.open(configuration, logger: testLogger)
+        #expect(report.acknowledgedThrough == 150)
+        #expect(try readAll(reopened, from: 151).map(\.sequence) == Array(151...200))
+        await reopened.close()
+    }
+}
