@@ -111,19 +111,63 @@ public final class ProcessScope: Sendable {
 }
 
 /// Runs `body` with a fresh `ProcessScope`, then stops every process it started, also when `body` throws.
+///
+/// At most `ProcessScopeSlots.shared.limit` scopes run at once: `swift test` runs every suite in parallel,
+/// and on a 2-core machine twenty tests each starting Tansu, brokers and clients in the same second starve
+/// each other past their start-up timeouts. A test's own timeouts start once it has its slot.
 public func withProcesses<T: Sendable>(
     _ name: String = #function, _ body: (ProcessScope) async throws -> T
 ) async throws -> T {
-    let scope = try ProcessScope(name: name)
+    await ProcessScopeSlots.shared.acquire()
+    let scope: ProcessScope
+    do {
+        scope = try ProcessScope(name: name)
+    } catch {
+        await ProcessScopeSlots.shared.release()
+        throw error
+    }
     do {
         let result = try await body(scope)
         await scope.stopAll()
+        await ProcessScopeSlots.shared.release()
         return result
     } catch {
         print("test '\(name)' failed: \(error)")
         scope.printLogTails()
         await scope.stopAll()
+        await ProcessScopeSlots.shared.release()
         throw error
+    }
+}
+
+/// A counting semaphore for `withProcesses` (limit from `TRIBUTARY_TEST_PROCESS_SCOPES`, default 4).
+public actor ProcessScopeSlots {
+    public static let shared = ProcessScopeSlots(
+        limit: max(1, Int(ProcessInfo.processInfo.environment["TRIBUTARY_TEST_PROCESS_SCOPES"] ?? "") ?? 4))
+
+    public let limit: Int
+    private var available: Int
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    init(limit: Int) {
+        self.limit = limit
+        self.available = limit
+    }
+
+    func acquire() async {
+        if available > 0 {
+            available -= 1
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func release() {
+        if waiters.isEmpty {
+            available += 1
+        } else {
+            waiters.removeFirst().resume()
+        }
     }
 }
 
