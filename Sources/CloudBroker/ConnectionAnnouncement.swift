@@ -21,7 +21,9 @@ import TributaryKafka
 /// `cluster.heartbeat_interval` under the key `heartbeat/NODE`), `"incarnation"` (a random id per node
 /// process: a node restarted under the same id is a new incarnation, and the connections of the old one are
 /// lost), `"will"` (the will as an MQTT 5 PUBLISH packet, base64), `"will_delay"` (seconds, already bounded
-/// by the session expiry).
+/// by the session expiry), and on heartbeats `"positions"` (`[{"topic", "partition", "offset"}]`: where the
+/// node's routing of the messages topics stood two heartbeats earlier; a node taking over one of its
+/// sessions replays from there, `MovedSessionReplay`).
 struct ConnectionAnnouncement: Sendable, Equatable, Codable {
     static let version = 1
 
@@ -39,6 +41,13 @@ struct ConnectionAnnouncement: Sendable, Equatable, Codable {
     var incarnation: String?
     var will: String?
     var will_delay: UInt32?
+    var positions: [Position]?
+
+    struct Position: Sendable, Equatable, Codable {
+        var topic: String
+        var partition: Int32
+        var offset: Int64
+    }
 
     init(
         node: String, connection: UInt64, atMilliseconds: Int64, kind: Kind = .connected, incarnation: String? = nil,

@@ -170,9 +170,16 @@ final class KafkaLink: Service, Sendable {
             case .lastSeen(let node):
                 // From one second before the last sign of life of the node the client left: that node was
                 // delivering until then; the second covers what it had sent and not yet seen acknowledged.
+                // Records that node had not routed two heartbeats before its last, and those of the last
+                // second by time (offsets from the timeline), whichever is earlier per partition: a record it
+                // consumed late (load) is never skipped, one it sent and saw no acknowledgement for is covered.
                 let now = Int64(Date().timeIntervalSince1970 * 1000)
                 let lastSeen = min(now, wills?.lastHeartbeat(node: node) ?? now)
-                starts = timeline.offsets(atOrBefore: lastSeen - 1000)
+                var earliest = timeline.offsets(atOrBefore: lastSeen - 1000)
+                for (partition, offset) in wills?.routingPositions(node: node) ?? [:] {
+                    earliest[partition] = min(earliest[partition] ?? offset, offset)
+                }
+                starts = earliest
             case .offsets(let offsets):
                 starts = offsets
             }
@@ -231,9 +238,14 @@ final class KafkaLink: Service, Sendable {
     /// wills of clients of nodes found lost (`NodeLossWills`), until cancelled.
     private func watchNodes(connectionsTopic: String) async {
         guard let wills, let announce else { return }
+        // Routing positions of the last heartbeats; each heartbeat carries the one from two beats before.
+        var recentPositions: [[KafkaTopicPartition: Int64]] = []
         while !Task.isCancelled {
             let now = Int64(Date().timeIntervalSince1970 * 1000)
-            let heartbeat = ConnectionAnnouncement(node: wills.nodeId, connection: 0, atMilliseconds: now, kind: .heartbeat, incarnation: wills.incarnation)
+            recentPositions.append(state.withLock { $0.routed })
+            if recentPositions.count > 3 { recentPositions.removeFirst() }
+            var heartbeat = ConnectionAnnouncement(node: wills.nodeId, connection: 0, atMilliseconds: now, kind: .heartbeat, incarnation: wills.incarnation)
+            heartbeat.positions = recentPositions[0].map { .init(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value) }
             announce(heartbeat.record(topic: connectionsTopic, clientId: ConnectionAnnouncement.heartbeatKey(node: wills.nodeId)))
             let (due, newlyLost) = wills.evaluate(nowMilliseconds: now)
             for lost in newlyLost {

@@ -9,7 +9,8 @@ import TributaryKafka
 /// While a client is connected to node A, the other nodes keep a copy of its session (from the snapshot A
 /// wrote while it was connected) but do not route to it. When the client attaches here, the records that
 /// match its subscriptions and that A may not have delivered are read again from Kafka and handed to it:
-/// from one second before A's last heartbeat (`NodeLossWills`) up to where this node's routing stood when the client's subscriptions were registered here
+/// from, per partition, the earlier of where A's routing stood two heartbeats before its last one (carried by
+/// the heartbeat) and one second before that last heartbeat (`NodeLossWills`, `OffsetTimeline`) up to where this node's routing stood when the client's subscriptions were registered here
 /// (later records reach it by routing). `OffsetTimeline` turns that instant into offsets per partition.
 ///
 /// Several moved sessions are replayed by one consumer (a reconnect storm after a node loss is one

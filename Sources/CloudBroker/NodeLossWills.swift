@@ -2,6 +2,7 @@ import Common
 import Foundation
 import NIOCore
 import Synchronization
+import TributaryKafka
 
 /// Wills of clients whose node was lost (DESIGN.md §3): published once by one surviving node, not zero
 /// times, not twice.
@@ -46,6 +47,9 @@ final class NodeLossWills: Sendable {
         var atMilliseconds: Int64
     }
 
+    /// Per node, the routing positions its latest heartbeat carried.
+    private let positions = Mutex<[String: [KafkaTopicPartition: Int64]]>([:])
+
     private struct State {
         var heartbeats: [String: Heartbeat] = [:]
         var overIncarnations: Set<String> = []
@@ -81,6 +85,11 @@ final class NodeLossWills: Sendable {
 
     var connectionCount: Int { state.withLock { $0.connections.count } }
 
+    /// Where `node`'s routing stood two heartbeats before its latest one (empty if unknown).
+    func routingPositions(node: String) -> [KafkaTopicPartition: Int64] {
+        positions.withLock { $0[node] ?? [:] }
+    }
+
     /// The latest heartbeat (or connection) time of `node` (writer's wall clock, ms), if any was read.
     func lastHeartbeat(node: String) -> Int64? {
         state.withLock { $0.heartbeats[node]?.atMilliseconds }
@@ -104,7 +113,10 @@ final class NodeLossWills: Sendable {
             }
             switch announcement.effectiveKind {
             case .heartbeat:
-                break
+                if let list = announcement.positions {
+                    let map = Dictionary(list.map { (KafkaTopicPartition(topic: $0.topic, partition: $0.partition), $0.offset) }, uniquingKeysWith: min)
+                    positions.withLock { $0[node] = map }
+                }
             case .connected:
                 state.lostAt[clientId] = nil
                 if let previous = state.connections[clientId], previous.willDelay == 0,

@@ -87,6 +87,21 @@ struct NodeLossWillsTests {
         #expect(c.evaluate(nowMilliseconds: 20_000).due.isEmpty)
     }
 
+    @Test("a heartbeat's routing positions are kept per node (where a moved session's replay starts)")
+    func routingPositions() throws {
+        var beat = Self.heartbeat("a", "ia", at: 1_000).1
+        beat.positions = [.init(topic: "mqtt.messages", partition: 2, offset: 40), .init(topic: "mqtt.messages", partition: 0, offset: 7)]
+        let encoded = try #require(beat.record(topic: "mqtt.connections", clientId: "heartbeat/a").value)
+        let record = KafkaRecord(
+            topic: "mqtt.connections", partition: 0, offset: 0, key: Array("heartbeat/a".utf8), value: encoded, headers: [], timestampMilliseconds: nil)
+        let (key, decoded) = try #require(ConnectionAnnouncement.decode(record))
+        let b = Self.make("b", records: [(key, decoded)])
+        #expect(b.routingPositions(node: "a") == [
+            KafkaTopicPartition(topic: "mqtt.messages", partition: 2): 40, KafkaTopicPartition(topic: "mqtt.messages", partition: 0): 7,
+        ])
+        #expect(b.routingPositions(node: "c").isEmpty)
+    }
+
     @Test("if the responsible node is lost too, the next one takes over; a failed publication is due again")
     func responsibleLost() {
         let records = [
