@@ -132,10 +132,18 @@ final class SessionRegistry: Sendable {
                     start = .offsets(offsets)
                 }
                 if let start, let handler = self.sessionMoved.withLock({ $0 }) {
-                    self.state.withLock { $0.heldDuringReplay[request.clientId] = [] }
+                    // A replay already running for the client (it reconnected again meanwhile) keeps what it
+                    // holds: overwriting it would lose those messages.
+                    self.state.withLock { state in
+                        if state.heldDuringReplay[request.clientId] == nil { state.heldDuringReplay[request.clientId] = [] }
+                    }
                     handler(request.clientId, Array(old.subscriptions.values), start)
                 }
-                return (old, true)
+                // Replayed once: the session this connection owns (and later puts back) is here now.
+                var session = old
+                session.movedFrom = nil
+                session.undeliveredFrom = nil
+                return (session, true)
             }
             if request.cleanStart {
                 // Ends a stored session (a tombstone in `mqtt.sessions` if it was written there).

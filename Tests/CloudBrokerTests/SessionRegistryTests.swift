@@ -114,3 +114,39 @@ struct SessionRegistryTests {
         #expect(published.withLock { $0 } == ["will/stays-away"])
     }
 }
+
+/// A session that moved here from another node is replayed once, and live messages wait for the replay.
+@Suite("SessionRegistry moved-session replay")
+struct MovedSessionReplayRegistryTests {
+    @Test("replayed once even if the client reconnects during the replay; what routing held is never dropped")
+    func reconnectDuringReplay() throws {
+        let store = InMemorySessionStore()
+        let registry = SessionRegistry(store: store, limits: BrokerLimits(), logger: Logger(label: "test")) { _, _, _, _ in }
+        let replays = Mutex<[SessionRegistry.ReplayStart]>([])
+        registry.setSessionMovedHandler { _, _, start in replays.withLock { $0.append(start) } }
+        var moved = SessionState(clientId: "m", expiryInterval: 600)
+        let subscription = MQTTSubscription(topicFilter: try MQTTTopicFilter("cmd/m"), qos: .atLeastOnce)
+        moved.subscriptions["cmd/m"] = SubscriptionOptions(subscription: subscription, identifier: nil)
+        moved.movedFrom = "node-a"
+        store.put(moved, now: .now)
+
+        let first = SessionRegistryTests.Endpoint()
+        let (session, present) = try registry.attach(.init(clientId: "m", cleanStart: false, expiryInterval: 600), endpoint: first, eventLoop: first.loop).wait()
+        #expect(present)
+        #expect(session.movedFrom == nil, "the connection's copy no longer asks for a replay")
+        #expect(replays.withLock { $0.count } == 1)
+        // Live while the replay runs: held back.
+        #expect(registry.route(SessionRegistryTests.message("cmd/m")) == 1)
+        #expect(first.messages.isEmpty)
+
+        // The client drops and comes back before the replay ends.
+        registry.detach(endpoint: first, session: session, will: nil, takenOver: false)
+        let second = SessionRegistryTests.Endpoint()
+        _ = try registry.attach(.init(clientId: "m", cleanStart: false, expiryInterval: 600), endpoint: second, eventLoop: second.loop).wait()
+        #expect(replays.withLock { $0.count } == 1, "not replayed a second time")
+        registry.endReplay(clientId: "m")
+        #expect(second.messages.count == 1, "the message held during the replay reaches the new connection")
+        #expect(registry.route(SessionRegistryTests.message("cmd/m")) == 1)
+        #expect(second.messages.count == 2, "after the replay, live messages go straight out")
+    }
+}
