@@ -10,8 +10,9 @@ import TributaryKafka
 ///
 /// - **By agent sequence:** records carrying `tributary-agent` and `tributary-seq` (what our edge agent
 ///   sends). Per agent, the sequences of its last `agentWindow` records (a set, not a maximum: one agent's
-///   records spread over several partitions and arrive here out of order). A publish carrying a sequence in
-///   the set is a duplicate whatever its DUP flag says.
+///   records spread over several partitions and arrive here out of order). A resent publish (DUP set)
+///   carrying a sequence in the set is a duplicate. First attempts are never checked: an agent whose buffer
+///   was wiped numbers its records from the start again.
 /// - **By QoS 2 packet identifier:** records of QoS 2 publishes carry `mqtt.packet_id`. Per client id, the
 ///   last record seen for each packet identifier, as a fingerprint of its topic and payload and its ordinal
 ///   among that client's QoS 2 records. A QoS 2 publish with DUP set is a duplicate when the client's last

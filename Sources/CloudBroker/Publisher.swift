@@ -91,13 +91,14 @@ final class Publisher: Sendable {
             }
         }
         // A publish with DUP set may be in Kafka through another node (or this one, before a reconnect):
-        // ask only once this node has consumed everything Kafka holds now. A first attempt is checked
-        // against what is known (only agent sequences can match it).
+        // ask only once this node has consumed everything Kafka holds now. A first attempt (DUP clear) is
+        // new by definition and never checked: an agent whose buffer was wiped starts its sequences again,
+        // and its new records must not be taken for old ones.
         switch key {
-        case .packet where !publish.dup, .will:
+        case _ where !publish.dup, .will:
             eventLoop.execute { job.start() }
         case .packet, .agentSequence:
-            guard publish.dup, let messagesCatchUp else {
+            guard let messagesCatchUp else {
                 eventLoop.execute { check() }
                 return
             }

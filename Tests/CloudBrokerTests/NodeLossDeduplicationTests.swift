@@ -86,7 +86,9 @@ struct NodeLossDeduplicationTests {
             // Resent but never stored (same packet id as a stored one, another message; a new agent sequence): stored.
             #expect(try await Self.publishUntilPubRec(second, Self.qos2("dd/a", "m3", id: 8, dup: true)) == .success)
             #expect(try await Self.publishUntilPubRec(second, Self.qos2("dd/a", "s42", id: 10, dup: true, agentSequence: 42)) == .success)
-            #expect(try await Self.payloads(tansu, prefix: "dd/", expected: 5) == ["m1", "m2", "m3", "s41", "s42"])
+            // A first attempt (DUP clear) is new even with a known agent sequence (an agent whose buffer was wiped).
+            #expect(try await Self.publishUntilPubRec(second, Self.qos2("dd/a", "s41-again", id: 11, agentSequence: 41)) == .success)
+            #expect(try await Self.payloads(tansu, prefix: "dd/", expected: 6) == ["m1", "m2", "m3", "s41", "s41-again", "s42"])
             let metrics = try await Self.metrics(port: nodeB.httpPort)
             #expect(metrics.contains("tributary_broker_duplicates_suppressed_total{match=\"packet_id\"} 1"))
             #expect(metrics.contains("tributary_broker_duplicates_suppressed_total{match=\"agent_sequence\"} 1"))
