@@ -183,6 +183,30 @@ struct PublishDeduplicatorTests {
 /// Takeover across nodes through `mqtt.connections`.
 @Suite("cloud-broker takeover across nodes", .serialized)
 struct CrossNodeTakeoverTests {
+    /// A persistent MQTT 5 client on `port` subscribed to `filter` (QoS 1), once its snapshot with the
+    /// subscription is in `mqtt.sessions`.
+    static func subscribedPersistently(_ tansu: TansuBroker, port: Int, clientId: String, filter: String) async throws -> RawMQTTClient {
+        let client = try await RawMQTTClient.connect(port: port)
+        #expect(try await client.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == false)
+        try await BrokerProtocolTests.subscribe(client, filter, qos: .atLeastOnce)
+        _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the snapshot with the subscription") { records in
+            guard let value = records.last?.value, let snapshot = try? SessionSnapshot.decode(value) else { return false }
+            return snapshot.subscriptions.count == 1
+        }
+        return client
+    }
+
+    /// The payloads of the next `count` PUBLISHes to `client`, each acknowledged.
+    static func receive(_ client: RawMQTTClient, count: Int) async throws -> [String] {
+        var received: [String] = []
+        while received.count < count {
+            let publish = try await BrokerProtocolTests.nextPublish(client, timeout: .seconds(15))
+            received.append(String(buffer: publish.payload))
+            if let id = publish.packetId { try await client.send(.puback(MQTTPublishAck(packetId: id))) }
+        }
+        return received
+    }
+
     @Test("messages queued or unacknowledged when a session went offline reach it on another node after the first died")
     func undeliveredMessagesOfAnOfflineSession() async throws {
         try await withProcesses { scope in
@@ -213,12 +237,7 @@ struct CrossNodeTakeoverTests {
 
             let second = try await RawMQTTClient.connect(port: nodeB.mqttPort)
             #expect(try await second.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == true)
-            var received: [String] = []
-            while received.count < 3 {
-                let publish = try await BrokerProtocolTests.nextPublish(second, timeout: .seconds(15))
-                received.append(String(buffer: publish.payload))
-                if let id = publish.packetId { try await second.send(.puback(MQTTPublishAck(packetId: id))) }
-            }
+            let received = try await Self.receive(second, count: 3)
             #expect(received == ["s1", "s2", "s3"])
             await second.close()
             await publisher.close()
@@ -232,13 +251,7 @@ struct CrossNodeTakeoverTests {
             let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
             let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
             let clientId = "moved-subscriber"
-            let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
-            try await first.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
-            try await BrokerProtocolTests.subscribe(first, "cmd/\(clientId)", qos: .atLeastOnce)
-            _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the snapshot with the subscription") { records in
-                guard let value = records.last?.value, let snapshot = try? SessionSnapshot.decode(value) else { return false }
-                return snapshot.subscriptions.count == 1
-            }
+            _ = try await Self.subscribedPersistently(tansu, port: nodeA.mqttPort, clientId: clientId, filter: "cmd/\(clientId)")
             nodeA.process.send(SIGKILL)
             _ = await nodeA.process.waitForExit()
 
@@ -250,12 +263,7 @@ struct CrossNodeTakeoverTests {
 
             let second = try await RawMQTTClient.connect(port: nodeB.mqttPort)
             #expect(try await second.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == true)
-            var received: [String] = []
-            while received.count < 2 {
-                let publish = try await BrokerProtocolTests.nextPublish(second, timeout: .seconds(15))
-                received.append(String(buffer: publish.payload))
-                if let id = publish.packetId { try await second.send(.puback(MQTTPublishAck(packetId: id))) }
-            }
+            let received = try await Self.receive(second, count: 2)
             #expect(received == ["c1", "c2"])
             await second.close()
             await commander.close()
@@ -269,14 +277,8 @@ struct CrossNodeTakeoverTests {
             let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
             let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
             let clientId = "takeover-across"
-            let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
-            #expect(try await first.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == false)
-            try await BrokerProtocolTests.subscribe(first, "takeover/#", qos: .atLeastOnce)
             // The subscription is in Kafka before the client moves.
-            _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the snapshot with the subscription") { records in
-                guard let value = records.last?.value, let snapshot = try? SessionSnapshot.decode(value) else { return false }
-                return snapshot.subscriptions.count == 1
-            }
+            let first = try await Self.subscribedPersistently(tansu, port: nodeA.mqttPort, clientId: clientId, filter: "takeover/#")
 
             let second = try await RawMQTTClient.connect(port: nodeB.mqttPort)
             #expect(try await second.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == true)
