@@ -33,6 +33,13 @@ extension ProcessScope {
         return BrokerNode(process: process, mqttPort: mqttPort, httpPort: httpPort)
     }
 
+    /// Starts one node per id (process name and node id alike) against `tansu`, in order.
+    func startNodes(_ ids: [String], tansu: TansuBroker, settings: [String: String] = [:]) async throws -> [BrokerNode] {
+        var nodes: [BrokerNode] = []
+        for id in ids { nodes.append(try await startBroker(tansu: tansu, settings: settings, name: id, nodeId: id)) }
+        return nodes
+    }
+
     /// Runs a command to completion (mosquitto_pub, python) and returns its exit status and output.
     func run(_ name: String, _ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> (ChildProcess.ExitStatus, String) {
         let process = try launch(name: name, executable: executable, arguments: arguments, environment: environment)

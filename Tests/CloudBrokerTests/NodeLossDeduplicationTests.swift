@@ -62,8 +62,8 @@ struct NodeLossDeduplicationTests {
     func resentToAnotherNode() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
-            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let nodes = try await scope.startNodes(["node-a", "node-b"], tansu: tansu)
+            let (nodeA, nodeB) = (nodes[0], nodes[1])
             let clientId = "dedupe-other-node"
             let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
             #expect(try await first.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent == false)
@@ -211,8 +211,8 @@ struct CrossNodeTakeoverTests {
     func undeliveredMessagesOfAnOfflineSession() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
-            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let nodes = try await scope.startNodes(["node-a", "node-b"], tansu: tansu)
+            let (nodeA, nodeB) = (nodes[0], nodes[1])
             let clientId = "slow-subscriber"
             let first = try await RawMQTTClient.connect(port: nodeA.mqttPort)
             var connect = BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)
@@ -248,8 +248,8 @@ struct CrossNodeTakeoverTests {
     func messagesForMovedSession() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
-            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let nodes = try await scope.startNodes(["node-a", "node-b"], tansu: tansu)
+            let (nodeA, nodeB) = (nodes[0], nodes[1])
             let clientId = "moved-subscriber"
             _ = try await Self.subscribedPersistently(tansu, port: nodeA.mqttPort, clientId: clientId, filter: "cmd/\(clientId)")
             nodeA.process.send(SIGKILL)
@@ -274,8 +274,8 @@ struct CrossNodeTakeoverTests {
     func takeoverAcrossNodes() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let nodeA = try await scope.startBroker(tansu: tansu, name: "node-a", nodeId: "node-a")
-            let nodeB = try await scope.startBroker(tansu: tansu, name: "node-b", nodeId: "node-b")
+            let nodes = try await scope.startNodes(["node-a", "node-b"], tansu: tansu)
+            let (nodeA, nodeB) = (nodes[0], nodes[1])
             let clientId = "takeover-across"
             // The subscription is in Kafka before the client moves.
             let first = try await Self.subscribedPersistently(tansu, port: nodeA.mqttPort, clientId: clientId, filter: "takeover/#")

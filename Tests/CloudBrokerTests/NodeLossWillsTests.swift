@@ -172,9 +172,8 @@ struct NodeLossWillsEndToEndTests {
     func willsOfKilledNode() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let a = try await scope.startBroker(tansu: tansu, settings: Self.settings, name: "node-a", nodeId: "node-a")
-            let b = try await scope.startBroker(tansu: tansu, settings: Self.settings, name: "node-b", nodeId: "node-b")
-            let c = try await scope.startBroker(tansu: tansu, settings: Self.settings, name: "node-c", nodeId: "node-c")
+            let nodes = try await scope.startNodes(["node-a", "node-b", "node-c"], tansu: tansu, settings: Self.settings)
+            let (a, b, c) = (nodes[0], nodes[1], nodes[2])
             let watcher = try await RawMQTTClient.connect(port: c.mqttPort)
             try await watcher.handshake(BrokerProtocolTests.v5("will-watcher"))
             try await BrokerProtocolTests.subscribe(watcher, "lost/#", qos: .atLeastOnce)
