@@ -25,6 +25,8 @@ enum AgentMetrics {
     static let acknowledged = Counter(label: "tributary_agent_acknowledged_messages_total")
     static let refusedUpstream = Counter(label: "tributary_agent_upstream_refused_messages_total")
     static let undecodable = Counter(label: "tributary_agent_undecodable_records_total")
+    /// Records whose device-set message expiry interval passed while they waited in the buffer.
+    static let expired = Counter(label: "tributary_agent_expired_records_total")
     static let replayRate = Gauge(label: "tributary_agent_replay_rate_messages_per_second")
     static let commandsDelivered = Counter(label: "tributary_agent_commands_delivered_total")
     static let persistSeconds = Timer(label: "tributary_agent_uplink_state_persist_seconds")
@@ -40,7 +42,7 @@ enum AgentMetrics {
         for qos in [MQTTQoSLabel.zero, .one, .two] { _ = received(qos: qos) }
         _ = [
             deviceConnectionsTotal, receivedBytes, duplicatesIgnored, rejected, malformed, uplinkReconnects, forwarded,
-            forwardedBytes, acknowledged, refusedUpstream, undecodable, commandsDelivered,
+            forwardedBytes, acknowledged, refusedUpstream, undecodable, expired, commandsDelivered,
         ]
         for gauge in [uplinkState, uplinkInflight, replayRate] { gauge.record(0) }
         _ = persistSeconds

@@ -129,9 +129,17 @@ extension Uplink {
                         break
                     }
                     nextToRead = record.sequence + 1
-                    guard let publish = uplink.publish(for: record) else {
+                    let publish: MQTTPublish
+                    switch uplink.outgoing(for: record) {
+                    case .publish(let value):
+                        publish = value
+                    case .undecodable:
                         AgentMetrics.undecodable.increment()
                         uplink.logger.error("Skipping an undecodable buffer record", metadata: ["buffer.sequence": "\(record.sequence)"])
+                        continue
+                    case .expired:
+                        AgentMetrics.expired.increment()
+                        uplink.logger.debug("Dropping an expired record", metadata: ["buffer.sequence": "\(record.sequence)"])
                         continue
                     }
                     outstanding.append(record.sequence)

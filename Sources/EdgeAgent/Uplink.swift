@@ -142,7 +142,7 @@ final class Uplink: Service, Sendable {
         var dropped: [MQTTClientSession.InflightChange] = []
         for record in snapshot.entries.values.sorted(by: { $0.tag < $1.tag }) {
             let stored = try buffer.read(from: record.tag, maxRecords: 1).first
-            if let stored, stored.sequence == record.tag, let publish = publish(for: stored) {
+            if let stored, stored.sequence == record.tag, case .publish(let publish) = outgoing(for: stored, resending: true) {
                 entries.append(.init(packetId: record.packetId, tag: record.tag, phase: record.phase, publish: publish))
             } else if record.phase == .awaitingPubComp {
                 // Only PUBREL is ever resent now; the body is not needed.
@@ -166,19 +166,55 @@ final class Uplink: Service, Sendable {
         return MQTTClientSession(restoring: entries)
     }
 
-    func publish(for record: DiskBuffer.Record) -> MQTTPublish? {
-        guard let decoded = AgentRecord(decoding: record.body) else { return nil }
+    /// What a buffer record becomes upstream.
+    enum Outgoing {
+        case publish(MQTTPublish)
+        /// Not a record this version can read (counted, skipped).
+        case undecodable
+        /// The device's message expiry interval has passed (MQTT 5.0 section 3.3.2.3.3): not forwarded.
+        case expired
+    }
+
+    /// The upstream PUBLISH for a buffer record: the device's topic (with the prefix), payload, retain and, in
+    /// MQTT 5, its forwardable properties (message expiry reduced by the time spent in the buffer) followed by
+    /// the user properties `tributary-agent`, `tributary-seq`, `tributary-device`.
+    /// A resend (`resending`: already sent before a restart) is never dropped as expired: it goes with 1 s left.
+    func outgoing(
+        for record: DiskBuffer.Record, resending: Bool = false, nowMilliseconds: UInt64 = DeviceConnectionHandler.wallMilliseconds()
+    ) -> Outgoing {
+        Self.outgoing(for: record, settings: settings, resending: resending, nowMilliseconds: nowMilliseconds)
+    }
+
+    static func outgoing(for record: DiskBuffer.Record, settings: Settings, resending: Bool, nowMilliseconds: UInt64) -> Outgoing {
+        guard let decoded = AgentRecord(decoding: record.body) else { return .undecodable }
         var properties = MQTTProperties()
+        if let expiry = decoded.properties.messageExpiryInterval {
+            let waited = nowMilliseconds > decoded.receivedAtMilliseconds ? (nowMilliseconds - decoded.receivedAtMilliseconds) / 1000 : 0
+            if waited < UInt64(expiry) {
+                properties.messageExpiryInterval = expiry - UInt32(waited)
+            } else if resending {
+                properties.messageExpiryInterval = 1
+            } else {
+                return .expired
+            }
+        }
         if settings.client.protocolVersion == .v5 {
-            properties.userProperties = [
+            let stored = decoded.properties
+            properties.payloadFormatIndicator = stored.payloadFormatIndicator.flatMap(MQTTPayloadFormatIndicator.init(rawValue:))
+            properties.contentType = stored.contentType
+            properties.responseTopic = stored.responseTopic
+            properties.correlationData = stored.correlationData.map { ByteBuffer(bytes: $0) }
+            properties.userProperties = stored.userProperties + [
                 MQTTUserProperty(name: "tributary-agent", value: settings.agentId),
                 MQTTUserProperty(name: "tributary-seq", value: String(record.sequence)),
                 MQTTUserProperty(name: "tributary-device", value: decoded.deviceId),
             ]
+        } else {
+            properties = MQTTProperties()
         }
-        return MQTTPublish(
+        return .publish(MQTTPublish(
             topic: settings.topicPrefix + decoded.topic, payload: ByteBuffer(bytes: decoded.payload), qos: settings.qos,
-            retain: decoded.retain, properties: properties)
+            retain: decoded.retain, properties: properties))
     }
 
     // MARK: one connection

@@ -39,16 +39,6 @@ extension ProcessScope {
         for id in ids { nodes.append(try await startBroker(tansu: tansu, settings: settings, name: id, nodeId: id)) }
         return nodes
     }
-
-    /// Runs a command to completion (mosquitto_pub, python) and returns its exit status and output.
-    func run(_ name: String, _ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> (ChildProcess.ExitStatus, String) {
-        let process = try launch(name: name, executable: executable, arguments: arguments, environment: environment)
-        guard let status = await process.waitForExit(timeout: timeout) else {
-            process.send(SIGKILL)
-            throw HarnessError("\(name) did not finish within \(timeout):\n\(process.logTail())")
-        }
-        return (status, process.logText())
-    }
 }
 
 enum Tools {

@@ -9,21 +9,16 @@ import TestSupport
 
 @Suite("Client certificate identity")
 struct CertificateIdentityTests {
-    /// TLSListenerTests' CA, server and client (CN=device-1) certificates, plus a client certificate with
+    /// `TestCertificates`' CA, server and client (CN=device-1) certificates, plus a client certificate with
     /// subject alternative names.
-    static let makeCertificates = TLSListenerTests.makeCertificates + """
-
+    static let moreCertificates = """
         openssl req -newkey rsa:2048 -nodes -keyout san.key -out san.csr -subj /CN=not-this-one 2>/dev/null
         printf 'subjectAltName=DNS:device-2.example,email:ops@example.com\\n' > client-san.ext
         openssl x509 -req -in san.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out san.pem -days 1 -extfile client-san.ext 2>/dev/null
         """
 
     static func certificates(_ scope: ProcessScope) async throws -> String {
-        let directory = scope.logDirectory
-        let script = try Tools.script(scope, "certificates.sh", makeCertificates)
-        let (made, output) = try await scope.run("openssl", "/bin/sh", [script, directory])
-        #expect(made == .exited(0), "certificates: \(output)")
-        return directory
+        try await TestCertificates.make(scope, extra: moreCertificates)
     }
 
     @Test func namesAreReadFromTheCertificate() async throws {

@@ -4,25 +4,10 @@ import TestSupport
 
 @Suite("TLS listener")
 struct TLSListenerTests {
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
-    static let makeCertificates = """
-        set -e
-        cd "$1"
-        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
-        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=device-1 2>/dev/null
-        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 2>/dev/null
-        """
-
     @Test func clientsConnectOverTLSWithARequiredClientCertificate() async throws {
         let pub = try Tools.require("mosquitto_pub")
         try await withProcesses { scope in
-            let directory = scope.logDirectory
-            let script = try Tools.script(scope, "certificates.sh", Self.makeCertificates)
-            let (made, output) = try await scope.run("openssl", "/bin/sh", [script, directory])
-            #expect(made == .exited(0), "certificates: \(output)")
+            let directory = try await TestCertificates.make(scope)
             let tlsPort = try FreePort.next()
             let tansu = try await scope.startTansu()
             let broker = try await scope.startBroker(tansu: tansu, settings: [

@@ -12,9 +12,69 @@ struct AgentPersistenceTests {
     func recordRoundTrip() {
         let record = AgentRecord(qos: .exactlyOnce, retain: true, receivedAtMilliseconds: 1_700_000_000_123, deviceId: "dev-ü", topic: "a/b", payload: [0, 1, 2, 255])
         #expect(AgentRecord(decoding: record.encoded()) == record)
-        #expect(AgentRecord(decoding: [2] + record.encoded().dropFirst()) == nil)
+        #expect(record.encoded().first == 1, "no properties: version 1")
+        #expect(AgentRecord(decoding: [3] + record.encoded().dropFirst()) == nil)
         #expect(AgentRecord(decoding: Array(record.encoded().prefix(12))) == nil)
         #expect(AgentRecord(decoding: []) == nil)
+        var withProperties = record
+        withProperties.fromLocalBroker = true
+        withProperties.properties = AgentRecord.Properties(
+            payloadFormatIndicator: 1, messageExpiryInterval: 3600, contentType: "text/plain", responseTopic: "reply/x",
+            correlationData: [0, 0xFF, 7],
+            userProperties: [MQTTUserProperty(name: "k", value: "v1"), MQTTUserProperty(name: "k", value: "v2")])
+        let bytes = withProperties.encoded()
+        #expect(bytes.first == 2, "properties: version 2")
+        #expect(AgentRecord(decoding: bytes) == withProperties)
+        // A properties length past the end, and an unknown property identifier, are rejected.
+        let propertiesAt = 12 + 2 + "dev-ü".utf8.count + 2 + 3
+        var tooLong = bytes
+        tooLong[propertiesAt] = 0x7F
+        #expect(AgentRecord(decoding: tooLong) == nil)
+        var unknown = bytes
+        unknown[propertiesAt + 4] = 0x23  // topic alias: never stored
+        #expect(AgentRecord(decoding: unknown) == nil)
+    }
+
+    @Test("upstream: stored properties go out with the tributary-* user properties after them; message expiry counts the time buffered; expired records are dropped unless resent; 3.1.1 sends none")
+    func outgoingProperties() throws {
+        var record = AgentRecord(
+            qos: .exactlyOnce, retain: false, receivedAtMilliseconds: 1_000_000, deviceId: "d-1", topic: "t/1", payload: [1])
+        record.properties = AgentRecord.Properties(
+            payloadFormatIndicator: 1, messageExpiryInterval: 60, contentType: "application/json", responseTopic: "r/1",
+            correlationData: [9, 9], userProperties: [MQTTUserProperty(name: "site", value: "north")])
+        let stored = DiskBuffer.Record(sequence: 42, body: record.encoded())
+        var settings = Uplink.Settings(
+            host: "h", port: 1, tls: nil, tlsServerName: nil, client: .init(clientIdentifier: "c"), qos: .exactlyOnce,
+            agentId: "gw", topicPrefix: "p/", backoffInitial: .seconds(1), backoffMaximum: .seconds(1), connectTimeout: .seconds(1),
+            tcpUserTimeout: nil, maxBatchBytes: 1 << 20, maxBytesPerSecond: nil, progressInterval: .seconds(5))
+        guard case .publish(let publish) = Uplink.outgoing(for: stored, settings: settings, resending: false, nowMilliseconds: 1_010_500) else {
+            Issue.record("expected a publish")
+            return
+        }
+        #expect(publish.topic == "p/t/1")
+        #expect(publish.properties.messageExpiryInterval == 50)
+        #expect(publish.properties.payloadFormatIndicator == .utf8)
+        #expect(publish.properties.contentType == "application/json")
+        #expect(publish.properties.responseTopic == "r/1")
+        #expect(publish.properties.correlationData == ByteBuffer(bytes: [9, 9]))
+        #expect(publish.properties.userProperties.map { "\($0.name)=\($0.value)" } == [
+            "site=north", "tributary-agent=gw", "tributary-seq=42", "tributary-device=d-1",
+        ])
+        guard case .expired = Uplink.outgoing(for: stored, settings: settings, resending: false, nowMilliseconds: 1_060_000) else {
+            Issue.record("expected expired")
+            return
+        }
+        guard case .publish(let resent) = Uplink.outgoing(for: stored, settings: settings, resending: true, nowMilliseconds: 1_060_000) else {
+            Issue.record("a resend is never dropped")
+            return
+        }
+        #expect(resent.properties.messageExpiryInterval == 1)
+        settings.client.protocolVersion = .v311
+        guard case .publish(let old) = Uplink.outgoing(for: stored, settings: settings, resending: false, nowMilliseconds: 1_000_000) else {
+            Issue.record("expected a publish")
+            return
+        }
+        #expect(old.properties == MQTTProperties())
     }
 
     @Test("the uplink in-flight file round-trips, tracks the highest stored sequence, and detects corruption")

@@ -40,6 +40,39 @@ enum AgentHarness {
         return process
     }
 
+    /// An installed program (mosquitto_pub, mosquitto_sub).
+    static func tool(_ name: String) throws -> String {
+        guard let path = TestEnvironment.which(name) else { throw HarnessError("\(name) is not installed (run scripts/setup)") }
+        return path
+    }
+
+    /// mosquitto_sub -V 5 with QoS 2, printing each message as `format` (which must start with "MSG|"),
+    /// exiting after `count` messages; returns once its SUBACK arrived (its -d debug output says so).
+    static func startMosquittoSub(
+        _ scope: ProcessScope, port: Int, topic: String, count: Int, format: String, extra: [String] = [],
+        name: String = "mosquitto_sub"
+    ) async throws -> ChildProcess {
+        // stdbuf: line-buffered stdout, so the debug lines reach the log file as they happen.
+        let process = try scope.launch(
+            name: name, executable: try tool("stdbuf"),
+            arguments: ["-oL", try tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", "\(port)", "-V", "5", "-q", "2", "-d", "-t", topic, "-C", "\(count)", "-F", format] + extra)
+        try await process.waitForLog(containing: "received SUBACK", timeout: .seconds(10))
+        return process
+    }
+
+    /// The lines of a mosquitto_sub started with `startMosquittoSub` once it exited (after its `count` messages).
+    static func messageLines(_ subscriber: ChildProcess, timeout: Duration = .seconds(30)) async throws -> [String] {
+        guard await subscriber.waitForExit(timeout: timeout) == .exited(0) else {
+            throw HarnessError("mosquitto_sub did not receive its messages: \(subscriber.logTail(lines: 10))")
+        }
+        return subscriber.logText().split(separator: "\n").filter { $0.hasPrefix("MSG|") }.map(String.init)
+    }
+
+    static func messageLine(_ subscriber: ChildProcess, timeout: Duration = .seconds(30)) async throws -> String {
+        guard let line = try await messageLines(subscriber, timeout: timeout).first else { throw HarnessError("no message line") }
+        return line
+    }
+
     static func startSubscriber(_ scope: ProcessScope, brokerPort: Int, output: String) async throws -> ChildProcess {
         let process = try scope.launch(
             name: "subscriber", executable: python,

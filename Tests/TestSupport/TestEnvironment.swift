@@ -45,7 +45,8 @@ public enum TestEnvironment {
 
     public static func which(_ program: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        for directory in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+        // swift test may run with a PATH of its own: the usual folders are searched as well.
+        for directory in path.split(separator: ":") + ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/sbin"] {
             let candidate = "\(directory)/\(program)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
