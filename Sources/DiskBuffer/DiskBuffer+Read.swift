@@ -6,10 +6,15 @@ import Darwin
 import Logging
 
 extension Core {
-    func read(from requested: UInt64, maxRecords: Int, maxBytes: Int) throws(DiskBufferError) -> [DiskBuffer.Record] {
-        guard maxRecords > 0 else { return [] }
+    /// Reads records from `requested` on and hands each to `emit` (its body is valid only during the
+    /// call); returns how many were emitted. See `DiskBuffer.read(from:maxRecords:maxBytes:)`.
+    func read(
+        from requested: UInt64, maxRecords: Int, maxBytes: Int,
+        _ emit: (UInt64, ArraySlice<UInt8>) -> Void
+    ) throws(DiskBufferError) -> Int {
+        guard maxRecords > 0 else { return 0 }
         let maxBody = configuration.maxRecordBodyBytes
-        var records: [DiskBuffer.Record] = []
+        var emitted = 0
         var bodyBytes = 0
         var sequence = max(requested, 1)
         var hint: (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?
@@ -25,7 +30,7 @@ extension Core {
                 }
             }
         }
-        while records.count < maxRecords && (records.isEmpty || bodyBytes < maxBytes) {
+        while emitted < maxRecords && (emitted == 0 || bodyBytes < maxBytes) {
             // Find the segment holding `sequence` (or the next one after a gap) under the lock.
             guard let (segment, readable, startHint) = (try lock.withLock { (state: inout State) throws(DiskBufferError) -> (Segment, UInt64, (sequence: UInt64, segmentFirst: UInt64, offset: Int64)?)? in
                 guard state.lifecycle != .closed else { throw DiskBufferError(.closed, "the buffer is closed") }
@@ -63,7 +68,7 @@ extension Core {
                 damaged = RecordFormat.parseSegmentHeader(header, firstSequence: segment.first) == nil
             }
             while !damaged && expected <= last {
-                if expected >= sequence && (records.count >= maxRecords || (!records.isEmpty && bodyBytes >= maxBytes)) { break }
+                if expected >= sequence && (emitted >= maxRecords || (emitted > 0 && bodyBytes >= maxBytes)) { break }
                 guard case .record(let found, let body, let size) = try reader.record(at: offset, maxBodyBytes: maxBody),
                       found == expected
                 else {
@@ -71,7 +76,8 @@ extension Core {
                     break
                 }
                 if found >= sequence {
-                    records.append(DiskBuffer.Record(sequence: found, body: Array(body)))
+                    emit(found, body)
+                    emitted += 1
                     bodyBytes += body.count
                 }
                 offset += Int64(size)
@@ -91,7 +97,7 @@ extension Core {
         if let hint {
             lock.withLock { $0.readHint = hint }
         }
-        return records
+        return emitted
     }
 
     /// Records that a sealed segment ends early (torn, bad checksum, missing file): counts the lost

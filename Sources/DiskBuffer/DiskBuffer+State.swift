@@ -15,10 +15,52 @@ struct Segment: Sendable, Hashable {
     var damaged = false
 }
 
+/// One `append` call waiting for the writer: a single record, or a batch written as consecutive records
+/// in one piece (all of it or none of it).
 struct PendingAppend {
-    var body: [UInt8]
-    var bodyState: UInt32
-    var continuation: UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>
+    enum Bodies {
+        case one([UInt8], state: UInt32)
+        /// Bodies and their CRC states (computed by the caller's thread).
+        case many([[UInt8]], states: [UInt32])
+    }
+
+    enum Continuation {
+        case one(UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>)
+        case many(UnsafeContinuation<Result<Range<UInt64>, DiskBufferError>, Never>)
+    }
+
+    var bodies: Bodies
+    /// Records in this append.
+    var count: Int
+    /// Bytes on disk: record headers and bodies.
+    var size: Int64
+    var continuation: Continuation
+
+    /// Encodes the records, numbered from `first`, at the end of `buffer`.
+    func encode(into buffer: inout [UInt8], first: UInt64) {
+        switch bodies {
+        case .one(let body, let state):
+            RecordFormat.appendRecord(to: &buffer, sequence: first, body: body, bodyState: state)
+        case .many(let bodies, let states):
+            for index in bodies.indices {
+                RecordFormat.appendRecord(to: &buffer, sequence: first + UInt64(index), body: bodies[index], bodyState: states[index])
+            }
+        }
+    }
+
+    func succeed(first: UInt64) {
+        switch continuation {
+        case .one(let continuation): continuation.resume(returning: .success(first))
+        case .many(let continuation): continuation.resume(returning: .success(first..<(first + UInt64(count))))
+        }
+    }
+
+    func fail(_ error: DiskBufferError) {
+        switch continuation {
+        case .one(let continuation): continuation.resume(returning: .failure(error))
+        case .many(let continuation): continuation.resume(returning: .failure(error))
+        }
+    }
 }
 
 struct Waiter {
@@ -177,6 +219,31 @@ final class Core: Sendable {
             if state.diskBytes + state.pendingBytes + size <= limit { return nil }
         }
         return DiskBufferError(.bufferFull, "buffer.max_bytes (\(limit)) reached")
+    }
+
+    /// Queues an append for the writer thread, or resumes it at once with the refusal (closed, cap).
+    func enqueue(_ pending: PendingAppend) {
+        var wake = false
+        var dropped = false
+        let refused: DiskBufferError? = lock.withLock { state in
+            guard state.lifecycle == .open else {
+                return DiskBufferError(.closed, "the buffer is closed")
+            }
+            let refusal = admit(pending.size, &state)
+            dropped = !state.unlinkQueue.isEmpty
+            if let refusal { return refusal }
+            wake = state.pending.isEmpty
+            state.pending.append(pending)
+            state.pendingBytes += pending.size
+            return nil
+        }
+        if dropped { lock.signal(.housekeeper) }
+        if let refused {
+            metrics.rejected(refused, records: pending.count)
+            pending.fail(refused)
+        } else if wake {
+            lock.signal()
+        }
     }
 
     /// Stops the writer thread: gracefully (drain, sync, ledger) or as if the process crashed.

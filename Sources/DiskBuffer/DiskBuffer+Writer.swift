@@ -35,7 +35,8 @@ final class Writer: @unchecked Sendable {
 
     private var policy: DiskBuffer.FsyncPolicy { core.configuration.fsync }
 
-    /// A batch is written with one `pwrite` per segment and per this many bytes at most.
+    /// Pending appends are written with one `pwrite` per segment and per this many bytes at most (an
+    /// append larger than that, e.g. a big batch, is written alone, whole).
     static let maxWriteBytes = 4 << 20
 
     private struct Work {
@@ -103,15 +104,16 @@ final class Writer: @unchecked Sendable {
             buffer.removeAll(keepingCapacity: true)
             let start = index
             let first = nextSequence
+            var records: UInt64 = 0
             var size = activeSize
+            // Whole appends only: a batch append is one piece, never split across writes or segments.
             while index < batch.count {
-                let recordSize = Int64(RecordFormat.recordHeaderSize + batch[index].body.count)
-                if size + recordSize > segmentMax && size > Int64(RecordFormat.segmentHeaderSize) { break }
-                if !buffer.isEmpty && buffer.count + Int(recordSize) > Self.maxWriteBytes { break }
-                RecordFormat.appendRecord(
-                    to: &buffer, sequence: first + UInt64(index - start),
-                    body: batch[index].body, bodyState: batch[index].bodyState)
-                size += recordSize
+                let appendSize = batch[index].size
+                if size + appendSize > segmentMax && size > Int64(RecordFormat.segmentHeaderSize) { break }
+                if !buffer.isEmpty && buffer.count + Int(appendSize) > Self.maxWriteBytes { break }
+                batch[index].encode(into: &buffer, first: first + records)
+                records += UInt64(batch[index].count)
+                size += appendSize
                 index += 1
             }
             if index == start {
@@ -137,7 +139,7 @@ final class Writer: @unchecked Sendable {
                 fail(batch[start...], error)
                 return
             }
-            let written = UInt64(part.count)
+            let written = records
             nextSequence += written
             let added = size - activeSize
             activeSize = size
@@ -169,8 +171,10 @@ final class Writer: @unchecked Sendable {
             }
             if wakeSyncer { core.lock.signal(.syncer) }
             core.metrics.appends.increment(by: Int64(written))
-            for (offset, pending) in part.enumerated() {
-                pending.continuation.resume(returning: .success(first + UInt64(offset)))
+            var sequence = first
+            for pending in part {
+                pending.succeed(first: sequence)
+                sequence += UInt64(pending.count)
             }
             for waiter in waiters { waiter.continuation.resume() }
         }
@@ -178,13 +182,15 @@ final class Writer: @unchecked Sendable {
 
     private func fail(_ part: ArraySlice<PendingAppend>, _ error: DiskBufferError) {
         var bytes: Int64 = 0
-        for pending in part { bytes += Int64(RecordFormat.recordHeaderSize + pending.body.count) }
-        core.lock.withLock { $0.pendingBytes -= bytes }
-        core.logger.debug("append failed", metadata: ["buffer.error": "\(error)", "buffer.records": "\(part.count)"])
+        var records = 0
         for pending in part {
-            core.metrics.rejected(error)
-            pending.continuation.resume(returning: .failure(error))
+            bytes += pending.size
+            records += pending.count
         }
+        core.lock.withLock { $0.pendingBytes -= bytes }
+        core.logger.debug("append failed", metadata: ["buffer.error": "\(error)", "buffer.records": "\(records)"])
+        core.metrics.rejected(error, records: records)
+        for pending in part { pending.fail(error) }
     }
 
     /// Closes the active segment (synced, except with policy never) and starts one named `nextSequence`.
@@ -285,7 +291,7 @@ final class Writer: @unchecked Sendable {
         _ = Glibc.close(core.lockDescriptor)
         core.logger.debug(crash ? "buffer writer stopped (simulated crash)" : "buffer closed")
         let closed = DiskBufferError(.closed, "the buffer is closed")
-        for append in pending { append.continuation.resume(returning: .failure(closed)) }
+        for append in pending { append.fail(closed) }
         for waiter in waiters { waiter.continuation.resume() }
         for stopper in stoppers { stopper.resume() }
     }

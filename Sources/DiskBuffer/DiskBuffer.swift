@@ -107,40 +107,58 @@ public final class DiskBuffer: Sendable {
     /// Fails with a ``DiskBufferError/Scope/record``-scoped error (`bufferFull`, `diskFull`,
     /// `recordTooLarge`) when this record cannot be stored now: do not acknowledge it to the device.
     public func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64 {
-        let configuration = core.configuration
-        guard body.count <= configuration.maxRecordBodyBytes else {
+        let maxBody = core.configuration.maxRecordBodyBytes
+        guard body.count <= maxBody else {
             let error = DiskBufferError(
-                .recordTooLarge,
-                "record body of \(body.count) bytes exceeds the maximum of \(configuration.maxRecordBodyBytes)")
+                .recordTooLarge, "record body of \(body.count) bytes exceeds the maximum of \(maxBody)")
             core.metrics.rejected(error)
             throw error
         }
-        let bodyState = RecordFormat.bodyState(body)
+        let bodies = PendingAppend.Bodies.one(body, state: RecordFormat.bodyState(body))
         let size = Int64(RecordFormat.recordHeaderSize + body.count)
         // Unsafe continuation: this is the per-record hot path, and the writer resumes each pending append
         // exactly once (written, failed, or closed at exit); a checked one costs an allocation per record.
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>) in
-            var wake = false
-            var dropped = false
-            let refused: DiskBufferError? = core.lock.withLock { state in
-                guard state.lifecycle == .open else {
-                    return DiskBufferError(.closed, "the buffer is closed")
-                }
-                let refusal = core.admit(size, &state)
-                dropped = !state.unlinkQueue.isEmpty
-                if let refusal { return refusal }
-                wake = state.pending.isEmpty
-                state.pending.append(PendingAppend(body: body, bodyState: bodyState, continuation: continuation))
-                state.pendingBytes += size
-                return nil
+            core.enqueue(PendingAppend(bodies: bodies, count: 1, size: size, continuation: .one(continuation)))
+        }
+        return try result.get()
+    }
+
+    /// Stores `bodies` as consecutive records, in order, and returns their sequences once all of them
+    /// are durable under the fsync policy: one call, one wake-up of the writer and one resumption for
+    /// the whole batch, where `append(_:)` costs one of each per record. The batch is written in one
+    /// piece into one segment: all of it is stored or none of it (the error is thrown).
+    ///
+    /// An empty batch returns the empty range `0..<0`. Fails with `recordTooLarge` if a body exceeds
+    /// ``Configuration/maxRecordBodyBytes`` or the whole batch (16-byte record headers included) exceeds
+    /// that plus one header, i.e. would not fit in one segment; otherwise like `append(_:)`.
+    public func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64> {
+        guard !bodies.isEmpty else { return 0..<0 }
+        let maxBody = core.configuration.maxRecordBodyBytes
+        var size: Int64 = 0
+        var states: [UInt32] = []
+        states.reserveCapacity(bodies.count)
+        for body in bodies {
+            guard body.count <= maxBody else {
+                let error = DiskBufferError(
+                    .recordTooLarge, "record body of \(body.count) bytes exceeds the maximum of \(maxBody)")
+                core.metrics.rejected(error, records: bodies.count)
+                throw error
             }
-            if dropped { core.lock.signal(.housekeeper) }
-            if let refused {
-                core.metrics.rejected(refused)
-                continuation.resume(returning: .failure(refused))
-            } else if wake {
-                core.lock.signal()
-            }
+            size += Int64(RecordFormat.recordHeaderSize + body.count)
+            states.append(RecordFormat.bodyState(body))
+        }
+        let maxBatch = Int64(maxBody + RecordFormat.recordHeaderSize)
+        guard size <= maxBatch else {
+            let error = DiskBufferError(
+                .recordTooLarge, "batch of \(bodies.count) records takes \(size) bytes, more than the maximum of \(maxBatch): append fewer at once")
+            core.metrics.rejected(error, records: bodies.count)
+            throw error
+        }
+        let pending = PendingAppend.Bodies.many(bodies, states: states)
+        let count = bodies.count
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Range<UInt64>, DiskBufferError>, Never>) in
+            core.enqueue(PendingAppend(bodies: pending, count: count, size: size, continuation: .many(continuation)))
         }
         return try result.get()
     }
@@ -150,7 +168,25 @@ public final class DiskBuffer: Sendable {
     /// records appended a moment ago once durable; skips records lost to overflow or damage. Returns an
     /// empty array when nothing newer is available: then `waitForRecords(after:)`.
     public func read(from sequence: UInt64, maxRecords: Int = 1024, maxBytes: Int = 1 << 20) throws(DiskBufferError) -> [Record] {
-        try core.read(from: sequence, maxRecords: maxRecords, maxBytes: maxBytes)
+        var records: [Record] = []
+        _ = try core.read(from: sequence, maxRecords: maxRecords, maxBytes: maxBytes) { sequence, body in
+            records.append(Record(sequence: sequence, body: Array(body)))
+        }
+        return records
+    }
+
+    /// Like `read(from:maxRecords:maxBytes:)`, but replaces the contents of `batch` with the records
+    /// read, their bodies back to back in one buffer: no allocation per record, and none at all once
+    /// the batch's storage has grown to the reads' size (reuse one batch for a stream of reads).
+    /// Returns the number of records read (0: nothing newer is available).
+    @discardableResult
+    public func read(
+        from sequence: UInt64, into batch: inout RecordBatch, maxRecords: Int = 1024, maxBytes: Int = 1 << 20
+    ) throws(DiskBufferError) -> Int {
+        batch.removeAll()
+        return try core.read(from: sequence, maxRecords: maxRecords, maxBytes: maxBytes) { sequence, body in
+            batch.append(sequence: sequence, body: body)
+        }
     }
 
     /// Returns when a record with a sequence greater than `sequence` is readable, when the buffer

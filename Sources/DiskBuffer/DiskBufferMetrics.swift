@@ -11,7 +11,7 @@ public enum DiskBufferMetricNames {
     public static let oldestUnacknowledgedAgeSeconds = "tributary_buffer_oldest_unacknowledged_age_seconds"
     /// Counter: records appended (returned to the caller as stored).
     public static let appends = "tributary_buffer_appends_total"
-    /// Counter: appends refused, label `reason`: `buffer_full`, `disk_full`, `record_too_large`, `io`.
+    /// Counter: records refused by append (a refused batch counts each of its records), label `reason`: `buffer_full`, `disk_full`, `record_too_large`, `io`.
     public static let rejectedAppends = "tributary_buffer_rejected_appends_total"
     /// Counter: fdatasync/fsync calls on segment files.
     public static let fsyncs = "tributary_buffer_fsyncs_total"
@@ -41,12 +41,13 @@ struct DiskBufferMetrics: Sendable {
     let droppedMissing = Counter(label: DiskBufferMetricNames.droppedRecords, dimensions: [("reason", "missing")])
     let truncatedBytes = Counter(label: DiskBufferMetricNames.truncatedBytes)
 
-    func rejected(_ error: DiskBufferError) {
+    func rejected(_ error: DiskBufferError, records: Int = 1) {
+        let records = Int64(records)
         switch error.code {
-        case .bufferFull: rejectedFull.increment()
-        case .diskFull: rejectedDiskFull.increment()
-        case .recordTooLarge: rejectedTooLarge.increment()
-        default: rejectedIO.increment()
+        case .bufferFull: rejectedFull.increment(by: records)
+        case .diskFull: rejectedDiskFull.increment(by: records)
+        case .recordTooLarge: rejectedTooLarge.increment(by: records)
+        default: rejectedIO.increment(by: records)
         }
     }
 }

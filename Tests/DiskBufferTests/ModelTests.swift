@@ -48,6 +48,7 @@ import Testing
             ledgerIntervalMilliseconds: 60_000)
         var (buffer, _) = try DiskBuffer.open(configuration, logger: testLogger)
         var model = Model()
+        var sliceBatch = DiskBuffer.RecordBatch()
         let steps = 2500
 
         func reopen(_ step: Int, crash: Bool) async throws -> DiskBuffer.RecoveryReport {
@@ -61,7 +62,7 @@ import Testing
             let context: Comment = "seed \(seed) step \(step)"
             let choice = Int.random(in: 0..<100, using: &random)
             switch choice {
-            case 0..<35:
+            case 0..<25:
                 // Sequential appends.
                 for _ in 0..<Int.random(in: 1...5, using: &random) {
                     let payload = (0..<Int.random(in: 0...700, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
@@ -69,6 +70,21 @@ import Testing
                     #expect(sequence == model.next, context)
                     model.bodies[sequence] = payload
                     model.next = sequence + 1
+                }
+            case 25..<35:
+                // Batch appends (one call, consecutive sequences; an empty batch stores nothing).
+                for _ in 0..<Int.random(in: 1...3, using: &random) {
+                    let payloads = (0..<Int.random(in: 0...6, using: &random)).map { _ in
+                        (0..<Int.random(in: 0...500, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+                    }
+                    let range = try await buffer.append(contentsOf: payloads)
+                    if payloads.isEmpty {
+                        #expect(range.isEmpty, context)
+                        continue
+                    }
+                    #expect(range == model.next..<(model.next + UInt64(payloads.count)), context)
+                    for (sequence, payload) in zip(range, payloads) { model.bodies[sequence] = payload }
+                    model.next = range.upperBound
                 }
             case 35..<45:
                 // Concurrent appends: any order among them, but exactly the next sequences.
@@ -89,9 +105,18 @@ import Testing
                 let from = UInt64.random(in: (model.acknowledged + 1)...(model.next + 1), using: &random)
                 let maxRecords = Int.random(in: 1...40, using: &random)
                 let maxBytes = Int.random(in: 1...20_000, using: &random)
-                let records = try buffer.read(from: from, maxRecords: maxRecords, maxBytes: maxBytes)
-                #expect(records.map(\.sequence) == model.expectedRead(from: from, maxRecords: maxRecords, maxBytes: maxBytes), context)
-                #expect(records.allSatisfy { model.bodies[$0.sequence] == $0.body }, context)
+                let expected = model.expectedRead(from: from, maxRecords: maxRecords, maxBytes: maxBytes)
+                if Bool.random(using: &random) {
+                    let records = try buffer.read(from: from, maxRecords: maxRecords, maxBytes: maxBytes)
+                    #expect(records.map(\.sequence) == expected, context)
+                    #expect(records.allSatisfy { model.bodies[$0.sequence] == $0.body }, context)
+                } else {
+                    // Slice reads, into one batch reused across steps.
+                    let count = try buffer.read(from: from, into: &sliceBatch, maxRecords: maxRecords, maxBytes: maxBytes)
+                    #expect(count == sliceBatch.count, context)
+                    #expect(sliceBatch.map(\.sequence) == expected, context)
+                    #expect(sliceBatch.allSatisfy { model.bodies[$0.sequence].map { Array($0) } == Array($0.body) }, context)
+                }
             case 70..<85:
                 let through = UInt64.random(in: model.acknowledged...(model.next - 1), using: &random)
                 try buffer.acknowledge(through: through)

@@ -38,7 +38,7 @@ struct Result {
     var syncsPerSecond: Double { Double(syncs) / seconds }
 
     var line: String {
-        String(format: "%-28@ %10.0f rec/s %8.1f MB/s  p99 %8.3f ms  %8.0f fsync/s%@  (%d records, %.2f s, cpu %.2f s = %.2f us/record)",
+        String(format: "%-40@ %10.0f rec/s %8.1f MB/s  p99 %8.3f ms  %8.0f fsync/s%@  (%d records, %.2f s, cpu %.2f s = %.2f us/record)",
                name as NSString, recordsPerSecond, megabytesPerSecond, p99Milliseconds, syncsPerSecond,
                (syncsEstimated ? " (est.)" : "") as NSString, records, seconds, cpuSeconds,
                records > 0 ? cpuSeconds * 1e6 / Double(records) : 0)
@@ -79,33 +79,88 @@ struct BufferBench: AsyncParsableCommand {
     var policies: [String] = ["interval", "always"]
     @Flag(help: "Skip SQLite.")
     var skipSQLite = false
-    @Option(help: "MiB written by dd oflag=direct for the raw rate.")
+    @Option(help: "MiB written for each raw rate.")
     var rawMebibytes = 1024
+    @Option(parsing: .upToNextOption, help: """
+        DiskBuffer variants, each a run: records per append call (1: `append(_:)`, more: \
+        `append(contentsOf:)`), then `records` (`read(from:)` returning [Record]) or `slices` \
+        (`read(from:into:)` into one reused RecordBatch).
+        """)
+    var variants: [String] = ["1-records", "1-slices", "16-slices"]
 
     func run() async throws {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         print("buffer-bench: \(appenders) appenders, \(recordSize)-byte records, \(seconds) s per run, directory \(directory)")
-        let raw = try rawWriteRate()
-        print(String(format: "raw sequential write (dd bs=1M oflag=direct conv=fdatasync): %.1f MB/s", raw))
+        let parsed = try variants.map { text -> (batch: Int, slices: Bool) in
+            let parts = text.split(separator: "-")
+            guard parts.count == 2, let batch = Int(parts[0]), batch >= 1, ["records", "slices"].contains(parts[1]) else {
+                throw ValidationError("variant \(text): expected BATCH-records or BATCH-slices, e.g. 16-slices")
+            }
+            return (batch, parts[1] == "slices")
+        }
         for policy in policies {
             print("--- policy \(policy)")
-            var cpu = processCPUSeconds()
-            var buffer = try await runDiskBuffer(policy: policy)
-            buffer.cpuSeconds = processCPUSeconds() - cpu
-            print(buffer.line)
+            // Two raw rates, each just before the stores run: the device through O_DIRECT, and the way
+            // the buffer must write with `interval` (page cache, fdatasync every interval on a second thread).
+            let raw = try rawWriteRate()
+            print(String(format: "raw sequential write, dd bs=1M oflag=direct conv=fdatasync: %.1f MB/s", raw))
+            let rawInterval = rawIntervalWriteRate()
+            print(String(format: "raw sequential write, 1 MiB pwrite + fdatasync every %d ms: %.1f MB/s", intervalMilliseconds, rawInterval))
             var sqlite: Result?
             if !skipSQLite {
-                cpu = processCPUSeconds()
+                let cpu = processCPUSeconds()
                 sqlite = try await runSQLite(policy: policy)
                 sqlite!.cpuSeconds = processCPUSeconds() - cpu
                 print(sqlite!.line)
             }
-            if let sqlite {
-                print(String(format: "ratio DiskBuffer/SQLite (%@): %.2fx", policy, buffer.recordsPerSecond / sqlite.recordsPerSecond))
+            for variant in parsed {
+                let cpu = processCPUSeconds()
+                var buffer = try await runDiskBuffer(policy: policy, batch: variant.batch, slices: variant.slices)
+                buffer.cpuSeconds = processCPUSeconds() - cpu
+                print(buffer.line)
+                var summary = String(format: "  of raw: %.1f%% (direct), %.1f%% (interval pattern)",
+                                     100 * buffer.megabytesPerSecond / raw, 100 * buffer.megabytesPerSecond / rawInterval)
+                if let sqlite {
+                    summary += String(format: "; vs SQLite %@: %.1fx", policy, buffer.recordsPerSecond / sqlite.recordsPerSecond)
+                }
+                print(summary)
             }
-            print(String(format: "DiskBuffer (%@) vs raw disk: %.1f%%", policy, 100 * buffer.megabytesPerSecond / raw))
         }
+    }
+
+    /// Sequential 1 MiB buffered `pwrite`s with an fdatasync every `intervalMilliseconds` on a second
+    /// thread, then a final fdatasync: what the disk gives with the durability of policy `interval`.
+    func rawIntervalWriteRate() -> Double {
+        let path = directory + "/raw-interval.bin"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return .nan }
+        let chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
+        let done = Atomic<Bool>(false)
+        let syncer = Thread {
+            while !done.load(ordering: .relaxed) {
+                usleep(UInt32(intervalMilliseconds * 1000))
+                fdatasync(fd)
+            }
+        }
+        let start = now()
+        syncer.start()
+        chunk.withUnsafeBytes { raw in
+            for index in 0..<rawMebibytes {
+                var offset = 0
+                while offset < raw.count {
+                    let n = pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(index << 20 + offset))
+                    if n <= 0 { return }
+                    offset += n
+                }
+            }
+        }
+        done.store(true, ordering: .relaxed)
+        fdatasync(fd)
+        let elapsed = Double(now() - start) / 1e9
+        close(fd)
+        unlink(path)
+        return Double(rawMebibytes) * 1_048_576 / elapsed / 1e6
     }
 
     func rawWriteRate() throws -> Double {
@@ -127,7 +182,7 @@ struct BufferBench: AsyncParsableCommand {
 
     // MARK: DiskBuffer
 
-    func runDiskBuffer(policy: String) async throws -> Result {
+    func runDiskBuffer(policy: String, batch appendBatch: Int, slices: Bool) async throws -> Result {
         let path = directory + "/buffer-\(policy)"
         let fsync: DiskBuffer.FsyncPolicy = policy == "always" ? .always : .interval(milliseconds: intervalMilliseconds)
         let (buffer, _) = try DiskBuffer.open(
@@ -139,15 +194,30 @@ struct BufferBench: AsyncParsableCommand {
         let reader = Task { () throws -> Int in
             var next: UInt64 = 1
             var read = 0
+            var records = DiskBuffer.RecordBatch()
+            var bodyBytes = 0
             while true {
-                let batch = try buffer.read(from: next, maxRecords: 4096, maxBytes: 4 << 20)
-                if let last = batch.last {
+                var last: UInt64?
+                if slices {
+                    try buffer.read(from: next, into: &records, maxRecords: 4096, maxBytes: 4 << 20)
+                    last = records.lastSequence
+                    read += records.count
+                    bodyBytes += records.bytes.count
+                } else {
+                    let batch = try buffer.read(from: next, maxRecords: 4096, maxBytes: 4 << 20)
+                    last = batch.last?.sequence
                     read += batch.count
-                    next = last.sequence + 1
-                    try buffer.acknowledge(through: last.sequence)
+                    for record in batch { bodyBytes += record.body.count }
+                }
+                if let last {
+                    next = last + 1
+                    try buffer.acknowledge(through: last)
                     continue
                 }
-                if let total = total.withLock({ $0 }), next > total { return read }
+                if let total = total.withLock({ $0 }), next > total {
+                    guard bodyBytes == read * recordSize else { throw ValidationError("read \(bodyBytes) body bytes for \(read) records") }
+                    return read
+                }
                 let after = next - 1
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask { await buffer.waitForRecords(after: after) }
@@ -157,30 +227,44 @@ struct BufferBench: AsyncParsableCommand {
                 }
             }
         }
-        let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+        let appendResults = try await withThrowingTaskGroup(of: ([UInt64], Int).self) { group in
             for _ in 0..<appenders {
                 group.addTask {
                     var mine: [UInt64] = []
                     mine.reserveCapacity(1 << 16)
+                    let bodies = [[UInt8]](repeating: body, count: appendBatch)
+                    var appended = 0
                     while now() < deadline {
                         let t0 = now()
-                        _ = try await buffer.append(body)
+                        if appendBatch == 1 {
+                            _ = try await buffer.append(body)
+                        } else {
+                            _ = try await buffer.append(contentsOf: bodies)
+                        }
                         mine.append(now() - t0)
+                        appended += appendBatch
                     }
-                    return mine
+                    return (mine, appended)
                 }
             }
             var all: [UInt64] = []
-            for try await part in group { all += part }
-            return all
+            var appended = 0
+            for try await part in group {
+                all += part.0
+                appended += part.1
+            }
+            return (all, appended)
         }
-        total.withLock { $0 = UInt64(latencies.count) }
+        let (latencies, appended) = appendResults
+        total.withLock { $0 = UInt64(appended) }
         let read = try await reader.value
         let elapsed = Double(now() - start) / 1e9
         let syncs = Int(buffer.stats.syncs)
         await buffer.close()
         try? FileManager.default.removeItem(atPath: path)
-        return Result(name: "DiskBuffer \(policy)", records: read, seconds: elapsed, latenciesNanoseconds: latencies,
+        guard read == appended else { throw ValidationError("read \(read) records of \(appended) appended") }
+        let name = "DiskBuffer \(policy) \(appendBatch == 1 ? "append x1" : "append x\(appendBatch)") \(slices ? "slices" : "records")"
+        return Result(name: name, records: read, seconds: elapsed, latenciesNanoseconds: latencies,
                       syncs: syncs, syncsEstimated: false, recordSize: recordSize)
     }
 
