@@ -28,6 +28,9 @@ enum AgentMetrics {
     /// Records whose device-set message expiry interval passed while they waited in the buffer.
     static let expired = Counter(label: "tributary_agent_expired_records_total")
     static let replayRate = Gauge(label: "tributary_agent_replay_rate_messages_per_second")
+    /// The local broker source: 0 disconnected, 1 connecting, 2 connected; messages received from it.
+    static let localBrokerState = Gauge(label: "tributary_agent_local_broker_state")
+    static let localBrokerMessages = Counter(label: "tributary_agent_local_broker_messages_total")
     static let commandsDelivered = Counter(label: "tributary_agent_commands_delivered_total")
     static let persistSeconds = Timer(label: "tributary_agent_uplink_state_persist_seconds")
 
@@ -42,9 +45,9 @@ enum AgentMetrics {
         for qos in [MQTTQoSLabel.zero, .one, .two] { _ = received(qos: qos) }
         _ = [
             deviceConnectionsTotal, receivedBytes, duplicatesIgnored, rejected, malformed, uplinkReconnects, forwarded,
-            forwardedBytes, acknowledged, refusedUpstream, undecodable, expired, commandsDelivered,
+            forwardedBytes, acknowledged, refusedUpstream, undecodable, expired, commandsDelivered, localBrokerMessages,
         ]
-        for gauge in [uplinkState, uplinkInflight, replayRate] { gauge.record(0) }
+        for gauge in [uplinkState, uplinkInflight, replayRate, localBrokerState] { gauge.record(0) }
         _ = persistSeconds
     }
 }

@@ -76,6 +76,9 @@ struct AgentRecord: Sendable, Equatable {
     var properties = Properties()
     var payload: [UInt8]
 
+    /// Whose QoS 2 receive session the record's packet id belongs to (`DeviceSessionStore`).
+    var sessionKey: String { fromLocalBroker ? LocalBrokerSource.sessionKey : deviceId }
+
     func encoded() -> [UInt8] {
         var bytes: [UInt8] = []
         let device = Array(deviceId.utf8)

@@ -97,7 +97,7 @@ final class DeviceSessionStore: Sendable {
             where record.qos == .exactlyOnce && record.persistentSession && record.devicePacketId != 0
                 && !state.released.contains(sequence)
             {
-                if state.sessions[record.deviceId, default: [:]].updateValue(sequence, forKey: record.devicePacketId) == nil {
+                if state.sessions[record.sessionKey, default: [:]].updateValue(sequence, forKey: record.devicePacketId) == nil {
                     recovered += 1
                 }
             }
@@ -134,14 +134,28 @@ final class DeviceSessionStore: Sendable {
 
     /// Records `packetId` (stored as buffer record `sequence`) as awaiting PUBREL, durably.
     func insert(_ packetId: UInt16, sequence: UInt64, for clientId: String) async throws {
-        try await update { $0.sessions[clientId, default: [:]][packetId] = sequence }
+        try await insert([(packetId, sequence)], for: clientId)
+    }
+
+    /// Records several (packet id, sequence) pairs in one durable write.
+    func insert(_ ids: [(UInt16, UInt64)], for clientId: String) async throws {
+        try await update { state in
+            for (packetId, sequence) in ids { state.sessions[clientId, default: [:]][packetId] = sequence }
+        }
     }
 
     /// Forgets `packetId` (PUBREL handled) and records its record as released, durably.
     func remove(_ packetId: UInt16, for clientId: String) async throws {
+        try await remove([packetId], for: clientId)
+    }
+
+    /// Forgets several ids in one durable write.
+    func remove(_ packetIds: [UInt16], for clientId: String) async throws {
         try await update { state in
-            guard let sequence = state.sessions[clientId]?.removeValue(forKey: packetId) else { return }
-            if sequence > state.coveredThrough { state.released.insert(sequence) }
+            for packetId in packetIds {
+                guard let sequence = state.sessions[clientId]?.removeValue(forKey: packetId) else { continue }
+                if sequence > state.coveredThrough { state.released.insert(sequence) }
+            }
         }
     }
 

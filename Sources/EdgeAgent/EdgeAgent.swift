@@ -36,17 +36,20 @@ enum EdgeAgent {
         let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
         try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
         let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
-        let listener = DeviceListener(
-            address: configuration.deviceListen, sink: buffer, sessions: sessions,
-            receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
-            logger: logger)
-        let registry = listener.registry
+        let listener = configuration.deviceListen.map { address in
+            DeviceListener(
+                address: address, sink: buffer, sessions: sessions,
+                receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
+                logger: logger)
+        }
+        let registry = listener?.registry
         let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger) { command in
+            guard let registry else { return }
             let devices = registry.deliver(command)
             AgentMetrics.commandsDelivered.increment(by: devices)
         }
         let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
-            listener.port == nil ? "the device listener is not bound yet" : nil
+            listener.map { $0.port == nil ? "the device listener is not bound yet" : nil } ?? nil
         }
         let notifier = SystemdNotifier()
         let readiness = ReadinessService(listener: listener, http: http, notifier: notifier, logger: logger)
@@ -56,13 +59,17 @@ enum EdgeAgent {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: http, failureTerminationBehavior: stopAll),
             .init(service: uplink, failureTerminationBehavior: stopAll),
-            .init(service: listener, failureTerminationBehavior: stopAll),
             .init(service: readiness, successTerminationBehavior: .ignore, failureTerminationBehavior: stopAll),
         ]
+        if let listener { services.insert(.init(service: listener, failureTerminationBehavior: stopAll), at: 2) }
+        if let local = configuration.localBroker {
+            let source = LocalBrokerSource(settings: localBrokerSettings(local, configuration), sink: buffer, sessions: sessions, logger: logger)
+            services.insert(.init(service: source, failureTerminationBehavior: stopAll), at: 2)
+        }
         if let interval = SystemdNotifier.watchdogInterval() {
             // First, so it is told last: it keeps systemd's watchdog fed while the others stop.
             services.insert(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
-                listener.port != nil
+                listener.map { $0.port != nil } ?? true
             }, failureTerminationBehavior: stopAll), at: 0)
         }
         // Last, so it is told first: bounds the whole shutdown even if a service does not finish.
@@ -93,6 +100,22 @@ enum EdgeAgent {
         if recovered > 0 {
             logger.info("Recovered device QoS 2 state from the buffer", metadata: ["device.recovered_ids": "\(recovered)"])
         }
+    }
+
+    static func localBrokerSettings(_ local: LocalBrokerConfiguration, _ configuration: EdgeAgentConfiguration) -> LocalBrokerSource.Settings {
+        let client = MQTTClientConnection.Configuration(
+            protocolVersion: local.version, clientIdentifier: local.clientId, cleanStart: false,
+            sessionExpiryInterval: local.version == .v5 ? local.sessionExpirySeconds : nil,
+            keepAlive: UInt16(clamping: local.keepAlive.components.seconds), responseTimeout: configuration.responseTimeout,
+            username: local.username, password: local.password.map { Array($0.utf8) },
+            receiveMaximum: local.version == .v5 ? configuration.deviceReceiveMaximum : nil,
+            maximumPacketSize: local.version == .v5 ? UInt32(clamping: configuration.deviceMaxPacketSize) : nil,
+            manualAcknowledgement: true)
+        return LocalBrokerSource.Settings(
+            host: local.address.host, port: local.address.port, client: client, topics: local.topics,
+            deviceIdentity: local.deviceIdentity, deviceName: local.deviceName,
+            backoffInitial: configuration.reconnectInitial, backoffMaximum: configuration.reconnectMax,
+            connectTimeout: configuration.connectTimeout)
     }
 
     static func uplinkSettings(_ configuration: EdgeAgentConfiguration) throws -> Uplink.Settings {
@@ -147,18 +170,23 @@ struct ShutdownDeadline: Service {
     }
 }
 
-/// Tells systemd (and the log) that the agent is ready once the device listener and HTTP endpoint are bound.
+/// Tells systemd (and the log) that the agent is ready once the device listener (if any) and HTTP endpoint
+/// are bound.
 struct ReadinessService: Service {
-    let listener: DeviceListener
+    let listener: DeviceListener?
     let http: ObservabilityServer
     let notifier: SystemdNotifier
     let logger: Logger
 
     func run() async throws {
-        // nil: the listener failed to bind (the group is stopping with its error) or we were cancelled.
-        guard let devicePort = await listener.waitUntilBound() else { return }
-        let httpPort = try await http.port()
+        var metadata: Logger.Metadata = [:]
+        if let listener {
+            // nil: the listener failed to bind (the group is stopping with its error) or we were cancelled.
+            guard let devicePort = await listener.waitUntilBound() else { return }
+            metadata["device.port"] = "\(devicePort)"
+        }
+        metadata["http.port"] = "\(try await http.port())"
         notifier.ready(status: "forwarding")
-        logger.info("Edge agent ready", metadata: ["device.port": "\(devicePort)", "http.port": "\(httpPort)"])
+        logger.info("Edge agent ready", metadata: metadata)
     }
 }

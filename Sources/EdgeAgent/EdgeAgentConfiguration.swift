@@ -9,7 +9,7 @@ struct EdgeAgentConfiguration: Sendable {
             "http.listen", default: "127.0.0.1:9101",
             help: "Address of the /metrics, /health and /ready endpoints. Port 9101, not 9100: node_exporter, often on the same gateway, has 9100. Loopback by default; 0.0.0.0:9101 (firewalled) for a remote Prometheus."),
         ConfigKey("agent_id", help: "Id of this gateway, sent upstream as the user property tributary-agent."),
-        ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices (TCP)."),
+        ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices (TCP), or off (then local_broker.url must be set)."),
         ConfigKey("device.receive_maximum", default: "100", help: "MQTT 5 Receive Maximum announced to devices: unacknowledged QoS 1/2 publishes per device."),
         ConfigKey("device.max_packet_size", default: "1MiB", help: "Largest device packet accepted; larger ones close that connection (packet too large)."),
         ConfigKey("upstream.url", help: "Cloud broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). The host is resolved again on every reconnect."),
@@ -33,6 +33,16 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("upstream.tls.cert_file", help: "PEM client certificate chain for mTLS (with upstream.tls.key_file)."),
         ConfigKey("upstream.tls.key_file", help: "PEM private key of the client certificate."),
         ConfigKey("upstream.tls.server_name", help: "TLS server name (SNI and verification) if not the URL's host."),
+        ConfigKey("local_broker.url", default: "", help: "Optional second source: an existing local broker (mqtt://HOST:PORT) the agent subscribes to with a persistent session; empty: none."),
+        ConfigKey("local_broker.topics", default: "#", help: "Comma-separated topic filters subscribed on the local broker (QoS 2)."),
+        ConfigKey("local_broker.client_id", help: "Client id on the local broker (default: tributary-<agent_id>-source). Must be stable: the broker keeps the session under it."),
+        ConfigKey("local_broker.protocol", default: "5", help: "MQTT version to the local broker: 5, or 3.1.1."),
+        ConfigKey("local_broker.session_expiry", default: "7d", help: "MQTT 5 Session Expiry Interval requested from the local broker (it keeps messages for the agent this long while the agent is away)."),
+        ConfigKey("local_broker.keep_alive", default: "30s", help: "MQTT keep-alive to the local broker."),
+        ConfigKey("local_broker.username", help: "User name on the local broker (optional)."),
+        ConfigKey("local_broker.password", help: "Password on the local broker (optional; prefer TRIBUTARY_LOCAL_BROKER_PASSWORD)."),
+        ConfigKey("local_broker.device_from", default: "", help: "Where tributary-device comes from for local broker messages: topic:N (topic level N, 1-based), property:NAME (an MQTT 5 user property), or empty."),
+        ConfigKey("local_broker.device_name", default: "local-broker", help: "tributary-device of a local broker message whose publisher is not known (local_broker.device_from unset or not found)."),
         ConfigKey("buffer.directory", default: "/var/lib/tributary-edge-agent", help: "Directory of the disk buffer and the persisted uplink / device session state."),
         ConfigKey("buffer.max_bytes", default: "1GiB", help: "Cap on the buffer's segment files."),
         ConfigKey("buffer.segment_max_bytes", default: "64MiB", help: "Size of one segment file (space is reclaimed a segment at a time)."),
@@ -48,7 +58,9 @@ struct EdgeAgentConfiguration: Sendable {
     enum QoSSetting: String, CaseIterable { case one = "1", two = "2" }
 
     var agentId: String
-    var deviceListen: HostPort
+    /// nil: no device listener (`device.listen: off`).
+    var deviceListen: HostPort?
+    var localBroker: LocalBrokerConfiguration?
     var deviceReceiveMaximum: UInt16
     var deviceMaxPacketSize: Int
     var httpListen: HostPort
@@ -81,7 +93,11 @@ struct EdgeAgentConfiguration: Sendable {
     init(_ values: ConfigValues) throws(ConfigError) {
         agentId = try values.string("agent_id")
         guard !agentId.isEmpty else { throw ConfigError(key: "agent_id", "must not be empty") }
-        deviceListen = try values.hostPort("device.listen")
+        deviceListen = values.raw("device.listen")?.value.lowercased() == "off" ? nil : try values.hostPort("device.listen")
+        localBroker = try LocalBrokerConfiguration(values, agentId: agentId)
+        if deviceListen == nil && localBroker == nil {
+            throw ConfigError(key: "device.listen", "is off and local_broker.url is not set: the agent would have nothing to forward")
+        }
         deviceReceiveMaximum = UInt16(try values.int("device.receive_maximum", range: 1...65_535))
         deviceMaxPacketSize = try values.bytes("device.max_packet_size")
         httpListen = try values.hostPort("http.listen")
@@ -146,6 +162,61 @@ struct EdgeAgentConfiguration: Sendable {
         }
         let duration = try values.duration(key)
         return UInt32(clamping: duration.components.seconds)
+    }
+}
+
+/// The `local_broker.*` keys (present when `local_broker.url` is set).
+struct LocalBrokerConfiguration: Sendable {
+    var address: HostPort
+    var topics: [MQTTTopicFilter]
+    var clientId: String
+    var version: MQTTProtocolVersion
+    var sessionExpirySeconds: UInt32
+    var keepAlive: Duration
+    var username: String?
+    var password: String?
+    var deviceIdentity: LocalBrokerSource.DeviceIdentity
+    var deviceName: String
+
+    init?(_ values: ConfigValues, agentId: String) throws(ConfigError) {
+        guard let url = values.optionalString("local_broker.url") else { return nil }
+        let parsed: UpstreamURL
+        do {
+            parsed = try UpstreamURL(parsing: url)
+        } catch {
+            throw ConfigError(key: "local_broker.url", origin: values.raw("local_broker.url")?.origin, error.message)
+        }
+        guard !parsed.useTLS else {
+            throw ConfigError(key: "local_broker.url", "TLS to the local broker is not supported; use mqtt://HOST:PORT (a broker on the gateway)")
+        }
+        address = parsed.address
+        var filters: [MQTTTopicFilter] = []
+        for text in values.list("local_broker.topics") {
+            do {
+                filters.append(try MQTTTopicFilter(text))
+            } catch {
+                throw ConfigError(key: "local_broker.topics", "'\(text)' is not a valid topic filter: \(error.message)")
+            }
+        }
+        guard !filters.isEmpty else { throw ConfigError(key: "local_broker.topics", "needs at least one topic filter") }
+        topics = filters
+        clientId = values.optionalString("local_broker.client_id") ?? "tributary-\(agentId)-source"
+        version = try values.oneOf("local_broker.protocol", EdgeAgentConfiguration.ProtocolSetting.self) == .v5 ? .v5 : .v311
+        sessionExpirySeconds = try EdgeAgentConfiguration.seconds(values, "local_broker.session_expiry")
+        keepAlive = try values.duration("local_broker.keep_alive")
+        username = values.optionalString("local_broker.username")
+        password = values.optionalString("local_broker.password")
+        deviceName = try values.string("local_broker.device_name")
+        let from = values.optionalString("local_broker.device_from") ?? ""
+        if from.isEmpty {
+            deviceIdentity = .none
+        } else if from.hasPrefix("topic:"), let level = Int(from.dropFirst(6)), level >= 1 {
+            deviceIdentity = .topicLevel(level)
+        } else if from.hasPrefix("property:"), from.count > 9 {
+            deviceIdentity = .userProperty(String(from.dropFirst(9)))
+        } else {
+            throw ConfigError(key: "local_broker.device_from", "expected topic:N (N ≥ 1), property:NAME or nothing, got '\(from)'")
+        }
     }
 }
 

@@ -95,20 +95,17 @@ final class Uplink: Service, Sendable {
         }
         defer { gauges.cancel() }
         var session = try restoreSession()
-        var backoff = settings.backoffInitial
+        var backoff = ReconnectBackoff(initial: settings.backoffInitial, maximum: settings.backoffMaximum)
         await withGracefulShutdownHandler {
             while !current.withLock({ $0.shuttingDown }) {
                 setState(1)
                 let (next, connected) = await runConnection(session: session)
                 session = next
                 setState(0)
-                if connected { backoff = settings.backoffInitial }
+                if connected { backoff.connected() }
                 if current.withLock({ $0.shuttingDown }) || Task.isCancelled { break }
                 AgentMetrics.uplinkReconnects.increment()
-                let delay = Self.jittered(backoff)
-                logger.info("Uplink reconnecting after a delay", metadata: ["uplink.delay_ms": "\(delay.milliseconds)"])
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
-                backoff = min(backoff * 2, settings.backoffMaximum)
+                await backoff.wait(logger: logger, "Uplink reconnecting after a delay", key: "uplink.delay_ms")
             }
         } onGracefulShutdown: {
             let (continuation, connecting) = self.current.withLock { state in
@@ -127,11 +124,6 @@ final class Uplink: Service, Sendable {
         AgentMetrics.uplinkState.record(value)
     }
 
-    /// Full jitter in [d/2, d].
-    static func jittered(_ duration: Duration) -> Duration {
-        let milliseconds = max(1, duration.milliseconds)
-        return .milliseconds(Int64.random(in: (milliseconds / 2)...milliseconds))
-    }
 
     // MARK: restore
 

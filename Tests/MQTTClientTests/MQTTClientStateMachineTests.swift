@@ -252,6 +252,34 @@ struct MQTTClientStateMachineTests {
         #expect(sent(rel) == [.pubcomp(MQTTPublishAck(packetId: 7))])
     }
 
+    @Test("manual acknowledgement: nothing is acknowledged until the owner says so; QoS 2 is delivered once, also while the owner stores it; a restored id gets PUBREC without delivery")
+    func manualAcknowledgement() {
+        var config = configuration()
+        config.manualAcknowledgement = true
+        var (machine, _) = connectedMachine(config, session: MQTTClientSession(restoring: [], incomingAwaitingRelease: [3]), sessionPresent: true)
+        var one = message("s/1", "a", qos: .atLeastOnce)
+        one.packetId = 5
+        #expect(machine.received(.publish(one), now: t0) == [.event(.message(one))])
+        #expect(sent(machine.acknowledge(packetId: 5, qos: .atLeastOnce, now: t0)) == [.puback(MQTTPublishAck(packetId: 5))])
+
+        var two = message("s/2", "b")
+        two.packetId = 7
+        #expect(machine.received(.publish(two), now: t0) == [.event(.message(two))])
+        two.dup = true
+        #expect(machine.received(.publish(two), now: t0).isEmpty, "still being stored: no second delivery, no PUBREC yet")
+        let ack = machine.acknowledge(packetId: 7, qos: .exactlyOnce, now: t0)
+        #expect(ack == [.persist(.incomingReceived(packetId: 7)), .send(.pubrec(MQTTPublishAck(packetId: 7)))])
+        #expect(machine.received(.publish(two), now: t0) == [.send(.pubrec(MQTTPublishAck(packetId: 7)))])
+        #expect(sent(machine.received(.pubrel(MQTTPublishAck(packetId: 7)), now: t0)) == [.pubcomp(MQTTPublishAck(packetId: 7))])
+
+        var restored = message("s/3", "c")
+        restored.packetId = 3
+        restored.dup = true
+        #expect(machine.received(.publish(restored), now: t0) == [.send(.pubrec(MQTTPublishAck(packetId: 3)))])
+        let release = machine.received(.pubrel(MQTTPublishAck(packetId: 3)), now: t0)
+        #expect(release == [.persist(.incomingReleased(packetId: 3)), .send(.pubcomp(MQTTPublishAck(packetId: 3)))])
+    }
+
     @Test("subscribe gets a packet id distinct from publishes and reports the SUBACK")
     func subscribe() throws {
         var (machine, _) = connectedMachine()

@@ -37,6 +37,8 @@ extension MQTTClientConnection {
         var queued: [(publish: MQTTPublish, tag: UInt64)] = []
         var queuedHead = 0
         var pendingSubscribes: Set<UInt16> = []
+        /// Manual acknowledgement: incoming QoS 2 ids delivered to the owner and not yet acknowledged by it.
+        var pendingIncoming: Set<UInt16> = []
 
         public init(configuration: Configuration, session: MQTTClientSession = MQTTClientSession()) {
             self.configuration = configuration
@@ -94,6 +96,21 @@ extension MQTTClientConnection {
             return [.send(.subscribe(MQTTSubscribe(packetId: packetId, subscriptions: subscriptions, properties: properties)))]
         }
 
+        /// Manual acknowledgement: the owner has what it was delivered (`Command.acknowledge`).
+        public mutating func acknowledge(packetId: UInt16, qos: MQTTQoS, now: NIODeadline) -> [Action] {
+            guard case .connected = state else { return [] }
+            switch qos {
+            case .atMostOnce:
+                return []
+            case .atLeastOnce:
+                return [send(.puback(MQTTPublishAck(packetId: packetId)), now: now)]
+            case .exactlyOnce:
+                guard pendingIncoming.remove(packetId) != nil else { return [] }
+                _ = session.insertIncoming(packetId)
+                return [.persist(.incomingReceived(packetId: packetId)), send(.pubrec(MQTTPublishAck(packetId: packetId)), now: now)]
+            }
+        }
+
         public mutating func disconnect() -> [Action] {
             switch state {
             case .connected:
@@ -137,6 +154,7 @@ extension MQTTClientConnection {
         public mutating func connectionClosed() {
             state = .closed
             pendingSubscribes.removeAll()
+            pendingIncoming.removeAll()
         }
 
         /// A packet from the server.
@@ -279,9 +297,19 @@ extension MQTTClientConnection {
                 return [.event(.message(publish))]
             case .atLeastOnce:
                 guard let packetId = publish.packetId else { return [] }
+                if configuration.manualAcknowledgement { return [.event(.message(publish))] }
                 return [.event(.message(publish)), send(.puback(MQTTPublishAck(packetId: packetId)), now: now)]
             case .exactlyOnce:
                 guard let packetId = publish.packetId else { return [] }
+                if configuration.manualAcknowledgement {
+                    // Already acknowledged (maybe before a restart): PUBREC again, deliver nothing. Still with
+                    // the owner: its acknowledgement will answer.
+                    if session.incomingAwaitingRelease.contains(packetId) {
+                        return [send(.pubrec(MQTTPublishAck(packetId: packetId)), now: now)]
+                    }
+                    guard pendingIncoming.insert(packetId).inserted else { return [] }
+                    return [.event(.message(publish))]
+                }
                 var actions: [Action] = []
                 if session.insertIncoming(packetId) {
                     actions.append(.persist(.incomingReceived(packetId: packetId)))

@@ -30,6 +30,11 @@ public enum MQTTClientConnection {
         public var receiveMaximum: UInt16?
         /// MQTT 5 Maximum Packet Size we accept.
         public var maximumPacketSize: UInt32?
+        /// Incoming QoS 1/2 publishes are acknowledged (PUBACK / PUBREC) only when the owner writes
+        /// `Command.acknowledge` for them, e.g. once it has stored them durably. The owner then also keeps the
+        /// QoS 2 ids it acknowledged across connections (`MQTTClientSession(restoring:incomingAwaitingRelease:)`):
+        /// a publish whose id awaits PUBREL is answered with PUBREC and not delivered again.
+        public var manualAcknowledgement: Bool
 
         public init(
             protocolVersion: MQTTProtocolVersion = .v5,
@@ -42,7 +47,8 @@ public enum MQTTClientConnection {
             password: [UInt8]? = nil,
             maximumInflight: Int = 65_535,
             receiveMaximum: UInt16? = nil,
-            maximumPacketSize: UInt32? = nil
+            maximumPacketSize: UInt32? = nil,
+            manualAcknowledgement: Bool = false
         ) {
             self.protocolVersion = protocolVersion
             self.clientIdentifier = clientIdentifier
@@ -55,6 +61,7 @@ public enum MQTTClientConnection {
             self.maximumInflight = maximumInflight
             self.receiveMaximum = receiveMaximum
             self.maximumPacketSize = maximumPacketSize
+            self.manualAcknowledgement = manualAcknowledgement
         }
 
         var connectPacket: MQTTConnect {
@@ -89,6 +96,9 @@ public enum MQTTClientConnection {
         /// Publish; QoS 1/2 wait for window space, in order. `tag` comes back in `Event.acknowledged`.
         case publish(MQTTPublish, tag: UInt64)
         case subscribe([MQTTSubscription], properties: MQTTProperties = MQTTProperties())
+        /// With `Configuration.manualAcknowledgement`: acknowledge the incoming publish `packetId` of `qos`
+        /// (PUBACK for QoS 1; PUBREC for QoS 2, its id then awaits PUBREL). Ignored if the connection is gone.
+        case acknowledge(packetId: UInt16, qos: MQTTQoS)
         /// Send DISCONNECT (normal) and close.
         case disconnect
     }

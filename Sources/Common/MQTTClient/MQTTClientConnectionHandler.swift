@@ -117,6 +117,8 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
             perform(machine.publish(publish, tag: tag, now: now), flush: false)
         case .subscribe(let subscriptions, let properties):
             perform(machine.subscribe(subscriptions, properties: properties, now: now), flush: false)
+        case .acknowledge(let packetId, let qos):
+            perform(machine.acknowledge(packetId: packetId, qos: qos, now: now), flush: false)
         case .disconnect:
             perform(machine.disconnect(), flush: false)
         }

@@ -1,0 +1,47 @@
+import Common
+import Testing
+
+@testable import EdgeAgent
+
+@Suite("Edge agent configuration")
+struct AgentConfigurationTests {
+    static func configuration(_ settings: [String: String], environment: [String: String] = [:]) throws(ConfigError) -> EdgeAgentConfiguration {
+        let base = ["agent_id": "gw", "upstream.url": "mqtt://127.0.0.1:1883"]
+        let values = try ConfigValues.load(
+            keys: EdgeAgentConfiguration.keys, file: nil, environment: environment, overrides: base.merging(settings) { $1 })
+        return try EdgeAgentConfiguration(values)
+    }
+
+    static func error(_ settings: [String: String]) -> String? {
+        do {
+            _ = try configuration(settings)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test("local broker source: keys parsed, environment overrides, every bad value named")
+    func localBroker() throws {
+        let plain = try Self.configuration([:])
+        #expect(plain.localBroker == nil)
+        let local = try #require(try Self.configuration(
+            ["local_broker.url": "mqtt://127.0.0.1:1884", "local_broker.device_from": "topic:2", "device.listen": "off"],
+            environment: ["TRIBUTARY_LOCAL_BROKER_TOPICS": "a/#, b/+/c"]).localBroker)
+        #expect(local.address == HostPort(host: "127.0.0.1", port: 1884))
+        #expect(local.topics.map(\.description) == ["a/#", "b/+/c"])
+        #expect(local.clientId == "tributary-gw-source")
+        #expect(local.deviceIdentity == .topicLevel(2))
+        #expect(local.sessionExpirySeconds == 7 * 86_400)
+        #expect(try Self.configuration(["local_broker.url": "mqtt://h:1", "local_broker.device_from": "property:who"]).localBroker?.deviceIdentity == .userProperty("who"))
+        #expect(try Self.configuration(["local_broker.url": "mqtt://h:1", "device.listen": "off"]).deviceListen == nil)
+
+        #expect(Self.error(["device.listen": "off"])?.contains("nothing to forward") == true)
+        #expect(Self.error(["local_broker.url": "mqtts://h:1"])?.contains("local_broker.url") == true)
+        #expect(Self.error(["local_broker.url": "h:1"])?.contains("local_broker.url") == true)
+        #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.device_from": "topic:0"])?.contains("local_broker.device_from") == true)
+        #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.device_from": "header:x"])?.contains("local_broker.device_from") == true)
+        #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.topics": "a/#/b"])?.contains("local_broker.topics") == true)
+        #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.topics": ""])?.contains("local_broker.topics") == true)
+    }
+}
