@@ -2,6 +2,7 @@ import Common
 import CoreMetrics
 import Metrics
 import Synchronization
+import TributaryKafka
 
 /// Every metric the broker exports, declared once (names snake_case with units, prefix `tributary_broker_`).
 /// Metric handles are created once here; label values are from fixed sets. `registerAll` creates every
@@ -36,6 +37,12 @@ enum BrokerMetrics {
         static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
         static let authAccepted = "tributary_broker_auth_accepted_total"
         static let authFailures = "tributary_broker_auth_failures_total"
+        static let kafkaProducerQueueMessages = "tributary_broker_kafka_producer_queue_messages"
+        static let kafkaProducerQueueBytes = "tributary_broker_kafka_producer_queue_bytes"
+        static let kafkaRoundTrip = "tributary_broker_kafka_round_trip_seconds"
+        static let kafkaBrokersUp = "tributary_broker_kafka_brokers_up"
+        static let kafkaRequests = "tributary_broker_kafka_requests_total"
+        static let kafkaTransmittedBytes = "tributary_broker_kafka_transmitted_bytes_total"
 
         /// Every name above (a test checks that a fresh node exports each of them).
         static let all = [
@@ -43,7 +50,8 @@ enum BrokerMetrics {
             kafkaDelivery, kafkaErrors, kafkaInflight, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
             sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
             sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed,
-            authAccepted, authFailures,
+            authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
+            kafkaRequests, kafkaTransmittedBytes,
         ]
     }
 
@@ -111,6 +119,39 @@ enum BrokerMetrics {
             ($0, Counter(label: Name.authFailures, dimensions: [("method", $0.method.rawValue), ("reason", $0.rawValue)]))
         })
 
+    // MARK: librdkafka statistics (the producer's, every `kafka.statistics_interval`)
+
+    /// `msg_cnt` / `msg_size`: messages (bytes) in the producer's queues, waiting, in flight or awaiting a report.
+    static let kafkaProducerQueueMessages = Gauge(label: Name.kafkaProducerQueueMessages)
+    static let kafkaProducerQueueBytes = Gauge(label: Name.kafkaProducerQueueBytes)
+    /// The slowest Kafka broker's average request round trip over the last interval (`brokers.*.rtt.avg`).
+    static let kafkaRoundTrip = Gauge(label: Name.kafkaRoundTrip)
+    /// Kafka brokers the producer is connected to (state `UP`).
+    static let kafkaBrokersUp = Gauge(label: Name.kafkaBrokersUp)
+    /// Protocol requests the producer sent (`tx`), and the record bytes it transmitted (`txmsg_bytes`).
+    static let kafkaRequests = Counter(label: Name.kafkaRequests)
+    static let kafkaTransmittedBytes = Counter(label: Name.kafkaTransmittedBytes)
+    /// The totals of the last report, to turn librdkafka's running totals into counter increments; a new
+    /// client name (the producer was recreated) starts from zero.
+    private static let lastStatistics = Mutex<(client: String, requests: Int64, bytes: Int64)>(("", 0, 0))
+
+    /// Exports one statistics report of the producer.
+    static func recordProducerStatistics(_ statistics: KafkaStatistics) {
+        kafkaProducerQueueMessages.record(statistics.queuedMessages)
+        kafkaProducerQueueBytes.record(statistics.queuedBytes)
+        kafkaRoundTrip.record(statistics.brokers.map(\.averageRoundTripSeconds).max() ?? 0)
+        kafkaBrokersUp.record(statistics.brokers.filter { $0.state == "UP" }.count)
+        let (requests, bytes) = lastStatistics.withLock { last -> (Int64, Int64) in
+            if last.client != statistics.clientName { last = (statistics.clientName, 0, 0) }
+            let delta = (max(0, statistics.requestsSent - last.requests), max(0, statistics.transmittedBytes - last.bytes))
+            last.requests = max(last.requests, statistics.requestsSent)
+            last.bytes = max(last.bytes, statistics.transmittedBytes)
+            return delta
+        }
+        kafkaRequests.increment(by: requests)
+        kafkaTransmittedBytes.increment(by: bytes)
+    }
+
     /// The librdkafka errors a delivery usually fails with, registered at start; others appear when they occur.
     static let expectedKafkaErrors = ["_MSG_TIMED_OUT", "_QUEUE_FULL", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_FATAL", "_PURGE_QUEUE", "_PURGE_INFLIGHT"]
 
@@ -123,12 +164,16 @@ enum BrokerMetrics {
     static func registerAll() {
         connections.record(0)
         kafkaInflight.record(0)
+        kafkaProducerQueueMessages.record(0)
+        kafkaProducerQueueBytes.record(0)
+        kafkaRoundTrip.record(0)
+        kafkaBrokersUp.record(0)
         sessions.record(0)
         sessionQueuedMessages.record(0)
         retainedMessages.record(0)
         let counters: [Counter] = [
             connectionsTotal, messagesDroppedProducerFull, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
-            willsPublished, protocolErrors, sessionRecordsWritten, sessionRecordsWriteFailed, sessionRecordsRejected,
+            willsPublished, protocolErrors, sessionRecordsWritten, kafkaRequests, kafkaTransmittedBytes, sessionRecordsWriteFailed, sessionRecordsRejected,
         ] + Array(packetsReceived.values) + Array(packetsSent.values) + publishesReceived + messagesDelivered + messagesDroppedQueueFull
             + Array(authAccepted.values) + Array(authFailures.values) + expectedKafkaErrors.map(kafkaError)
         for counter in counters { counter.increment(by: 0) }

@@ -28,10 +28,15 @@ enum CloudBroker {
         kafka.maxQueuedMessages = configuration.maxQueuedMessages
         kafka.fetchWaitMax = configuration.fetchWaitMax
         kafka.stallTimeout = min(.seconds(15), configuration.deliveryTimeout / 2)
-        let producer = try KafkaProducer(configuration: kafka, logger: logger, onRecreated: { cause in
-            BrokerMetrics.producerRecreations.increment()
-            logger.warning("Kafka producer recreated", metadata: ["kafka.error": "\(cause)"])
-        })
+        var producerConfiguration = kafka
+        producerConfiguration.statisticsInterval = configuration.statisticsInterval  // nil: the callback is never called
+        let producer = try KafkaProducer(
+            configuration: producerConfiguration, logger: logger,
+            statistics: { BrokerMetrics.recordProducerStatistics($0) },
+            onRecreated: { cause in
+                BrokerMetrics.producerRecreations.increment()
+                logger.warning("Kafka producer recreated", metadata: ["kafka.error": "\(cause)"])
+            })
         let retained = RetainedStore(defaultQoS: configuration.defaultQoS)
         BrokerMetrics.registerFailoverMetrics()
         let deduplicator = PublishDeduplicator(clientWindow: configuration.limits.receiveMaximum)

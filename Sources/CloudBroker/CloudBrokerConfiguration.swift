@@ -50,6 +50,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.delivery_timeout", default: "30s", help: "A publish not acknowledged by Kafka within this time fails (MQTT 5 clients get reason 0x80, 3.1.1 clients are disconnected)."),
         ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
         ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),
+        ConfigKey("kafka.statistics_interval", default: "5s", help: "How often librdkafka's producer statistics are exported as metrics (queue, round trip, brokers up, requests); 0s disables them."),
         ConfigKey("kafka.default_qos", default: "1", help: "QoS of Kafka records that carry no mqtt.qos header (produced by other clients), before the subscription's QoS caps it."),
     ]
 
@@ -72,6 +73,8 @@ struct CloudBrokerConfiguration: Sendable {
     var replicationFactor: Int
     var topicRules: [TopicRule]
     var linger: Duration
+    /// `nil`: statistics off.
+    var statisticsInterval: Duration?
     var deliveryTimeout: Duration
     var maxQueuedMessages: Int
     var fetchWaitMax: Duration
@@ -117,6 +120,11 @@ struct CloudBrokerConfiguration: Sendable {
             }
         }
         linger = try values.duration("kafka.linger")
+        let statistics = try values.duration("kafka.statistics_interval")
+        guard statistics == .zero || statistics >= .milliseconds(100) else {
+            throw ConfigError(key: "kafka.statistics_interval", "expected 0s (off) or at least 100ms, got \(statistics)")
+        }
+        statisticsInterval = statistics > .zero ? statistics : nil
         deliveryTimeout = try values.duration("kafka.delivery_timeout")
         maxQueuedMessages = try values.int("kafka.max_queued_messages", range: 1...10_000_000)
         fetchWaitMax = try values.duration("kafka.fetch_wait_max")

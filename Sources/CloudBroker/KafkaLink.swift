@@ -138,7 +138,7 @@ final class KafkaLink: Service, Sendable {
             BrokerMetrics.kafkaRecordsConsumed.increment(by: records.count)
             for record in records {
                 deduplicator?.observe(record)
-                guard isDelivered(record) else { continue }
+                guard isDelivered(record), registry.hasSubscriptions else { continue }
                 if let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) {
                     registry.route(message)
                 }

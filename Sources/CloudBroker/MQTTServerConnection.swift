@@ -30,6 +30,11 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var machine: StateMachine
     private let broker: BrokerContext
     private var context: ChannelHandlerContext?
+    /// Delivery reports reach this connection in batches; writes made during one are flushed at its end.
+    private var deliveryInbox: DeliveryInbox?
+    private var flushAfterBatch = false
+    /// Between `channelRead` and `channelReadComplete`: answers to a burst of packets are flushed once, at its end.
+    private var inReadBurst = false
     private var handle: Handle?
     private var machinePausedReading = false
     private var blockedPublishes = 0
@@ -60,6 +65,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        deliveryInbox = DeliveryInbox.on(context.eventLoop)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -83,10 +89,12 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 outboundAliases = OutboundTopicAliases(maximum: min(Int(aliases), broker.limits.outboundTopicAliasMaximum))
             }
         }
+        inReadBurst = true
         perform(machine.packetReceived(packet, now: context.eventLoop.now, wallClock: Date()))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        inReadBurst = false
         context.flush()
     }
 
@@ -216,7 +224,25 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 closeAfterWrites(context: context)
             }
         }
-        if machine.version != nil && !closing { context.flush() }
+        if machine.version != nil && !closing { flushSoon(context: context) }
+    }
+
+    /// Flushes now, or at the end of the running batch of delivery reports (one `write` for all the
+    /// acknowledgements the batch produced on this connection).
+    private func flushSoon(context: ChannelHandlerContext) {
+        if inReadBurst { return }  // channelReadComplete flushes
+        guard let deliveryInbox, deliveryInbox.isRunningBatch else {
+            context.flush()
+            return
+        }
+        guard !flushAfterBatch else { return }
+        flushAfterBatch = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        deliveryInbox.flushAfterBatch {
+            let connection = loopBound.value
+            connection.flushAfterBatch = false
+            connection.context?.flush()
+        }
     }
 
     private func send(_ packet: MQTTPacket, context: ChannelHandlerContext) {

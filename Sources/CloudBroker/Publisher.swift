@@ -148,6 +148,8 @@ private final class PublishJob: @unchecked Sendable {
     let retainedMessage: BrokerMessage?
     let qos: MQTTQoS
     let eventLoop: any EventLoop
+    /// Where the poll thread hands delivery reports to `eventLoop` (batched, see `DeliveryInbox`).
+    let inbox: DeliveryInbox
     let deadline: NIODeadline
     let blocked: @Sendable (Bool) -> Void
     let completion: @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
@@ -167,6 +169,7 @@ private final class PublishJob: @unchecked Sendable {
         self.retainedMessage = retainedMessage
         self.qos = qos
         self.eventLoop = eventLoop
+        self.inbox = DeliveryInbox.on(eventLoop)
         self.deadline = deadline
         self.blocked = blocked
         self.completion = completion
@@ -185,7 +188,7 @@ private final class PublishJob: @unchecked Sendable {
             do throws(KafkaError) {
                 try publisher.producer.send(records[index]) { [self] result in
                     let elapsed = ContinuousClock.now - started
-                    eventLoop.execute { self.reported(index: index, result: result, elapsed: elapsed) }
+                    inbox.post { self.reported(index: index, result: result, elapsed: elapsed) }
                 }
                 toSend.removeFirst()
                 publisher.trackInflight(1)

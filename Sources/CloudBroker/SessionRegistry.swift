@@ -341,6 +341,12 @@ final class SessionRegistry: Sendable {
         }
     }
 
+    /// Whether any session (connected or not) subscribes to anything: when none does, consumed records
+    /// need not be turned into messages at all.
+    var hasSubscriptions: Bool {
+        state.withLock { !$0.subscriptions.isEmpty }
+    }
+
     /// Delivers `message` to every matching session: the best matching subscription per client (highest
     /// QoS, all subscription identifiers), one member per shared subscription group (round robin,
     /// connected members first). Returns how many sessions received it.

@@ -30,6 +30,39 @@ struct BrokerMetricsTests {
             }
         }
     }
+
+    /// librdkafka's producer statistics reach /metrics: a broker connected to Tansu reports one broker up,
+    /// a round trip, requests and the bytes of the records it produced; with the interval at 0s nothing
+    /// is ever recorded (the series stay at their start-up zero).
+    @Test func producerStatisticsAreExported() async throws {
+        let pub = try Tools.require("mosquitto_pub")
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu, settings: ["kafka.statistics_interval": "200ms"], name: "with-stats")
+            let silent = try await scope.startBroker(tansu: tansu, settings: ["kafka.statistics_interval": "0s"], name: "no-stats", nodeId: "silent")
+            for node in [broker, silent] {
+                let (status, output) = try await scope.run("pub-\(node.httpPort)", pub, [
+                    "-h", "127.0.0.1", "-p", "\(node.mqttPort)", "-i", "stats-\(node.httpPort)", "-t", "stats/x", "-q", "1", "-m", String(repeating: "x", count: 2000),
+                ])
+                #expect(status == .exited(0), "mosquitto_pub: \(output)")
+            }
+            // Reports come every 200 ms: wait for one taken after the publish was acknowledged.
+            let deadline = ContinuousClock.now + .seconds(20)
+            var text = ""
+            while ContinuousClock.now < deadline {
+                text = try await MetricsScrape.get(port: broker.httpPort)
+                if (MetricsScrape.value(text, "tributary_broker_kafka_transmitted_bytes_total") ?? 0) >= 2000 { break }
+                try await Task.sleep(for: .milliseconds(100))  // polling /metrics; the report arrives by itself
+            }
+            #expect((MetricsScrape.value(text, "tributary_broker_kafka_transmitted_bytes_total") ?? 0) >= 2000, "\(text)")
+            #expect(MetricsScrape.value(text, "tributary_broker_kafka_brokers_up") == 1)
+            #expect((MetricsScrape.value(text, "tributary_broker_kafka_requests_total") ?? 0) > 0)
+            #expect((MetricsScrape.value(text, "tributary_broker_kafka_round_trip_seconds") ?? 0) > 0)
+            let quiet = try await MetricsScrape.get(port: silent.httpPort)
+            #expect(MetricsScrape.value(quiet, "tributary_broker_kafka_transmitted_bytes_total") == 0)
+            #expect(MetricsScrape.value(quiet, "tributary_broker_kafka_brokers_up") == 0)
+        }
+    }
 }
 
 /// Reads `/metrics` of a broker node.
