@@ -8,8 +8,20 @@ import Synchronization
 protocol RecordSink: Sendable {
     /// Returns once the record is durable under the buffer's fsync policy.
     func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64
+    /// Stores the bodies as consecutive records, all or none; returns once they are durable.
+    func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64>
     /// The last sequence appended so far.
     var lastSequence: UInt64 { get }
+}
+
+extension RecordSink {
+    /// One append after the other (sinks without a batch append: test fakes).
+    func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64> {
+        var sequences: [UInt64] = []
+        for body in bodies { sequences.append(try await append(body)) }
+        guard let first = sequences.first, let last = sequences.last else { return 0..<0 }
+        return first..<last + 1
+    }
 }
 
 extension DiskBuffer: RecordSink {

@@ -19,7 +19,8 @@ import Synchronization
 /// QoS 1 promises). On PUBREL the id is removed durably before PUBCOMP.
 ///
 /// Messages are taken in batches: whatever arrived while the previous batch was being stored is stored
-/// next, in arrival order, then acknowledged in that order.
+/// next with the buffer's batch append (one durable write for up to 1 MiB of records), in arrival order,
+/// then acknowledged in that order.
 final class LocalBrokerSource: Service, Sendable {
     /// Where `tributary-device` comes from: the publisher is not known to the subscriber in MQTT.
     enum DeviceIdentity: Sendable, Equatable {
@@ -151,39 +152,60 @@ final class LocalBrokerSource: Service, Sendable {
         return connected
     }
 
+    /// Largest group of records given to the buffer in one `append(contentsOf:)`.
+    static let maximumAppendBytes = 1 << 20
+
     /// Appends `batch` in order (QoS 2 ids recorded with it), then acknowledges it in order. A record the
     /// buffer refuses (full) closes the connection: the broker resends it after the reconnect backoff.
     func store(_ batch: [MQTTPublish], channel: any Channel) async {
         let received = DeviceConnectionHandler.wallMilliseconds()
-        let exactlyOnce = batch.contains { $0.qos == .exactlyOnce }
-        let token = exactlyOnce ? sessions.beginStore(lastSequence: sink.lastSequence) : nil
-        var ids: [(UInt16, UInt64)] = []
-        var acknowledgements: [(UInt16, MQTTQoS)] = []
-        var failure: DiskBufferError? = nil
-        var last: UInt64? = nil
-        for publish in batch {
-            let body = AgentRecord.encode(
-                publish, deviceId: deviceId(for: publish), persistentSession: true, fromLocalBroker: true,
-                receivedAtMilliseconds: received)
+        let bodies = batch.map { publish in
             AgentMetrics.received(qos: publish.qos == .atMostOnce ? .zero : publish.qos == .atLeastOnce ? .one : .two).increment()
             AgentMetrics.receivedBytes.increment(by: publish.payload.readableBytes)
             AgentMetrics.localBrokerMessages.increment()
+            return AgentRecord.encode(
+                publish, deviceId: deviceId(for: publish), persistentSession: true, fromLocalBroker: true,
+                receivedAtMilliseconds: received)
+        }
+        let exactlyOnce = batch.contains { $0.qos == .exactlyOnce }
+        let token = exactlyOnce ? sessions.beginStore(lastSequence: sink.lastSequence) : nil
+        // The sequence of each stored message; nil: not stored (too large, or not reached after a failure).
+        var sequences = [UInt64?](repeating: nil, count: batch.count)
+        var acknowledged = [Bool](repeating: false, count: batch.count)
+        var failure: DiskBufferError? = nil
+        var index = 0
+        var groupBytes = Self.maximumAppendBytes
+        while index < batch.count && failure == nil {
+            var end = index + 1
+            var bytes = bodies[index].count
+            while end < batch.count && bytes + bodies[end].count <= groupBytes {
+                bytes += bodies[end].count
+                end += 1
+            }
             do {
-                let sequence = try await sink.append(body)
-                last = sequence
-                if let id = publish.packetId {
-                    if publish.qos == .exactlyOnce { ids.append((id, sequence)) }
-                    acknowledgements.append((id, publish.qos))
+                let range = try await sink.append(contentsOf: Array(bodies[index..<end]))
+                for (offset, sequence) in range.enumerated() {
+                    sequences[index + offset] = sequence
+                    acknowledged[index + offset] = true
                 }
+                index = end
             } catch let error where error.code == .recordTooLarge {
-                // It can never be stored: acknowledged so it does not block the session, and counted.
+                if end - index > 1 {
+                    groupBytes = 0  // the group did not fit: one record at a time from here
+                    continue
+                }
+                // It can never be stored: acknowledged so it does not hold up the session, and counted.
                 AgentMetrics.rejected.increment()
-                logger.error("A local broker message is too large for the buffer; dropped", metadata: ["mqtt.topic": "\(publish.topic)"])
-                if let id = publish.packetId, publish.qos == .atLeastOnce { acknowledgements.append((id, publish.qos)) }
+                logger.error("A local broker message is too large for the buffer; dropped", metadata: ["mqtt.topic": "\(batch[index].topic)"])
+                acknowledged[index] = true
+                index = end
             } catch {
                 failure = error
-                break
             }
+        }
+        var ids: [(UInt16, UInt64)] = []
+        for (publish, sequence) in zip(batch, sequences) where publish.qos == .exactlyOnce {
+            if let sequence, let id = publish.packetId { ids.append((id, sequence)) }
         }
         var recorded = true
         if !ids.isEmpty {
@@ -194,10 +216,11 @@ final class LocalBrokerSource: Service, Sendable {
                 logger.error("Recording the local broker's QoS 2 ids failed", metadata: ["error.message": "\(error)"])
             }
         }
-        if let token { sessions.endStore(token, sequence: last) }
+        if let token { sessions.endStore(token, sequence: sequences.compactMap { $0 }.max()) }
         if recorded {
-            for (id, qos) in acknowledgements {
-                channel.write(MQTTClientConnection.Command.acknowledge(packetId: id, qos: qos), promise: nil)
+            for (publish, done) in zip(batch, acknowledged) where done {
+                guard let id = publish.packetId, publish.qos != .atMostOnce else { continue }
+                channel.write(MQTTClientConnection.Command.acknowledge(packetId: id, qos: publish.qos), promise: nil)
             }
             channel.flush()
         }
