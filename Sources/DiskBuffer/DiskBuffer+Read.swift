@@ -10,7 +10,7 @@ extension Core {
     /// call); returns how many were emitted. See `DiskBuffer.read(from:maxRecords:maxBytes:)`.
     func read(
         from requested: UInt64, maxRecords: Int, maxBytes: Int,
-        _ emit: (UInt64, ArraySlice<UInt8>) -> Void
+        _ emit: (UInt64, UnsafeRawBufferPointer) -> Void
     ) throws(DiskBufferError) -> Int {
         guard maxRecords > 0 else { return 0 }
         let maxBody = configuration.maxRecordBodyBytes
@@ -69,16 +69,17 @@ extension Core {
             }
             while !damaged && expected <= last {
                 if expected >= sequence && (emitted >= maxRecords || (emitted > 0 && bodyBytes >= maxBytes)) { break }
-                guard case .record(let found, let body, let size) = try reader.record(at: offset, maxBodyBytes: maxBody),
-                      found == expected
-                else {
-                    damaged = true
-                    break
-                }
-                if found >= sequence {
+                let wanted = expected
+                let emitFrom = sequence
+                let decoded = try reader.visitRecord(at: offset, maxBodyBytes: maxBody) { found, body in
+                    guard found == wanted, found >= emitFrom else { return }
                     emit(found, body)
                     emitted += 1
                     bodyBytes += body.count
+                }
+                guard let (found, size) = decoded, found == expected else {
+                    damaged = true
+                    break
                 }
                 offset += Int64(size)
                 expected += 1

@@ -73,10 +73,16 @@ struct ChunkReader {
 
     /// Up to `count` bytes at `offset` (fewer at `limit`).
     mutating func bytes(at offset: Int64, count: Int) throws(DiskBufferError) -> ArraySlice<UInt8> {
+        let (start, available) = try fill(at: offset, count: count)
+        return window[start..<(start + available)]
+    }
+
+    /// Makes up to `count` bytes at `offset` (fewer at `limit`) present in the window; returns where
+    /// they start in it and how many there are.
+    private mutating func fill(at offset: Int64, count: Int) throws(DiskBufferError) -> (start: Int, count: Int) {
         let wanted = Int(min(Int64(count), max(0, limit - offset)))
         if offset >= windowStart, offset + Int64(wanted) <= windowStart + Int64(filled) {
-            let start = Int(offset - windowStart)
-            return window[start..<(start + wanted)]
+            return (Int(offset - windowStart), wanted)
         }
         let size = Int(min(Int64(max(Self.chunkSize, wanted)), max(0, limit - offset)))
         if window.count < size {
@@ -97,7 +103,35 @@ struct ChunkReader {
         }
         filled = got
         windowStart = offset
-        return window[0..<min(wanted, got)]
+        return (0, min(wanted, got))
+    }
+
+    /// The reader's fast path: if the record at `offset` is intact (complete, checksum good), passes
+    /// its sequence and body (valid only during the call) to `visit` and returns its sequence and
+    /// size; nil otherwise, where `record(at:maxBodyBytes:)` tells what is wrong. Creates no slices
+    /// (each would retain and release the window).
+    mutating func visitRecord(
+        at offset: Int64, maxBodyBytes: Int, _ visit: (UInt64, UnsafeRawBufferPointer) -> Void
+    ) throws(DiskBufferError) -> (sequence: UInt64, size: Int)? {
+        let headerSize = RecordFormat.recordHeaderSize
+        var (start, available) = try fill(at: offset, count: headerSize)
+        guard available == headerSize else { return nil }
+        let length = window.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: start, as: UInt32.self))) }
+        guard length <= maxBodyBytes else { return nil }
+        let size = headerSize + length
+        (start, available) = try fill(at: offset, count: size)
+        guard available == size else { return nil }
+        return window.withUnsafeBytes { raw -> (sequence: UInt64, size: Int)? in
+            let stored = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: start + 4, as: UInt32.self))
+            let sequence = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: start + 8, as: UInt64.self))
+            let body = UnsafeRawBufferPointer(rebasing: raw[(start + headerSize)..<(start + size)])
+            let state = CRC32C.update(CRC32C.initialState, body)
+            guard RecordFormat.checksum(bodyState: state, length: UInt32(length), sequence: sequence) == stored else {
+                return nil
+            }
+            visit(sequence, body)
+            return (sequence, size)
+        }
     }
 
     /// Decodes the record at `offset`: nil if the file ends inside it.

@@ -36,7 +36,7 @@ extension DiskBuffer {
             bytes.removeAll(keepingCapacity: true)
         }
 
-        mutating func append(sequence: UInt64, body: ArraySlice<UInt8>) {
+        mutating func append(sequence: UInt64, body: UnsafeRawBufferPointer) {
             sequences.append(sequence)
             bytes.append(contentsOf: body)
             ends.append(bytes.count)

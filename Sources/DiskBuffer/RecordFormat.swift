@@ -70,7 +70,7 @@ enum RecordFormat {
         buffer.appendLittleEndian(length)
         buffer.appendLittleEndian(checksum(bodyState: bodyState, length: length, sequence: sequence))
         buffer.appendLittleEndian(sequence)
-        buffer.append(contentsOf: body)
+        body.withUnsafeBytes { buffer.append(contentsOf: $0) }
     }
 
     /// The outcome of decoding one record at the start of `bytes`.
@@ -146,10 +146,7 @@ extension [UInt8] {
 
 extension ArraySlice<UInt8> {
     func loadLittleEndian<T: FixedWidthInteger>(_: T.Type, at index: Int) -> T {
-        var value: T = 0
-        for offset in 0..<MemoryLayout<T>.size {
-            value |= T(self[index + offset]) << (8 * offset)
-        }
-        return value
+        precondition(index >= startIndex && index + MemoryLayout<T>.size <= endIndex, "load out of bounds")
+        return withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: index - startIndex, as: T.self)) }
     }
 }
