@@ -69,8 +69,9 @@ enum AuthenticationFailure: String, Sendable, CaseIterable, Error {
 
 /// The result of authenticating one CONNECT.
 enum AuthenticationOutcome: Sendable, Equatable {
-    /// Let in; `identity` is the user name the ACL sees for `USER` and `%u` (nil: anonymous).
-    case accepted(AuthenticationMethod, identity: String?)
+    /// Let in; `identity` is the user name the ACL sees for `USER` and `%u` (nil: anonymous). `validUntil`:
+    /// when the credentials stop being valid (a JWT's `exp` plus the leeway); the connection is ended then.
+    case accepted(AuthenticationMethod, identity: String?, validUntil: Date? = nil)
     case refused(AuthenticationFailure)
 }
 

@@ -29,6 +29,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("auth.jwt.audience", default: "", help: "When set, a token's aud claim must contain it."),
         ConfigKey("auth.jwt.leeway", default: "10s", help: "Clock skew allowed when checking exp and nbf."),
         ConfigKey("auth.jwt.require_expiry", default: "true", help: "Refuse tokens without an exp claim."),
+        ConfigKey("auth.jwt.disconnect_after_expiry", default: "true", help: "End a connection when its token expires (exp + leeway); MQTT 5 clients get DISCONNECT 0xA0 (maximum connect time). false: tokens are checked at CONNECT only."),
         ConfigKey("mqtt.tls_identity", default: "none", help: "With verified client certificates: 'cn' (subject common name) or 'san' (first DNS/e-mail/URI subject alternative name) becomes the client's user name; a CONNECT with another user name is refused (0x87). 'none': certificates only gate the handshake."),
         ConfigKey("auth.acl", default: "", help: "Ordered list of 'USER|* read|write|readwrite FILTER' (%u = user name, %c = client id); when set, what no rule allows is denied."),
         ConfigKey("kafka.bootstrap_servers", help: "Comma-separated Kafka bootstrap servers, HOST:PORT."),
@@ -184,7 +185,8 @@ struct CloudBrokerConfiguration: Sendable {
             var jwt = JWTSettings(
                 tokenIn: try values.oneOf("auth.jwt.token_in", JWTSettings.Carrier.self), identityClaim: try values.string("auth.jwt.identity_claim"),
                 issuer: values.optionalString("auth.jwt.issuer"), audience: values.optionalString("auth.jwt.audience"),
-                leeway: try values.duration("auth.jwt.leeway"), requireExpiry: try values.bool("auth.jwt.require_expiry"))
+                leeway: try values.duration("auth.jwt.leeway"), requireExpiry: try values.bool("auth.jwt.require_expiry"),
+                disconnectAfterExpiry: try values.bool("auth.jwt.disconnect_after_expiry"))
             jwt.keys = try failing("auth.jwt.keys") { () throws(BrokerError) in try keys.map(JWTSettings.parseKey) }
             authenticator.jwt = try failing("auth.jwt.keys") { () throws(BrokerError) in try JWTVerifier(settings: jwt) }
         }

@@ -22,6 +22,8 @@ struct JWTSettings: Sendable {
     var audience: String?
     var leeway: Duration = .seconds(10)
     var requireExpiry = true
+    /// End a connection when its token expires (`exp` + `leeway`): MQTT 5 clients get DISCONNECT 0xA0.
+    var disconnectAfterExpiry = true
     var keys: [Key] = []
 
     /// Parses one `auth.jwt.keys` entry: `ALG PATH [KID]` (ALG one of HS256, RS256, ES256).
@@ -147,7 +149,8 @@ final class JWTVerifier: Sendable {
         if let issuer = settings.issuer, claims.strings["iss"] != issuer { return .refused(.wrongIssuer) }
         if let audience = settings.audience, !claims.audience.contains(audience) { return .refused(.wrongAudience) }
         guard let identity = claims.strings[settings.identityClaim], !identity.isEmpty else { return .refused(.missingIdentity) }
-        return .accepted(.jwt, identity: identity)
+        let validUntil = settings.disconnectAfterExpiry ? claims.expiry.map { Date(timeIntervalSince1970: $0 + leeway) } : nil
+        return .accepted(.jwt, identity: identity, validUntil: validUntil)
     }
 
     private struct Header: Decodable {

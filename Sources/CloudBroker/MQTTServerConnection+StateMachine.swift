@@ -30,6 +30,8 @@ extension MQTTServerConnection {
             case resumeReading
             /// Check keep-alive every this often from now on.
             case scheduleKeepAlive(Duration)
+            /// Call `credentialsExpired` at this time (the client's token expires then).
+            case scheduleCredentialsExpiry(Date)
             /// A message for the client was dropped (queue full or expired).
             case dropped(qos: MQTTQoS)
             /// Close the connection once what was sent is flushed.
@@ -74,6 +76,8 @@ extension MQTTServerConnection {
             var session: SessionState
             var clientReceiveMaximum: Int
             var username: String?
+            /// When the credentials the client authenticated with expire (nil: never).
+            var credentialsValidUntil: Date?
             var requestedExpiry: UInt32 = 0
             var topicAliases: [UInt16: String] = [:]
             var pending: [PendingPublish] = []
@@ -183,8 +187,9 @@ extension MQTTServerConnection {
                 state = .closed(nil)
                 ending = .normal
                 return [.send(.connack(MQTTConnAck(reasonCode: failure.reasonCode))), .close]
-            case .accepted(_, let identity):
+            case .accepted(_, let identity, let validUntil):
                 connected.username = identity
+                connected.credentialsValidUntil = validUntil
             }
             state = .connecting(connected, assignedClientId: assigned)
             return [.attachSession(request)]
@@ -212,6 +217,9 @@ extension MQTTServerConnection {
             var actions: [Action] = [.send(.connack(MQTTConnAck(sessionPresent: present, properties: properties)))]
             if connected.keepAlive > 0 {
                 actions.append(.scheduleKeepAlive(.milliseconds(Int64(connected.keepAlive) * 500)))
+            }
+            if let validUntil = connected.credentialsValidUntil {
+                actions.append(.scheduleCredentialsExpiry(validUntil))
             }
             for packet in connected.session.outbound.resend(version: connected.version, now: now) {
                 actions.append(.send(packet))
@@ -479,6 +487,15 @@ extension MQTTServerConnection {
         mutating func connectTimeout() -> [Action] {
             guard case .awaitingConnect = state else { return [] }
             return close(ending: .abnormal)
+        }
+
+        /// The credentials' validity ended (a JWT's `exp`): DISCONNECT 0xA0 "maximum connect time" (MQTT 5.0
+        /// table 3-10: the connection time authorized for this connection has been exceeded), then close.
+        /// Abnormal: the will is published. A timer that fired before the wall clock reached the expiry is set again.
+        mutating func credentialsExpired(now: Date) -> [Action] {
+            guard case .connected(let c) = state, let validUntil = c.credentialsValidUntil else { return [] }
+            guard now >= validUntil else { return [.scheduleCredentialsExpiry(validUntil)] }
+            return disconnect(.maximumConnectTime)
         }
 
         /// Another connection took the session over (MQTT 5.0 section 3.1.4).

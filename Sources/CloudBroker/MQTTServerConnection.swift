@@ -42,6 +42,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     /// Registered with the loop's `KeepAliveSweeper` (no timer of its own).
     private var keepAliveRegistered = false
     private var connectTimeoutTask: Scheduled<Void>?
+    private var credentialsExpiryTask: Scheduled<Void>?
     private var requestedKeepAlive: UInt16 = 0
     /// The version of the CONNECT received, for a refusing CONNACK sent after the machine closed.
     private var connectVersion: MQTTProtocolVersion?
@@ -123,6 +124,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             keepAliveRegistered = false
         }
         connectTimeoutTask?.cancel()
+        credentialsExpiryTask?.cancel()
         let (session, will, attached) = machine.channelClosed()
         if let takeOverPromise {
             self.takeOverPromise = nil
@@ -218,6 +220,14 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 connectTimeoutTask = nil
                 KeepAliveSweeper.on(context.eventLoop).register(self, interval: TimeAmount(interval))
                 keepAliveRegistered = true
+            case .scheduleCredentialsExpiry(let validUntil):
+                credentialsExpiryTask?.cancel()
+                let delay = TimeAmount.milliseconds(Int64(max(0, validUntil.timeIntervalSinceNow) * 1000) + 1)
+                let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                credentialsExpiryTask = context.eventLoop.scheduleTask(in: delay) {
+                    let connection = loopBound.value
+                    connection.perform(connection.machine.credentialsExpired(now: Date()))
+                }
             case .dropped(let qos):
                 BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
             case .close:
@@ -321,7 +331,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
 
     private func authenticated(_ outcome: AuthenticationOutcome, username: String?) {
         switch outcome {
-        case .accepted(let method, _):
+        case .accepted(let method, _, _):
             BrokerMetrics.authAccepted[method]?.increment()
         case .refused(let failure):
             BrokerMetrics.authFailures[failure]?.increment()

@@ -98,10 +98,19 @@ struct JWTAuthenticationTests {
         }
         let signer = try make()
         let verifier = try Self.verifier([signer])
-        #expect(await verifier.verify(try signer.token(TokenSigner.claims(sub: "device-7"))) == .accepted(.jwt, identity: "device-7"))
+        let before = Date().timeIntervalSince1970
+        let valid = try signer.token(TokenSigner.claims(sub: "device-7"))
+        let accepted = await verifier.verify(valid)
+        let after = Date().timeIntervalSince1970
+        guard case .accepted(.jwt, "device-7", let validUntil?) = accepted else {
+            Issue.record("expected accepted with an expiry, got \(accepted)")
+            return
+        }
+        // The connection ends at exp + leeway (10 s); exp is an hour after the token was made (whole seconds).
+        #expect((before + 3609...after + 3611).contains(validUntil.timeIntervalSince1970), "\(validUntil)")
         #expect(await verifier.verify(try signer.token(TokenSigner.claims(sub: "d", expiresIn: -60))) == .refused(.expired))
         // Within the leeway (10 s) an expired token still passes; a not-yet-valid one beyond it does not.
-        #expect(await verifier.verify(try signer.token(TokenSigner.claims(sub: "d", expiresIn: -3))) == .accepted(.jwt, identity: "d"))
+        #expect(acceptedIdentity(await verifier.verify(try signer.token(TokenSigner.claims(sub: "d", expiresIn: -3)))) == "d")
         let future = Int(Date().timeIntervalSince1970 + 120)
         #expect(await verifier.verify(try signer.token(TokenSigner.claims(sub: "d", extra: ["nbf": future]))) == .refused(.notYetValid))
         // Signed by another key of the same algorithm.
@@ -137,8 +146,8 @@ struct JWTAuthenticationTests {
             $0.identityClaim = "device"
         }
         let good = TokenSigner.claims(sub: "s", extra: ["iss": "https://issuer.example", "aud": ["x", "tributary"], "device": "dev-1"])
-        #expect(await verifier.verify(try a.token(good)) == .accepted(.jwt, identity: "dev-1"))
-        #expect(await verifier.verify(try b.token(good)) == .accepted(.jwt, identity: "dev-1"))
+        #expect(acceptedIdentity(await verifier.verify(try a.token(good))) == "dev-1")
+        #expect(acceptedIdentity(await verifier.verify(try b.token(good))) == "dev-1")
         var unknown = b
         unknown.kid = "c"
         #expect(await verifier.verify(try unknown.token(good)) == .refused(.unknownKey))
@@ -162,7 +171,7 @@ struct JWTAuthenticationTests {
         var authenticator = Authenticator(passwordFile: file, jwt: verifier, certificateIdentity: .cn, allowAnonymous: false)
         let certificate = CertificateNames(commonName: "device-1", alternativeNames: ["device-1.example"])
         // 1. A certificate decides, whatever the password; another user name is refused.
-        guard case .decided(.accepted(.certificate, identity: "device-1")) = authenticator.plan(Credentials(username: nil, password: Array("x".utf8), certificate: certificate)) else {
+        guard case .decided(.accepted(.certificate, identity: "device-1", _)) = authenticator.plan(Credentials(username: nil, password: Array("x".utf8), certificate: certificate)) else {
             Issue.record("certificate identity")
             return
         }
@@ -185,12 +194,12 @@ struct JWTAuthenticationTests {
             return
         }
         authenticator.allowAnonymous = true
-        guard case .decided(.accepted(.anonymous, identity: nil)) = authenticator.plan(Credentials()) else {
+        guard case .decided(.accepted(.anonymous, identity: nil, _)) = authenticator.plan(Credentials()) else {
             Issue.record("anonymous allowed")
             return
         }
         authenticator.certificateIdentity = .san
-        guard case .decided(.accepted(.certificate, identity: "device-1.example")) = authenticator.plan(Credentials(certificate: certificate)) else {
+        guard case .decided(.accepted(.certificate, identity: "device-1.example", _)) = authenticator.plan(Credentials(certificate: certificate)) else {
             Issue.record("SAN identity")
             return
         }
@@ -323,6 +332,37 @@ struct JWTAuthenticationTests {
         """
 
     /// The token in the user name (`auth.jwt.token_in: username`), with a password-file user beside it.
+    /// A connection lives only as long as its token: at `exp` (leeway 0 here) an MQTT 5 client gets DISCONNECT
+    /// 0xA0 and is closed, a 3.1.1 client is closed; a client whose token is still valid stays connected.
+    @Test func connectionsEndWhenTheirTokenExpires() async throws {
+        let signer = TokenSigner.hs256(kid: "hmac")
+        try await withProcesses { scope in
+            let keys = try Self.keyEntries([signer], in: scope.logDirectory)
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu, settings: ["auth.jwt.keys": keys.joined(separator: ","), "auth.jwt.leeway": "0s"])
+            let shortLived = try signer.token(TokenSigner.claims(sub: "dev-1", expiresIn: 3))
+            var clients: [RawMQTTClient] = []
+            for version in [MQTTProtocolVersion.v5, .v311] {
+                let client = try await RawMQTTClient.connect(port: broker.mqttPort)
+                let connect = MQTTConnect(protocolVersion: version, clientIdentifier: "short-\(version)", keepAlive: 0, username: "jwt", password: ByteBuffer(string: shortLived))
+                #expect(try await client.handshake(connect).reasonCode == .success)
+                clients.append(client)
+            }
+            let longLived = try await RawMQTTClient.connect(port: broker.mqttPort)
+            let connect = MQTTConnect(protocolVersion: .v5, clientIdentifier: "long", keepAlive: 0, username: "jwt", password: ByteBuffer(string: try signer.token(TokenSigner.claims(sub: "dev-2"))))
+            #expect(try await longLived.handshake(connect).reasonCode == .success)
+
+            let disconnect = try await clients[0].next(timeout: .seconds(15)) { if case .disconnect(let d) = $0 { d } else { nil } }
+            #expect(disconnect.reasonCode == .maximumConnectTime)
+            #expect(try await clients[0].next(timeout: .seconds(5)) == .closed)
+            #expect(try await clients[1].next(timeout: .seconds(5)) == .closed, "3.1.1: closed without a DISCONNECT")
+            // The long-lived token's connection is still served.
+            try await longLived.send(.pingreq)
+            _ = try await longLived.next { if case .pingresp = $0 { true } else { nil } }
+            await longLived.close()
+        }
+    }
+
     @Test func tokenInTheUserNameBesideAPasswordFile() async throws {
         let pub = try Tools.require("mosquitto_pub")
         let signer = TokenSigner.es256()
@@ -354,6 +394,11 @@ struct JWTAuthenticationTests {
     }
 }
 
+/// The identity of an accepted JWT outcome (nil otherwise).
+private func acceptedIdentity(_ outcome: AuthenticationOutcome) -> String? {
+    if case .accepted(.jwt, let identity, _) = outcome { identity } else { nil }
+}
+
 @Suite("Authentication in the connection state machine")
 struct AuthenticationStateMachineTests {
     typealias Machine = MQTTServerConnection.StateMachine
@@ -365,8 +410,8 @@ struct AuthenticationStateMachineTests {
         return limits
     }
 
-    static func connect(_ machine: inout Machine) -> [Machine.Action] {
-        let connect = MQTTConnect(protocolVersion: .v5, clientIdentifier: "c1", username: "jwt", password: ByteBuffer(string: "a.b.c"))
+    static func connect(_ machine: inout Machine, version: MQTTProtocolVersion = .v5) -> [Machine.Action] {
+        let connect = MQTTConnect(protocolVersion: version, clientIdentifier: "c1", username: "jwt", password: ByteBuffer(string: "a.b.c"))
         return machine.packetReceived(.connect(connect), now: .now(), wallClock: Date())
     }
 
@@ -386,6 +431,44 @@ struct AuthenticationStateMachineTests {
         #expect(own.contains { if case .produce = $0 { true } else { false } }, "the identity's own topic")
         let userName = machine.packetReceived(.publish(MQTTPublish(topic: "devices/jwt/t", payload: ByteBuffer(string: "x"))), now: .now(), wallClock: Date())
         #expect(!userName.contains { if case .produce = $0 { true } else { false } }, "the CONNECT user name is not the identity")
+    }
+
+    /// A connection authenticated by a token ends when the token expires: MQTT 5 gets DISCONNECT 0xA0 after
+    /// the CONNACK; a timer firing before the wall clock reached the expiry is set again; 3.1.1 is closed.
+    @Test func aConnectionEndsWhenItsTokenExpires() {
+        for version in [MQTTProtocolVersion.v5, .v311] {
+            var machine = Machine(limits: Self.limits)
+            _ = Self.connect(&machine, version: version)
+            let validUntil = Date().addingTimeInterval(30)
+            guard case .attachSession(let request) = machine.authenticated(.accepted(.jwt, identity: "dev-1", validUntil: validUntil)).last else {
+                Issue.record("expected attachSession")
+                return
+            }
+            let attached = machine.sessionAttached(SessionState(clientId: request.clientId, expiryInterval: 0), present: false, requestedKeepAlive: 60, now: Date())
+            #expect(attached.contains { if case .scheduleCredentialsExpiry(validUntil) = $0 { true } else { false } }, "\(attached)")
+            let early = machine.credentialsExpired(now: validUntil.addingTimeInterval(-0.5))
+            #expect(early.count == 1 && { if case .scheduleCredentialsExpiry(validUntil) = early[0] { true } else { false } }(), "\(early)")
+            let due = machine.credentialsExpired(now: validUntil)
+            if version == .v5 {
+                guard case .send(.disconnect(let disconnect)) = due.first else {
+                    Issue.record("expected DISCONNECT, got \(due)")
+                    return
+                }
+                #expect(disconnect.reasonCode == .maximumConnectTime)
+            } else {
+                #expect(!due.contains { if case .send = $0 { true } else { false } }, "no DISCONNECT in 3.1.1")
+            }
+            #expect(due.contains { if case .close = $0 { true } else { false } })
+        }
+        // Credentials without an expiry schedule nothing.
+        var machine = Machine(limits: Self.limits)
+        _ = Self.connect(&machine)
+        guard case .attachSession(let request) = machine.authenticated(.accepted(.password, identity: "u")).last else {
+            Issue.record("expected attachSession")
+            return
+        }
+        let attached = machine.sessionAttached(SessionState(clientId: request.clientId, expiryInterval: 0), present: false, requestedKeepAlive: 60, now: Date())
+        #expect(!attached.contains { if case .scheduleCredentialsExpiry = $0 { true } else { false } })
     }
 
     @Test(arguments: [AuthenticationFailure.expired, .wrongAudience])
