@@ -19,6 +19,8 @@ enum AgentMetrics {
     /// 0 disconnected, 1 connecting, 2 connected.
     static let uplinkState = Gauge(label: "tributary_agent_uplink_state")
     static let uplinkReconnects = Counter(label: "tributary_agent_uplink_reconnects_total")
+    /// Lookups of the upstream host name: one per connection attempt.
+    static let uplinkResolutions = Counter(label: "tributary_agent_uplink_dns_resolutions_total")
     static let uplinkInflight = Gauge(label: "tributary_agent_uplink_inflight_messages")
     static let forwarded = Counter(label: "tributary_agent_forwarded_messages_total")
     static let forwardedBytes = Counter(label: "tributary_agent_forwarded_bytes_total")
@@ -44,7 +46,7 @@ enum AgentMetrics {
         deviceConnections.set(0)
         for qos in [MQTTQoSLabel.zero, .one, .two] { _ = received(qos: qos) }
         _ = [
-            deviceConnectionsTotal, receivedBytes, duplicatesIgnored, rejected, malformed, uplinkReconnects, forwarded,
+            deviceConnectionsTotal, uplinkResolutions, receivedBytes, duplicatesIgnored, rejected, malformed, uplinkReconnects, forwarded,
             forwardedBytes, acknowledged, refusedUpstream, undecodable, expired, commandsDelivered, localBrokerMessages,
         ]
         for gauge in [uplinkState, uplinkInflight, replayRate, localBrokerState] { gauge.record(0) }

@@ -2,10 +2,12 @@ import Common
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
-/// The MQTT listener devices connect to (TCP). One `DeviceConnectionHandler` per connection.
+/// The MQTT listener devices connect to (TCP, or TLS when given a context). One `DeviceConnectionHandler`
+/// per connection. A TCP and a TLS listener share one `DeviceRegistry` (a client id is one device on both).
 ///
 /// Graceful shutdown: stop accepting, then drain every device connection (no more reads; the stores it
 /// has queued finish and are acknowledged; MQTT 5 devices get DISCONNECT 0x8B), closing whatever is still
@@ -24,7 +26,8 @@ final class DeviceListener: Service, Sendable {
     let address: HostPort
     let sink: any RecordSink
     let sessions: DeviceSessionStore
-    let registry = DeviceRegistry()
+    let registry: DeviceRegistry
+    let tls: NIOSSLContext?
     let receiveMaximum: UInt16
     let maximumPacketSize: Int
     let group: any EventLoopGroup
@@ -35,10 +38,13 @@ final class DeviceListener: Service, Sendable {
     private let children = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     init(
-        address: HostPort, sink: any RecordSink, sessions: DeviceSessionStore, receiveMaximum: UInt16,
+        address: HostPort, tls: NIOSSLContext? = nil, sink: any RecordSink, sessions: DeviceSessionStore,
+        registry: DeviceRegistry = DeviceRegistry(), receiveMaximum: UInt16,
         maximumPacketSize: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
         drainTimeout: TimeAmount = .seconds(2)
     ) {
+        self.tls = tls
+        self.registry = registry
         self.drainTimeout = drainTimeout
         self.address = address
         self.sink = sink
@@ -90,6 +96,7 @@ final class DeviceListener: Service, Sendable {
         let receiveMaximum = self.receiveMaximum
         let maximumPacketSize = self.maximumPacketSize
         let logger = self.logger
+        let tls = self.tls
         let listener = self
         let channel: any Channel
         do {
@@ -105,6 +112,7 @@ final class DeviceListener: Service, Sendable {
                     return channel.eventLoop.makeCompletedFuture {
                         let versionBox = MQTTVersionBox()
                         let operations = channel.pipeline.syncOperations
+                        if let tls { try operations.addHandler(NIOSSLServerHandler(context: tls)) }
                         try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumPacketSize, versionBox: versionBox)))
                         try operations.addHandler(MessageToByteHandler(MQTTPacketEncoder(versionBox: versionBox)))
                         try operations.addHandler(DeviceConnectionHandler(
@@ -118,7 +126,9 @@ final class DeviceListener: Service, Sendable {
         }
         let port = channel.localAddress?.port ?? 0
         finishBinding(port)
-        logger.info("Listening for devices", metadata: ["device.listen": "\(address.host):\(channel.localAddress?.port ?? 0)"])
+        logger.info("Listening for devices", metadata: [
+            "device.listen": "\(address.host):\(channel.localAddress?.port ?? 0)", "device.tls": "\(tls != nil)",
+        ])
         // Also on cancellation: closeFuture.get() does not return on its own then.
         await withTaskCancellationOrGracefulShutdownHandler {
             try? await channel.closeFuture.get()

@@ -36,23 +36,30 @@ enum EdgeAgent {
         let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
         try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
         let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
-        let listener = configuration.deviceListen.map { address in
-            DeviceListener(
-                address: address, sink: buffer, sessions: sessions,
+        let registry = DeviceRegistry()
+        var listeners: [DeviceListener] = []
+        if let address = configuration.deviceListen {
+            listeners.append(DeviceListener(
+                address: address, sink: buffer, sessions: sessions, registry: registry,
                 receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
-                logger: logger)
+                logger: logger))
         }
-        let registry = listener?.registry
+        if let tls = configuration.deviceTLS {
+            listeners.append(DeviceListener(
+                address: tls.address, tls: try deviceTLSContext(tls), sink: buffer, sessions: sessions, registry: registry,
+                receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
+                logger: logger))
+        }
         let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger) { command in
-            guard let registry else { return }
             let devices = registry.deliver(command)
             AgentMetrics.commandsDelivered.increment(by: devices)
         }
+        let allBound: @Sendable () -> Bool = { [listeners] in listeners.allSatisfy { $0.port != nil } }
         let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
-            listener.map { $0.port == nil ? "the device listener is not bound yet" : nil } ?? nil
+            allBound() ? nil : "the device listener is not bound yet"
         }
         let notifier = SystemdNotifier()
-        let readiness = ReadinessService(listener: listener, http: http, notifier: notifier, logger: logger)
+        let readiness = ReadinessService(listeners: listeners, http: http, notifier: notifier, logger: logger)
         // A service that fails (e.g. a port already in use) shuts the others down gracefully: cancellation alone
         // would not stop the HTTP server and device listener, which wait on their channels' close.
         let stopAll = ServiceGroupConfiguration.ServiceConfiguration.TerminationBehavior.gracefullyShutdownGroup
@@ -61,7 +68,7 @@ enum EdgeAgent {
             .init(service: uplink, failureTerminationBehavior: stopAll),
             .init(service: readiness, successTerminationBehavior: .ignore, failureTerminationBehavior: stopAll),
         ]
-        if let listener { services.insert(.init(service: listener, failureTerminationBehavior: stopAll), at: 2) }
+        for listener in listeners.reversed() { services.insert(.init(service: listener, failureTerminationBehavior: stopAll), at: 2) }
         if let local = configuration.localBroker {
             let source = LocalBrokerSource(settings: localBrokerSettings(local, configuration), sink: buffer, sessions: sessions, logger: logger)
             services.insert(.init(service: source, failureTerminationBehavior: stopAll), at: 2)
@@ -69,7 +76,7 @@ enum EdgeAgent {
         if let interval = SystemdNotifier.watchdogInterval() {
             // First, so it is told last: it keeps systemd's watchdog fed while the others stop.
             services.insert(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
-                listener.map { $0.port != nil } ?? true
+                allBound()
             }, failureTerminationBehavior: stopAll), at: 0)
         }
         // Last, so it is told first: bounds the whole shutdown even if a service does not finish.
@@ -100,6 +107,20 @@ enum EdgeAgent {
         if recovered > 0 {
             logger.info("Recovered device QoS 2 state from the buffer", metadata: ["device.recovered_ids": "\(recovered)"])
         }
+    }
+
+    /// The device TLS listener's server context (client certificates asked for, verified, required as set).
+    static func deviceTLSContext(_ tls: DeviceTLSConfiguration) throws -> NIOSSLContext {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certFile).map { NIOSSLCertificateSource.certificate($0) }
+        let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(file: tls.keyFile, format: .pem))
+        var configuration: TLSConfiguration
+        if let clientCA = tls.clientCAFile, tls.clientCertificates != .none {
+            configuration = .makeServerConfigurationWithMTLS(certificateChain: chain, privateKey: key, trustRoots: .file(clientCA))
+            configuration.certificateVerification = tls.clientCertificates == .required ? .noHostnameVerification : .optionalVerification
+        } else {
+            configuration = .makeServerConfiguration(certificateChain: chain, privateKey: key)
+        }
+        return try NIOSSLContext(configuration: configuration)
     }
 
     static func localBrokerSettings(_ local: LocalBrokerConfiguration, _ configuration: EdgeAgentConfiguration) -> LocalBrokerSource.Settings {
@@ -173,17 +194,17 @@ struct ShutdownDeadline: Service {
 /// Tells systemd (and the log) that the agent is ready once the device listener (if any) and HTTP endpoint
 /// are bound.
 struct ReadinessService: Service {
-    let listener: DeviceListener?
+    let listeners: [DeviceListener]
     let http: ObservabilityServer
     let notifier: SystemdNotifier
     let logger: Logger
 
     func run() async throws {
         var metadata: Logger.Metadata = [:]
-        if let listener {
+        for listener in listeners {
             // nil: the listener failed to bind (the group is stopping with its error) or we were cancelled.
             guard let devicePort = await listener.waitUntilBound() else { return }
-            metadata["device.port"] = "\(devicePort)"
+            metadata[listener.tls == nil ? "device.port" : "device.tls_port"] = "\(devicePort)"
         }
         metadata["http.port"] = "\(try await http.port())"
         notifier.ready(status: "forwarding")

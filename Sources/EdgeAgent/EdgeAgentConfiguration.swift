@@ -10,6 +10,11 @@ struct EdgeAgentConfiguration: Sendable {
             help: "Address of the /metrics, /health and /ready endpoints. Port 9101, not 9100: node_exporter, often on the same gateway, has 9100. Loopback by default; 0.0.0.0:9101 (firewalled) for a remote Prometheus."),
         ConfigKey("agent_id", help: "Id of this gateway, sent upstream as the user property tributary-agent."),
         ConfigKey("device.listen", default: "0.0.0.0:1883", help: "MQTT listener for devices (TCP), or off (then local_broker.url must be set)."),
+        ConfigKey("device.tls_listen", default: "", help: "MQTT over TLS listener for devices (e.g. 0.0.0.0:8883), beside or instead of device.listen; empty: none."),
+        ConfigKey("device.tls.cert_file", help: "PEM certificate chain of the device TLS listener (required with device.tls_listen)."),
+        ConfigKey("device.tls.key_file", help: "PEM private key of the device TLS listener (required with device.tls_listen)."),
+        ConfigKey("device.tls.client_ca_file", help: "PEM CA bundle that device client certificates must chain to (needed for device.tls.client_certificates optional or required)."),
+        ConfigKey("device.tls.client_certificates", default: "none", help: "none (not asked for), optional (verified if sent) or required (a device without a valid one fails the handshake)."),
         ConfigKey("device.receive_maximum", default: "100", help: "MQTT 5 Receive Maximum announced to devices: unacknowledged QoS 1/2 publishes per device."),
         ConfigKey("device.max_packet_size", default: "1MiB", help: "Largest device packet accepted; larger ones close that connection (packet too large)."),
         ConfigKey("upstream.url", help: "Cloud broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). The host is resolved again on every reconnect."),
@@ -61,6 +66,7 @@ struct EdgeAgentConfiguration: Sendable {
     /// nil: no device listener (`device.listen: off`).
     var deviceListen: HostPort?
     var localBroker: LocalBrokerConfiguration?
+    var deviceTLS: DeviceTLSConfiguration?
     var deviceReceiveMaximum: UInt16
     var deviceMaxPacketSize: Int
     var httpListen: HostPort
@@ -95,8 +101,9 @@ struct EdgeAgentConfiguration: Sendable {
         guard !agentId.isEmpty else { throw ConfigError(key: "agent_id", "must not be empty") }
         deviceListen = values.raw("device.listen")?.value.lowercased() == "off" ? nil : try values.hostPort("device.listen")
         localBroker = try LocalBrokerConfiguration(values, agentId: agentId)
-        if deviceListen == nil && localBroker == nil {
-            throw ConfigError(key: "device.listen", "is off and local_broker.url is not set: the agent would have nothing to forward")
+        deviceTLS = try DeviceTLSConfiguration(values)
+        if deviceListen == nil && deviceTLS == nil && localBroker == nil {
+            throw ConfigError(key: "device.listen", "is off and neither device.tls_listen nor local_broker.url is set: the agent would have nothing to forward")
         }
         deviceReceiveMaximum = UInt16(try values.int("device.receive_maximum", range: 1...65_535))
         deviceMaxPacketSize = try values.bytes("device.max_packet_size")
@@ -162,6 +169,32 @@ struct EdgeAgentConfiguration: Sendable {
         }
         let duration = try values.duration(key)
         return UInt32(clamping: duration.components.seconds)
+    }
+}
+
+/// The device TLS listener's keys (present when `device.tls_listen` is set).
+struct DeviceTLSConfiguration: Sendable {
+    enum ClientCertificates: String, CaseIterable { case none, optional, required }
+
+    var address: HostPort
+    var certFile: String
+    var keyFile: String
+    var clientCAFile: String?
+    var clientCertificates: ClientCertificates
+
+    init?(_ values: ConfigValues) throws(ConfigError) {
+        guard values.optionalString("device.tls_listen") != nil else { return nil }
+        address = try values.hostPort("device.tls_listen")
+        guard let cert = values.optionalString("device.tls.cert_file"), let key = values.optionalString("device.tls.key_file") else {
+            throw ConfigError(key: "device.tls_listen", "needs device.tls.cert_file and device.tls.key_file")
+        }
+        certFile = cert
+        keyFile = key
+        clientCAFile = values.optionalString("device.tls.client_ca_file")
+        clientCertificates = try values.oneOf("device.tls.client_certificates", ClientCertificates.self)
+        if clientCertificates != .none && clientCAFile == nil {
+            throw ConfigError(key: "device.tls.client_certificates", "\(clientCertificates.rawValue) needs device.tls.client_ca_file")
+        }
     }
 }
 

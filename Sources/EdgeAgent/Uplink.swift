@@ -286,7 +286,11 @@ final class Uplink: Service, Sendable {
         let store = self.store
         let uplink = self
         defer { current.withLock { $0.connecting = nil } }
-        var bootstrap = ClientBootstrap(group: group)
+        let addresses = try await UplinkResolver.resolve(host: settings.host, port: settings.port)
+        logger.debug("Uplink host resolved", metadata: ["uplink.host": "\(settings.host)", "uplink.addresses": "\(addresses.count)"])
+        let eventLoop = group.next()
+        var bootstrap = ClientBootstrap(group: eventLoop)
+            .resolver(UplinkResolver.Resolved(addresses: addresses, eventLoop: eventLoop))
             .connectTimeout(TimeAmount.nanoseconds(Int64(settings.connectTimeout.milliseconds) * 1_000_000))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
         if let timeout = settings.tcpUserTimeout {
@@ -303,7 +307,11 @@ final class Uplink: Service, Sendable {
             return channel.eventLoop.makeCompletedFuture {
                 let operations = channel.pipeline.syncOperations
                 if let tls = settings.tls {
-                    try operations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: settings.tlsServerName ?? settings.host))
+                    // SNI cannot be an IP address: for mqtts://<IP> the certificate is verified against the
+                    // peer's address (an IP subject alternative name) instead.
+                    let isAddress = (try? SocketAddress(ipAddress: settings.host, port: 0)) != nil
+                    try operations.addHandler(NIOSSLClientHandler(
+                        context: tls, serverHostname: settings.tlsServerName ?? (isAddress ? nil : settings.host)))
                 }
                 let versionBox = MQTTVersionBox(settings.client.protocolVersion)
                 try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(versionBox: versionBox)))

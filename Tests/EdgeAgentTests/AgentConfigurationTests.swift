@@ -44,4 +44,16 @@ struct AgentConfigurationTests {
         #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.topics": "a/#/b"])?.contains("local_broker.topics") == true)
         #expect(Self.error(["local_broker.url": "mqtt://h:1", "local_broker.topics": ""])?.contains("local_broker.topics") == true)
     }
+
+    @Test("device TLS: keys parsed; a listener without certificate and key, or client certificates without a CA, are refused")
+    func deviceTLS() throws {
+        #expect(try Self.configuration([:]).deviceTLS == nil)
+        let files = ["device.tls_listen": "127.0.0.1:8883", "device.tls.cert_file": "/c.pem", "device.tls.key_file": "/k.pem"]
+        let tls = try #require(try Self.configuration(files.merging(["device.tls.client_ca_file": "/ca.pem", "device.tls.client_certificates": "required", "device.listen": "off"]) { $1 }).deviceTLS)
+        #expect(tls.address == HostPort(host: "127.0.0.1", port: 8883))
+        #expect(tls.clientCertificates == .required)
+        #expect(Self.error(["device.tls_listen": "127.0.0.1:8883"])?.contains("device.tls.cert_file") == true)
+        #expect(Self.error(files.merging(["device.tls.client_certificates": "optional"]) { $1 })?.contains("device.tls.client_ca_file") == true)
+        #expect(Self.error(files.merging(["device.tls.client_certificates": "sometimes"]) { $1 })?.contains("device.tls.client_certificates") == true)
+    }
 }

@@ -25,13 +25,13 @@ enum AgentHarness {
     /// Starts edge-agent and waits for its "Edge agent ready" log line.
     static func startAgent(
         _ scope: ProcessScope, ports: AgentPorts, dataDirectory: String, upstreamPort: Int, agentId: String = "gw-e2e",
-        extra: [String] = [], name: String = "edge-agent"
+        upstreamURL: String? = nil, extra: [String] = [], name: String = "edge-agent"
     ) async throws -> ChildProcess {
         let process = try scope.launch(
             name: name, executable: TestEnvironment.binary("edge-agent"),
             arguments: [
                 "--agent-id", agentId, "--device-listen", "127.0.0.1:\(ports.device)",
-                "--upstream", "mqtt://127.0.0.1:\(upstreamPort)", "--data-dir", dataDirectory,
+                "--upstream", upstreamURL ?? "mqtt://127.0.0.1:\(upstreamPort)", "--data-dir", dataDirectory,
                 "--http-listen", "127.0.0.1:\(ports.http)",
                 "--set", "upstream.keep_alive=5s", "--set", "upstream.response_timeout=3s",
                 "--set", "upstream.reconnect_max=2s",
@@ -113,6 +113,15 @@ enum AgentHarness {
         return nil
     }
 
+    /// Polls a process's log until `text` occurs `count` times (the log is a file the process appends to).
+    static func waitForLog(_ process: ChildProcess, _ text: String, count: Int, timeout: Duration = .seconds(20)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while process.logText().components(separatedBy: text).count - 1 < count {
+            guard ContinuousClock.now < deadline else { throw HarnessError("\(process.name) did not log '\(text)' \(count) times within \(timeout)") }
+            try await Task.sleep(for: .milliseconds(100))  // polling a file another process appends to
+        }
+    }
+
     /// Polls /metrics until `name` satisfies `condition` (the agent exposes no event to await for it).
     static func waitForMetric(
         _ scope: ProcessScope, port: Int, _ name: String, timeout: Duration = .seconds(30), _ condition: (Double) -> Bool
@@ -147,7 +156,8 @@ struct UpstreamTally {
         let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         for row in text.split(separator: "\n") {
             let fields = row.split(separator: " ", maxSplits: 3)
-            guard fields.count == 4, let sequence = UInt64(fields[1]) else { continue }
+            // "-" for agent, seq and device: forwarded with MQTT 3.1.1 (no user properties); seq counts as 0.
+            guard fields.count == 4, let sequence = fields[1] == "-" ? 0 : UInt64(fields[1]) else { continue }
             lines.append(Line(agent: String(fields[0]), sequence: sequence, device: String(fields[2]), payload: String(fields[3])))
         }
     }

@@ -43,4 +43,60 @@ struct EdgeAgentForwardingTests {
             #expect(fields[8] == "hello")
         }
     }
+
+    @Test("upstream MQTT 3.1.1: every record still arrives exactly once across an agent SIGKILL (QoS 2 session state), without user properties (5 devices × 60, QoS 2)")
+    func mqtt311Upstream() async throws {
+        try await withProcesses { scope in
+            let devices = 5, messages = 60
+            let data = try AgentHarness.temporaryDirectory("v311")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output)
+            let ports = try AgentHarness.ports()
+            let extra = ["--set", "upstream.protocol=3.1.1"]
+            let agent = try await AgentHarness.startAgent(scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, extra: extra)
+            let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 2, rate: 20)
+            // Mid-run (the fleet runs ~3 s): the test's fault schedule, not synchronisation.
+            try await Task.sleep(for: .milliseconds(1_500))
+            agent.send(SIGKILL)
+            _ = await agent.waitForExit()
+            _ = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, extra: extra, name: "edge-agent-2")
+            #expect(await fleet.waitForExit(timeout: .seconds(60)) == .exited(0), "devices: \(fleet.logTail(lines: 5))")
+            let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages, timeout: .seconds(30))
+            let missing = tally.missing(devices: devices, messages: messages, prefix: "dev-")
+            #expect(missing.isEmpty, "missing: \(missing.prefix(20))")
+            #expect(tally.duplicatePayloads == 0)
+            #expect(tally.lines.allSatisfy { $0.agent == "-" && $0.device == "-" }, "3.1.1 carries no user properties")
+        }
+    }
+
+    @Test("DNS: the upstream host (localhost) is resolved again on every connection attempt; a forced reconnect resolves it again and forwarding goes on")
+    func resolvedOnEveryReconnect() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("dns")
+            let broker = try await scope.startMosquitto()
+            let subscriber = try await AgentHarness.startMosquittoSub(scope, port: broker.port, topic: "dns/#", count: 1, format: "MSG|%t|%p")
+            let ports = try AgentHarness.ports()
+            let agent = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port,
+                upstreamURL: "mqtt://localhost:\(broker.port)", extra: ["--set", "log.level=debug"])
+            try await AgentHarness.waitForLog(agent, "Uplink connected", count: 1)
+            // A client taking the agent's client id makes mosquitto close the agent's connection: a real reconnect.
+            _ = try await scope.run("takeover", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(broker.port)", "-i", "tributary-gw-e2e", "-t", "other", "-m", "x",
+            ])
+            try await AgentHarness.waitForLog(agent, "Uplink connected", count: 2)
+            let resolutions = try await AgentHarness.metric(scope, port: ports.http, "tributary_agent_uplink_dns_resolutions_total") ?? 0
+            let reconnects = try await AgentHarness.metric(scope, port: ports.http, "tributary_agent_uplink_reconnects_total") ?? 0
+            #expect(reconnects >= 1)
+            #expect(resolutions == reconnects + 1, "one lookup per connection attempt: \(resolutions) lookups, \(reconnects) reconnects")
+            #expect(agent.logText().components(separatedBy: "uplink.host=localhost [EdgeAgent] Uplink host resolved").count - 1 == Int(resolutions))
+            let (status, output) = try await scope.run("pub", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "1", "-t", "dns/a", "-m", "after-reconnect",
+            ])
+            #expect(status == .exited(0), "\(output)")
+            #expect(try await AgentHarness.messageLines(subscriber) == ["MSG|dns/a|after-reconnect"])
+        }
+    }
 }

@@ -20,7 +20,7 @@ extension ProcessScope {
 
 /// Test certificates made with openssl in a scope's folder: a CA (`ca.pem`, `ca.key`), a server certificate
 /// for 127.0.0.1 and localhost (`server.pem`, `server.key`) and a client certificate with CN=device-1
-/// (`client.pem`, `client.key`), valid one day.
+/// (`client.pem`, `client.key`), valid one day, readable by every user.
 public enum TestCertificates {
     public static let script = """
         set -e
@@ -31,6 +31,8 @@ public enum TestCertificates {
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=device-1 2>/dev/null
         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 2>/dev/null
+        # mosquitto started as root drops to its own user: it must be able to read these (test keys only).
+        chmod 644 ./*.key ./*.pem
         """
 
     /// Runs `script` (plus `extra` shell lines) in the scope's log folder and returns that folder.
