@@ -1,8 +1,8 @@
 import NIOCore
 import Synchronization
 
-/// Kafka delivery reports of one event loop's publishes, handed over from the producer's poll thread in
-/// batches.
+/// Kafka delivery reports of one event loop's publishes, and messages the Kafka consumer routed to its
+/// connections, handed over from the poll threads in batches.
 ///
 /// librdkafka reports a whole produce batch in one poll; posting each report as its own task woke the
 /// event loop once per message and made every connection flush (one `write` syscall) per acknowledgement.

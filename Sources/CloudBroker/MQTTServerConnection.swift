@@ -165,8 +165,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             lateMessages.append(message)
             return
         }
-        perform(machine.deliver(message, now: Date()))
-        context?.flush()
+        perform(machine.deliver(message, now: Date()))  // flushed at the end of the inbox's batch
     }
 
     fileprivate func takeOver(_ promise: EventLoopPromise<SessionState?>) {
@@ -390,15 +389,18 @@ extension MQTTServerConnection {
     final class Handle: ConnectionEndpoint {
         private let connection: NIOLoopBound<MQTTServerConnection>
         let eventLoop: any EventLoop
+        /// Messages routed from the Kafka consumer arrive in batches, like delivery reports.
+        private let inbox: DeliveryInbox
 
         init(connection: MQTTServerConnection, eventLoop: any EventLoop) {
             self.connection = NIOLoopBound(connection, eventLoop: eventLoop)
             self.eventLoop = eventLoop
+            self.inbox = DeliveryInbox.on(eventLoop)
         }
 
         func deliver(_ message: OutboundMessage) {
             let connection = self.connection
-            eventLoop.execute { connection.value.deliverFromBroker(message) }
+            inbox.post { connection.value.deliverFromBroker(message) }
         }
 
         func takeOver() -> EventLoopFuture<SessionState?> {
