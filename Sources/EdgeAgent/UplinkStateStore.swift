@@ -11,7 +11,8 @@ import Synchronization
 /// sequence at or below it is either in the table or finished upstream, so reading resumes after it.
 ///
 /// `apply` is called (off the event loop) with each group of changes before the packets that depend on them
-/// are sent, and returns only after the new file is durable (AtomicFile: tmp, fsync, rename, fsync dir).
+/// are sent, and returns only after the new content is durable. The file is a `SlotFile` (two slots written
+/// alternately in place, one fdatasync per write); a file written whole by earlier versions is still read.
 final class UplinkStateStore: Sendable {
     struct Snapshot: Sendable, Equatable {
         var highestStoredSequence: UInt64 = 0
@@ -21,26 +22,41 @@ final class UplinkStateStore: Sendable {
     static let magic = "TRBU"
     let path: String
     private let state: Mutex<Snapshot>
+    private let file: SlotFile
+    /// Held across encode and write, so that contents reach the file in the order they were made.
+    private let writing = Mutex(())
 
-    init(path: String, snapshot: Snapshot) {
-        self.path = path
+    init(file: SlotFile, snapshot: Snapshot) {
+        self.path = file.path
+        self.file = file
         self.state = Mutex(snapshot)
     }
 
     /// Loads the file (an empty snapshot if there is none). A corrupt file is an error: starting without it
     /// could publish records twice, so the operator decides (delete it to accept possible duplicates).
     static func load(path: String) throws -> UplinkStateStore {
-        guard let bytes = try AtomicFile.read(path) else { return UplinkStateStore(path: path, snapshot: Snapshot()) }
-        guard let snapshot = decode(bytes) else {
+        let file: SlotFile
+        let content: [UInt8]?
+        do {
+            (file, content) = try SlotFile.open(path)
+        } catch {
+            throw AgentError(.process, "\(path) is corrupt (\(error.message)); refusing to guess the uplink in-flight state")
+        }
+        guard let content else { return UplinkStateStore(file: file, snapshot: Snapshot()) }
+        guard let snapshot = decode(content) else {
             throw AgentError(.process, "\(path) is corrupt (bad checksum or format); refusing to guess the uplink in-flight state")
         }
-        return UplinkStateStore(path: path, snapshot: snapshot)
+        return UplinkStateStore(file: file, snapshot: snapshot)
     }
 
     var snapshot: Snapshot { state.withLock { $0 } }
 
     /// Applies `changes` and writes the file durably. Blocking; call from a thread pool.
     func apply(_ changes: [MQTTClientSession.InflightChange]) throws {
+        try writing.withLock { _ in try applyLocked(changes) }
+    }
+
+    private func applyLocked(_ changes: [MQTTClientSession.InflightChange]) throws {
         let bytes = state.withLock { snapshot -> [UInt8] in
             for change in changes {
                 MQTTClientSession.InflightRecord.apply(change, to: &snapshot.entries)
@@ -50,17 +66,19 @@ final class UplinkStateStore: Sendable {
             }
             return Self.encode(snapshot)
         }
-        try AtomicFile.write(bytes, to: path)
+        try file.write(bytes)
     }
 
     /// Raises the resume point without an entry (records skipped as undecodable or lost).
     func skip(through sequence: UInt64) throws {
-        let bytes = state.withLock { snapshot -> [UInt8]? in
-            guard sequence > snapshot.highestStoredSequence else { return nil }
-            snapshot.highestStoredSequence = sequence
-            return Self.encode(snapshot)
+        try writing.withLock { _ in
+            let bytes = state.withLock { snapshot -> [UInt8]? in
+                guard sequence > snapshot.highestStoredSequence else { return nil }
+                snapshot.highestStoredSequence = sequence
+                return Self.encode(snapshot)
+            }
+            if let bytes { try file.write(bytes) }
         }
-        if let bytes { try AtomicFile.write(bytes, to: path) }
     }
 
     static func encode(_ snapshot: Snapshot) -> [UInt8] {

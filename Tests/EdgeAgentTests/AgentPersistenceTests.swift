@@ -86,10 +86,30 @@ struct AgentPersistenceTests {
         let reloaded = try UplinkStateStore.load(path: path).snapshot
         #expect(reloaded.highestStoredSequence == 11)
         #expect(reloaded.entries == [1: .init(packetId: 1, tag: 10, phase: .awaitingPubComp)])
+        // Two slots written alternately: a damaged newest slot (a write cut off) leaves the previous state.
         var bytes = try #require(try AtomicFile.read(path))
-        bytes[bytes.count / 2] ^= 0x40
+        let slot = bytes.count / 2
+        bytes[slot + 20] ^= 0x40
+        try AtomicFile.write(bytes, to: path)
+        let previous = try UplinkStateStore.load(path: path).snapshot
+        #expect(previous.entries.keys.sorted() == [1, 2])
+        #expect(previous.entries[1]?.phase == .awaitingPubRec)
+        bytes[20] ^= 0x40
         try AtomicFile.write(bytes, to: path)
         #expect(throws: AgentError.self) { try UplinkStateStore.load(path: path) }
+    }
+
+    @Test("an uplink in-flight file written whole by an earlier version is read, and rewritten as slots")
+    func uplinkStoreLegacyFile() throws {
+        let path = try AgentHarness.temporaryDirectory("uplink-legacy") + "/uplink-inflight"
+        var snapshot = UplinkStateStore.Snapshot(highestStoredSequence: 7)
+        snapshot.entries[3] = .init(packetId: 3, tag: 7, phase: .awaitingPubComp)
+        try AtomicFile.write(UplinkStateStore.encode(snapshot), to: path)
+        let store = try UplinkStateStore.load(path: path)
+        #expect(store.snapshot == snapshot)
+        try store.apply([.removed(packetId: 3)])
+        #expect(try UplinkStateStore.load(path: path).snapshot == UplinkStateStore.Snapshot(highestStoredSequence: 7))
+        #expect(try #require(try AtomicFile.read(path)).count >= 2 * SlotFile.minimumCapacity)
     }
 
     @Test("device sessions persist inserted and removed QoS 2 ids; concurrent updates share writes")
