@@ -68,9 +68,52 @@ struct MQTTClientConnectionHandlerTests {
         #expect(try readAll(channel) == [.pubrel(MQTTPublishAck(packetId: 1)), .pubrel(MQTTPublishAck(packetId: 2))])
 
         try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: 1)))
-        log.persistPromises[3].succeed(())
         #expect(log.events.contains(.acknowledged(tag: 1, reasonCode: .success)))
         _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test("a removal (PUBCOMP) holds nothing back: it goes first in the next persist, or at the next tick, or at close")
+    func removalIsDeferred() throws {
+        let (channel, log) = try makeChannel(withPersistence: true)
+        _ = try readAll(channel)
+        try channel.writeInbound(connack())
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 1)).wait()
+        log.persistPromises[0].succeed(())
+        try channel.writeInbound(MQTTPacket.pubrec(MQTTPublishAck(packetId: 1)))
+        log.persistPromises[1].succeed(())
+        #expect(try readAll(channel).last == .pubrel(MQTTPublishAck(packetId: 1)))
+        try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: 1)))
+        #expect(log.events.contains(.acknowledged(tag: 1, reasonCode: .success)))
+        #expect(log.persistCalls.count == 2)
+
+        // The next publish's persist carries the removal first; its PUBLISH waits for that persist as before.
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 2)).wait()
+        #expect(log.persistCalls.count == 3)
+        #expect(log.persistCalls[2].first == .removed(packetId: 1))
+        #expect(log.persistCalls[2].count == 2)
+        #expect(try readAll(channel).isEmpty)
+        log.persistPromises[2].succeed(())
+        let second = try #require(try readAll(channel).compactMap(published).first?.packetId)
+
+        // A quiet link: the removal is written at the next tick.
+        try channel.writeInbound(MQTTPacket.pubrec(MQTTPublishAck(packetId: second)))
+        log.persistPromises[3].succeed(())
+        try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: second)))
+        #expect(log.persistCalls.count == 4)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(log.persistCalls.last == [.removed(packetId: second)])
+        log.persistPromises[4].succeed(())
+
+        // At close: a removal not written yet is written even though nothing waits for it.
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 3)).wait()
+        log.persistPromises[5].succeed(())
+        let third = try #require(try readAll(channel).compactMap(published).first?.packetId)
+        try channel.writeInbound(MQTTPacket.pubrec(MQTTPublishAck(packetId: third)))
+        log.persistPromises[6].succeed(())
+        try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: third)))
+        #expect(log.persistCalls.count == 7)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+        #expect(log.persistCalls.last == [.removed(packetId: third)])
     }
 
     @Test("a failed persist closes the connection without sending the packet and hands back the session")

@@ -6,7 +6,10 @@ import NIOCore
 ///
 /// Persistence: the handler collects the machine's `InflightChange`s and the packets that follow them,
 /// calls `persist` once for all changes collected so far (group commit), and writes those packets only when
-/// that future succeeds. A failed persist closes the connection (nothing unpersisted was sent).
+/// that future succeeds. A failed persist closes the connection (nothing unpersisted was sent). A `removed`
+/// change (PUBACK / PUBCOMP) holds nothing back: no packet depends on it, and an entry whose removal was not
+/// yet written only gets its PUBREL (or QoS 1 PUBLISH) resent after a crash. It goes with the next persist,
+/// or at the next tick if none comes, so an otherwise quiet link writes once, not once per acknowledgement.
 ///
 /// Time: the handler ticks every `tickInterval` and counts virtual time from those ticks, so keep-alive
 /// works on `EmbeddedEventLoop.advanceTime` as on a real loop.
@@ -35,6 +38,8 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
     }
     private var open = Batch()
     private var waiting: [Batch] = []
+    /// `removed` changes not written yet: they go first in the next persist (see the type's comment).
+    private var deferred: [MQTTClientSession.InflightChange] = []
     private var persisting = false
     private var inRead = false
 
@@ -79,6 +84,7 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
             let handler = loopBound.value
             handler.ticks += 1
             handler.perform(handler.machine.tick(now: handler.now))
+            handler.persistDeferred()
         }
         perform(machine.connectionEstablished(now: now))
     }
@@ -86,6 +92,11 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
     public func channelInactive(context: ChannelHandlerContext) {
         tickTask?.cancel()
         tickTask = nil
+        // The session lives on without these entries: write their removal even though no packet waits for it.
+        if let persist, !deferred.isEmpty {
+            _ = persist(deferred)
+            deferred = []
+        }
         machine.connectionClosed()
         reportClosed(closedNormally ? nil : closeError ?? MQTTClientError(.connectionClosed, "the connection closed"))
         context.fireChannelInactive()
@@ -136,6 +147,8 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
             switch action {
             case .send(let packet):
                 open.packets.append(packet)
+            case .persist(.removed(let packetId)):
+                if persist != nil { deferred.append(.removed(packetId: packetId)) }
             case .persist(let change):
                 if persist != nil {
                     // Packets already collected do not depend on this change: seal them first.
@@ -173,36 +186,51 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
                 if batch.close != nil { return }
                 continue
             }
-            // Group commit: every change waiting now, in order, in one persist.
-            var changes: [MQTTClientSession.InflightChange] = []
+            // Group commit: every change waiting now, in order, in one persist. Deferred removals first: each
+            // happened before any change waiting for the same packet id (an id is reused only once removed).
+            var changes = deferred
+            deferred = []
             var count = 0
             for batch in waiting {
                 changes += batch.changes
                 count += 1
                 if batch.close != nil { break }
             }
-            persisting = true
-            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            persist!(changes).hop(to: context.eventLoop).whenComplete { result in
-                let handler = loopBound.value
-                handler.persisting = false
-                guard let context = handler.context else { return }
-                switch result {
-                case .success:
-                    for _ in 0..<count {
-                        guard !handler.waiting.isEmpty else { break }
-                        let batch = handler.waiting.removeFirst()
-                        handler.write(batch, context: context)
-                        if batch.close != nil { return }
-                    }
-                    handler.pump()
-                case .failure(let error):
-                    handler.waiting.removeAll()
-                    handler.closeError = MQTTClientError(.connectionClosed, "persisting the in-flight state failed: \(error)")
-                    context.close(promise: nil)
-                }
-            }
+            startPersist(changes, batches: count, context: context)
             return
+        }
+    }
+
+    /// Writes the deferred removals when nothing else is being written (called on each tick).
+    private func persistDeferred() {
+        guard let context, !persisting, waiting.isEmpty, !deferred.isEmpty else { return }
+        let changes = deferred
+        deferred = []
+        startPersist(changes, batches: 0, context: context)
+    }
+
+    /// Persists `changes`, then writes the first `batches` waiting batches (whose changes are among them).
+    private func startPersist(_ changes: [MQTTClientSession.InflightChange], batches count: Int, context: ChannelHandlerContext) {
+        persisting = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        persist!(changes).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            handler.persisting = false
+            guard let context = handler.context else { return }
+            switch result {
+            case .success:
+                for _ in 0..<count {
+                    guard !handler.waiting.isEmpty else { break }
+                    let batch = handler.waiting.removeFirst()
+                    handler.write(batch, context: context)
+                    if batch.close != nil { return }
+                }
+                handler.pump()
+            case .failure(let error):
+                handler.waiting.removeAll()
+                handler.closeError = MQTTClientError(.connectionClosed, "persisting the in-flight state failed: \(error)")
+                context.close(promise: nil)
+            }
         }
     }
 
