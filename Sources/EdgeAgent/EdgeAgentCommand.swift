@@ -1,5 +1,6 @@
 import ArgumentParser
 import Common
+import Logging
 
 /// `edge-agent`: the gateway service. Devices publish to it; it buffers on disk, then forwards with QoS 2.
 @main
@@ -33,6 +34,10 @@ struct EdgeAgentCommand: AsyncParsableCommand {
         ])
         let configuration = try EdgeAgentConfiguration(values)
         guard try common.startObservability(values) else { return }
+        let notApplied = AgentRuntime.apply(configuration.runtime)
+        if !notApplied.isEmpty {
+            Logger(label: "tributary.edge-agent").warning("Runtime settings not applied", metadata: ["runtime.keys": "\(notApplied)"])
+        }
         try await EdgeAgent.run(configuration: configuration)
     }
 }

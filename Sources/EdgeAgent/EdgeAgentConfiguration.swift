@@ -55,6 +55,10 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("buffer.fsync", default: "interval", help: "always (group commit before each ack), interval (fdatasync every buffer.fsync_interval_ms; power loss may take that much), never (unsafe)."),
         ConfigKey("buffer.fsync_interval_ms", default: "10", help: "Milliseconds between syncs with buffer.fsync interval."),
         ConfigKey("shutdown.timeout", default: "10s", help: "On SIGTERM: time allowed to finish in-flight work before exiting."),
+        ConfigKey("runtime.event_loops", default: "1", help: "Network threads (device connections, uplink, HTTP). One serves thousands of devices; more only for very high ingest on a multi-core gateway."),
+        ConfigKey("runtime.blocking_threads", default: "1", help: "Threads for the uplink's and device sessions' state file writes."),
+        ConfigKey("runtime.tasks_on_event_loop", default: "true", help: "Run the agent's Swift tasks on the network threads instead of a separate pool (fewer threads and thread switches)."),
+        ConfigKey("runtime.malloc_arenas", default: "1", help: "glibc malloc arenas (M_ARENA_MAX): fewer keep resident memory low; 0 leaves glibc's default (8 per core)."),
     ]
 
     enum Overflow: String, CaseIterable { case rejectNew = "reject-new", dropOldest = "drop-oldest" }
@@ -93,6 +97,7 @@ struct EdgeAgentConfiguration: Sendable {
     var tlsServerName: String?
     var buffer: DiskBuffer.Configuration
     var shutdownTimeout: Duration
+    var runtime: AgentRuntime.Settings
 
     var bufferDirectory: String { buffer.directory }
 
@@ -158,6 +163,11 @@ struct EdgeAgentConfiguration: Sendable {
             overflowPolicy: try values.oneOf("buffer.overflow", Overflow.self) == .dropOldest ? .dropOldest : .rejectNew,
             fsync: fsync)
         shutdownTimeout = try values.duration("shutdown.timeout")
+        runtime = AgentRuntime.Settings(
+            eventLoops: try values.int("runtime.event_loops", range: 1...256),
+            blockingThreads: try values.int("runtime.blocking_threads", range: 1...256),
+            tasksOnEventLoop: try values.bool("runtime.tasks_on_event_loop"),
+            mallocArenas: try values.int("runtime.malloc_arenas", range: 0...1024))
     }
 
     /// Durations with a `d` (days) unit as well; whole seconds.
