@@ -70,6 +70,9 @@ struct MQTTClientConnectionHandlerTests {
         try channel.writeInbound(MQTTPacket.pubcomp(MQTTPublishAck(packetId: 1)))
         #expect(log.events.contains(.acknowledged(tag: 1, reasonCode: .success)))
         _ = try channel.finish(acceptAlreadyClosed: true)
+        // The removal, written at close.
+        #expect(log.persistCalls.last == [.removed(packetId: 1)])
+        log.persistPromises[3].succeed(())
     }
 
     @Test("a removal (PUBCOMP) holds nothing back: it goes first in the next persist, or at the next tick, or at close")
@@ -114,6 +117,7 @@ struct MQTTClientConnectionHandlerTests {
         #expect(log.persistCalls.count == 7)
         _ = try channel.finish(acceptAlreadyClosed: true)
         #expect(log.persistCalls.last == [.removed(packetId: third)])
+        log.persistPromises[7].succeed(())
     }
 
     @Test("a failed persist closes the connection without sending the packet and hands back the session")
