@@ -106,7 +106,7 @@ struct BufferBench: AsyncParsableCommand {
             let raw = try rawWriteRate()
             print(String(format: "raw sequential write, dd bs=1M oflag=direct conv=fdatasync: %.1f MB/s", raw))
             let rawInterval = rawIntervalWriteRate()
-            print(String(format: "raw sequential write, 1 MiB pwrite + fdatasync every %d ms: %.1f MB/s", intervalMilliseconds, rawInterval))
+            print(String(format: "raw sequential write, 4 MiB pwrite into 64 MiB files + fdatasync every %d ms: %.1f MB/s", intervalMilliseconds, rawInterval))
             var sqlite: Result?
             if !skipSQLite {
                 let cpu = processCPUSeconds()
@@ -129,38 +129,57 @@ struct BufferBench: AsyncParsableCommand {
         }
     }
 
-    /// Sequential 1 MiB buffered `pwrite`s with an fdatasync every `intervalMilliseconds` on a second
-    /// thread, then a final fdatasync: what the disk gives with the durability of policy `interval`.
+    /// The disk written the way the buffer writes with `interval`, without the buffer: buffered 4 MiB
+    /// `pwrite`s into 64 MiB files (the default segment size), an fdatasync of the current file every
+    /// `intervalMilliseconds` on a second thread, each full file synced, closed and deleted (as the
+    /// buffer deletes acknowledged segments); `rawMebibytes` in all, then a final fdatasync.
     func rawIntervalWriteRate() -> Double {
-        let path = directory + "/raw-interval.bin"
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return .nan }
-        let chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
+        let chunk = [UInt8](repeating: 0x5A, count: 4 << 20)
+        let fileBytes = 64 << 20
+        let current = Mutex<Int32>(-1)
         let done = Atomic<Bool>(false)
         let syncer = Thread {
             while !done.load(ordering: .relaxed) {
                 usleep(UInt32(intervalMilliseconds * 1000))
-                fdatasync(fd)
+                // A duplicate, so the writer may close its descriptor meanwhile.
+                let fd = current.withLock { $0 >= 0 ? dup($0) : -1 }
+                if fd >= 0 {
+                    fdatasync(fd)
+                    close(fd)
+                }
             }
         }
         let start = now()
         syncer.start()
-        chunk.withUnsafeBytes { raw in
-            for index in 0..<rawMebibytes {
-                var offset = 0
-                while offset < raw.count {
-                    let n = pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(index << 20 + offset))
-                    if n <= 0 { return }
+        var written = 0
+        var index = 0
+        var failed = false
+        while written < rawMebibytes << 20 && !failed {
+            let path = directory + "/raw-interval-\(index).bin"
+            let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { return .nan }
+            current.withLock { $0 = fd }
+            var offset = 0
+            chunk.withUnsafeBytes { raw in
+                while offset < fileBytes && written < rawMebibytes << 20 {
+                    let n = pwrite(fd, raw.baseAddress!, raw.count, off_t(offset))
+                    if n <= 0 {
+                        failed = true
+                        return
+                    }
                     offset += n
+                    written += n
                 }
             }
+            fdatasync(fd)
+            current.withLock { $0 = -1 }
+            close(fd)
+            unlink(path)
+            index += 1
         }
         done.store(true, ordering: .relaxed)
-        fdatasync(fd)
         let elapsed = Double(now() - start) / 1e9
-        close(fd)
-        unlink(path)
-        return Double(rawMebibytes) * 1_048_576 / elapsed / 1e6
+        return failed ? .nan : Double(written) / elapsed / 1e6
     }
 
     func rawWriteRate() throws -> Double {
