@@ -9,10 +9,13 @@
 //     00000000000000000001.seg      segments, named by their first sequence number (20 digits, so
 //     00000000000000004711.seg      `ls` order is sequence order)
 //
-// Segment = 16-byte header, then records back to back, no padding:
+// Segment = 32-byte header, then records back to back, no padding:
 //
-//     header: magic "TRBS" | version u32 = 1 | first sequence u64
+//     header: magic "TRBS" | version u32 = 1 | first sequence u64 | previous last u64 |
+//             crc32c u32 of the preceding 24 bytes | zero u32
 //     record: length u32 | crc32c u32 | sequence u64 | body (length bytes)
+//
+// A batch append's records are consecutive and lie in one segment (never split across two).
 //
 // All integers are little-endian. `length` is the body length. `crc32c` (Castagnoli) covers the body,
 // then the 4 length bytes, then the 8 sequence bytes. The body is opaque here (the agent stores the
