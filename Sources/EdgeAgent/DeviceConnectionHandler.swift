@@ -126,8 +126,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     typealias OutboundOut = MQTTPacket
 
     private var machine: DeviceConnection.StateMachine
-    private let sink: any RecordSink
-    private let sessions: DeviceSessionStore
+    private let lanes: RecordLanes
     private let registry: DeviceRegistry
     private var logger: Logger
     private let tickInterval: TimeAmount
@@ -146,8 +145,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     private var draining = false
 
     init(
-        sink: any RecordSink,
-        sessions: DeviceSessionStore,
+        lanes: RecordLanes,
         registry: DeviceRegistry,
         receiveMaximum: UInt16,
         logger: Logger,
@@ -155,8 +153,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         maximumPendingStores: Int = 1024
     ) {
         self.machine = DeviceConnection.StateMachine(receiveMaximum: receiveMaximum, connectionNumber: registry.nextConnectionNumber())
-        self.sink = sink
-        self.sessions = sessions
+        self.lanes = lanes
         self.registry = registry
         self.logger = logger
         self.tickInterval = tickInterval
@@ -258,15 +255,15 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
                 let closed = previousClosed?.hop(to: eventLoop) ?? eventLoop.makeSucceededVoidFuture()
                 let drained = closed.flatMap { registry.lingeringStores(clientId)?.hop(to: eventLoop) ?? eventLoop.makeSucceededVoidFuture() }
                 let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
-                let sessions = self.sessions
+                let lanes = self.lanes
                 drained.whenComplete { _ in
                     let handler = loopBound.value
                     var existing: Set<UInt16>? = nil
                     if cleanStart {
-                        sessions.discard(clientId)
+                        lanes.discard(clientId)
                     } else {
-                        let present = sessions.open(clientId)
-                        existing = present ? sessions.session(clientId) ?? [] : nil
+                        let present = lanes.open(clientId)
+                        existing = present ? lanes.session(clientId) ?? [] : nil
                     }
                     handler.perform(handler.machine.sessionLoaded(existing: existing))
                 }
@@ -277,8 +274,8 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
             case .unsubscribe(let filters):
                 registry.unsubscribe(machine.clientId, owner: ObjectIdentifier(self), filters)
             case .release(let packetId, let persist):
-                enqueue(context: context) { [sessions, clientId = machine.clientId] in
-                    if persist { try await sessions.remove(packetId, for: clientId) }
+                enqueue(context: context) { [lanes, clientId = machine.clientId] in
+                    if persist { try await lanes.remove([packetId], for: clientId) }
                 } then: { handler, result in
                     switch result {
                     case .success: handler.perform(handler.machine.released(packetId))
@@ -298,7 +295,8 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         AgentMetrics.received(qos: publish.qos == .atMostOnce ? .zero : publish.qos == .atLeastOnce ? .one : .two).increment()
         AgentMetrics.receivedBytes.increment(by: publish.payload.readableBytes)
         pendingStores += 1
-        enqueue(context: context) { [sink, sessions, clientId = machine.clientId] in
+        let lane = lanes.lane(for: publish.topic)
+        enqueue(context: context) { [sink = lane.sink, sessions = lane.sessions, clientId = machine.clientId] in
             guard case .pubrec(let id, persist: true) = completion else {
                 _ = try await sink.append(body)
                 return

@@ -24,8 +24,7 @@ final class DeviceListener: Service, Sendable {
     }
 
     let address: HostPort
-    let sink: any RecordSink
-    let sessions: DeviceSessionStore
+    let lanes: RecordLanes
     let registry: DeviceRegistry
     let tls: NIOSSLContext?
     let receiveMaximum: UInt16
@@ -38,7 +37,7 @@ final class DeviceListener: Service, Sendable {
     private let children = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     init(
-        address: HostPort, tls: NIOSSLContext? = nil, sink: any RecordSink, sessions: DeviceSessionStore,
+        address: HostPort, tls: NIOSSLContext? = nil, lanes: RecordLanes,
         registry: DeviceRegistry = DeviceRegistry(), receiveMaximum: UInt16,
         maximumPacketSize: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
         drainTimeout: TimeAmount = .seconds(2)
@@ -47,8 +46,7 @@ final class DeviceListener: Service, Sendable {
         self.registry = registry
         self.drainTimeout = drainTimeout
         self.address = address
-        self.sink = sink
-        self.sessions = sessions
+        self.lanes = lanes
         self.receiveMaximum = receiveMaximum
         self.maximumPacketSize = maximumPacketSize
         self.group = group
@@ -90,8 +88,7 @@ final class DeviceListener: Service, Sendable {
     }
 
     func run() async throws {
-        let sink = self.sink
-        let sessions = self.sessions
+        let lanes = self.lanes
         let registry = self.registry
         let receiveMaximum = self.receiveMaximum
         let maximumPacketSize = self.maximumPacketSize
@@ -116,7 +113,7 @@ final class DeviceListener: Service, Sendable {
                         try operations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: maximumPacketSize, versionBox: versionBox)))
                         try operations.addHandler(MessageToByteHandler(MQTTPacketEncoder(versionBox: versionBox)))
                         try operations.addHandler(DeviceConnectionHandler(
-                            sink: sink, sessions: sessions, registry: registry, receiveMaximum: receiveMaximum, logger: logger))
+                            lanes: lanes, registry: registry, receiveMaximum: receiveMaximum, logger: logger))
                     }
                 }
                 .bind(host: address.host, port: address.port).get()

@@ -15,44 +15,61 @@ enum EdgeAgent {
     static func run(configuration: EdgeAgentConfiguration) async throws {
         let logger = Logger(label: "tributary.edge-agent")
         AgentMetrics.registerAll()
-        let (buffer, report) = try DiskBuffer.open(configuration.buffer, logger: logger)
-        logger.info("Disk buffer open", metadata: [
-            "buffer.directory": "\(configuration.buffer.directory)", "buffer.records": "\(report.records)",
-            "buffer.acknowledged_through": "\(report.acknowledgedThrough)", "buffer.next_sequence": "\(report.nextSequence)",
-            "buffer.truncated_records": "\(report.truncatedRecords)",
-        ])
+        // One disk buffer per priority lane (`routes`): priority 0 in buffer.directory, others beside it.
+        var buffers: [(priority: Int, buffer: DiskBuffer)] = []
         do {
-            try await runServices(configuration: configuration, buffer: buffer, logger: logger)
+            for priority in lanePriorities(configuration) {
+                var bufferConfiguration = configuration.buffer
+                bufferConfiguration.directory = configuration.laneDirectory(priority)
+                let (buffer, report) = try DiskBuffer.open(bufferConfiguration, logger: logger)
+                buffers.append((priority, buffer))
+                logger.info("Disk buffer open", metadata: [
+                    "buffer.directory": "\(bufferConfiguration.directory)", "buffer.records": "\(report.records)",
+                    "buffer.acknowledged_through": "\(report.acknowledgedThrough)", "buffer.next_sequence": "\(report.nextSequence)",
+                    "buffer.truncated_records": "\(report.truncatedRecords)", "buffer.priority": "\(priority)",
+                ])
+            }
+            try await runServices(configuration: configuration, buffers: buffers, logger: logger)
         } catch {
-            await buffer.close()
+            for (_, buffer) in buffers { await buffer.close() }
             throw error
         }
-        await buffer.close()
+        for (_, buffer) in buffers { await buffer.close() }
         logger.info("Edge agent stopped")
     }
 
-    static func runServices(configuration: EdgeAgentConfiguration, buffer: DiskBuffer, logger: Logger) async throws {
-        let directory = configuration.buffer.directory
-        let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
-        try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
-        let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
+    static func runServices(configuration: EdgeAgentConfiguration, buffers: [(priority: Int, buffer: DiskBuffer)], logger: Logger) async throws {
+        var lanes: [RecordLanes.Lane] = []
+        var uplinks: [Uplink] = []
+        let allBuffers = buffers.map(\.buffer)
         let registry = DeviceRegistry()
+        for (priority, buffer) in buffers {
+            let directory = configuration.laneDirectory(priority)
+            let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
+            try await recoverDeviceSessions(sessions, buffer: buffer, logger: logger)
+            lanes.append(RecordLanes.Lane(priority: priority, sink: buffer, sessions: sessions))
+            let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
+            uplinks.append(Uplink(
+                settings: try uplinkSettings(configuration, priority: priority), buffer: buffer, store: store,
+                gaugeBuffers: allBuffers, logger: logger
+            ) { command in
+                let devices = registry.deliver(command)
+                AgentMetrics.commandsDelivered.increment(by: devices)
+            })
+        }
+        let recordLanes = RecordLanes(lanes: lanes, routes: configuration.routes)
         var listeners: [DeviceListener] = []
         if let address = configuration.deviceListen {
             listeners.append(DeviceListener(
-                address: address, sink: buffer, sessions: sessions, registry: registry,
+                address: address, lanes: recordLanes, registry: registry,
                 receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
                 logger: logger))
         }
         if let tls = configuration.deviceTLS {
             listeners.append(DeviceListener(
-                address: tls.address, tls: try deviceTLSContext(tls), sink: buffer, sessions: sessions, registry: registry,
+                address: tls.address, tls: try deviceTLSContext(tls), lanes: recordLanes, registry: registry,
                 receiveMaximum: configuration.deviceReceiveMaximum, maximumPacketSize: configuration.deviceMaxPacketSize,
                 logger: logger))
-        }
-        let uplink = Uplink(settings: try uplinkSettings(configuration), buffer: buffer, store: store, logger: logger) { command in
-            let devices = registry.deliver(command)
-            AgentMetrics.commandsDelivered.increment(by: devices)
         }
         let allBound: @Sendable () -> Bool = { [listeners] in listeners.allSatisfy { $0.port != nil } }
         let http = ObservabilityServer(address: configuration.httpListen, registry: Observability.registry, logger: logger) {
@@ -65,14 +82,15 @@ enum EdgeAgent {
         let stopAll = ServiceGroupConfiguration.ServiceConfiguration.TerminationBehavior.gracefullyShutdownGroup
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: http, failureTerminationBehavior: stopAll),
-            .init(service: uplink, failureTerminationBehavior: stopAll),
-            .init(service: readiness, successTerminationBehavior: .ignore, failureTerminationBehavior: stopAll),
         ]
-        for listener in listeners.reversed() { services.insert(.init(service: listener, failureTerminationBehavior: stopAll), at: 2) }
+        // Stopped in reverse order: readiness, listeners, local broker source, uplinks, HTTP.
+        services += uplinks.map { .init(service: $0, failureTerminationBehavior: stopAll) }
         if let local = configuration.localBroker {
-            let source = LocalBrokerSource(settings: localBrokerSettings(local, configuration), sink: buffer, sessions: sessions, logger: logger)
-            services.insert(.init(service: source, failureTerminationBehavior: stopAll), at: 2)
+            let source = LocalBrokerSource(settings: localBrokerSettings(local, configuration), lanes: recordLanes, logger: logger)
+            services.append(.init(service: source, failureTerminationBehavior: stopAll))
         }
+        services += listeners.map { .init(service: $0, failureTerminationBehavior: stopAll) }
+        services.append(.init(service: readiness, successTerminationBehavior: .ignore, failureTerminationBehavior: stopAll))
         if let interval = SystemdNotifier.watchdogInterval() {
             // First, so it is told last: it keeps systemd's watchdog fed while the others stop.
             services.insert(.init(service: SystemdWatchdogService(notifier: notifier, interval: interval, logger: logger) {
@@ -87,6 +105,25 @@ enum EdgeAgent {
         group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
         try await ServiceGroup(configuration: group).run()
         notifier.stopping()
+    }
+
+    /// The lanes to open: those the routes name, priority 0, and every `priority-N` lane left in the buffer
+    /// directory by an earlier configuration (a route removed while its lane still held records: they are
+    /// still forwarded).
+    static func lanePriorities(_ configuration: EdgeAgentConfiguration) -> [Int] {
+        var priorities = Set(configuration.lanePriorities)
+        if let directory = opendir(configuration.buffer.directory) {
+            defer { closedir(directory) }
+            while let entry = readdir(directory) {
+                let name = withUnsafePointer(to: entry.pointee.d_name) {
+                    $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+                }
+                if name.hasPrefix("priority-"), let priority = Int(name.dropFirst(9)), priority > 0, Route.priorities.contains(priority) {
+                    priorities.insert(priority)
+                }
+            }
+        }
+        return priorities.sorted(by: >)
     }
 
     /// Reads the buffer after the device session file's covered point and restores QoS 2 ids a crash cut off.
@@ -139,7 +176,10 @@ enum EdgeAgent {
             connectTimeout: configuration.connectTimeout)
     }
 
-    static func uplinkSettings(_ configuration: EdgeAgentConfiguration) throws -> Uplink.Settings {
+    /// The uplink of the lane of `priority`: lane 0 is the agent's main upstream session (client id
+    /// `upstream.client_id`, command subscriptions); lane p has its own session, client id `<client id>-p<p>`,
+    /// and its records' `tributary-seq` carry p in the top 8 bits, so (agent, seq) stays unique.
+    static func uplinkSettings(_ configuration: EdgeAgentConfiguration, priority: Int = 0) throws -> Uplink.Settings {
         var tls: NIOSSLContext? = nil
         if configuration.upstream.useTLS {
             var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
@@ -154,7 +194,8 @@ enum EdgeAgent {
         }
         let keepAlive = UInt16(clamping: configuration.keepAlive.components.seconds)
         let client = MQTTClientConnection.Configuration(
-            protocolVersion: configuration.upstreamVersion, clientIdentifier: configuration.upstreamClientId,
+            protocolVersion: configuration.upstreamVersion,
+            clientIdentifier: priority == 0 ? configuration.upstreamClientId : "\(configuration.upstreamClientId)-p\(priority)",
             cleanStart: false,
             sessionExpiryInterval: configuration.upstreamVersion == .v5 ? configuration.sessionExpirySeconds : nil,
             keepAlive: keepAlive, responseTimeout: configuration.responseTimeout,
@@ -169,7 +210,8 @@ enum EdgeAgent {
             tcpUserTimeout: configuration.tcpUserTimeout == .zero ? nil : configuration.tcpUserTimeout,
             maxBatchBytes: 1 << 20,
             maxBytesPerSecond: configuration.maxBytesPerSecond > 0 ? configuration.maxBytesPerSecond : nil,
-            progressInterval: .seconds(5), commandTopics: configuration.commandTopics)
+            progressInterval: .seconds(5), commandTopics: priority == 0 ? configuration.commandTopics : [],
+            priority: priority, routes: configuration.routes)
     }
 }
 

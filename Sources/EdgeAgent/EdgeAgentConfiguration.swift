@@ -48,6 +48,7 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("local_broker.password", help: "Password on the local broker (optional; prefer TRIBUTARY_LOCAL_BROKER_PASSWORD)."),
         ConfigKey("local_broker.device_from", default: "", help: "Where tributary-device comes from for local broker messages: topic:N (topic level N, 1-based), property:NAME (an MQTT 5 user property), or empty."),
         ConfigKey("local_broker.device_name", default: "local-broker", help: "tributary-device of a local broker message whose publisher is not known (local_broker.device_from unset or not found)."),
+        ConfigKey("routes", default: "", help: "Comma-separated routes 'FILTER [priority=0-9] [qos=1|2]': records on matching topics (first match) go to that priority's lane (its own buffer and upstream session; higher first, never behind a lower lane's backlog) and upstream with that QoS. Unmatched: priority 0, upstream.qos."),
         ConfigKey("buffer.directory", default: "/var/lib/tributary-edge-agent", help: "Directory of the disk buffer and the persisted uplink / device session state."),
         ConfigKey("buffer.max_bytes", default: "1GiB", help: "Cap on the buffer's segment files."),
         ConfigKey("buffer.segment_max_bytes", default: "64MiB", help: "Size of one segment file (space is reclaimed a segment at a time)."),
@@ -98,6 +99,15 @@ struct EdgeAgentConfiguration: Sendable {
     var buffer: DiskBuffer.Configuration
     var shutdownTimeout: Duration
     var runtime: AgentRuntime.Settings
+    var routes: [Route]
+
+    /// One lane per priority in `routes` and priority 0, highest first.
+    var lanePriorities: [Int] { Route.lanePriorities(routes) }
+
+    /// Priority 0 lives in `buffer.directory` itself (as without routes); priority p in `priority-p` in it.
+    func laneDirectory(_ priority: Int) -> String {
+        priority == 0 ? buffer.directory : buffer.directory + "/priority-\(priority)"
+    }
 
     var bufferDirectory: String { buffer.directory }
 
@@ -168,6 +178,9 @@ struct EdgeAgentConfiguration: Sendable {
             blockingThreads: try values.int("runtime.blocking_threads", range: 1...256),
             tasksOnEventLoop: try values.bool("runtime.tasks_on_event_loop"),
             mallocArenas: try values.int("runtime.malloc_arenas", range: 0...1024))
+        var routes: [Route] = []
+        for text in values.list("routes") { routes.append(try Route(parsing: text)) }
+        self.routes = routes
     }
 
     /// Durations with a `d` (days) unit as well; whole seconds.

@@ -55,8 +55,7 @@ final class LocalBrokerSource: Service, Sendable {
     }
 
     let settings: Settings
-    let sink: any RecordSink
-    let sessions: DeviceSessionStore
+    let lanes: RecordLanes
     let group: any EventLoopGroup
     let logger: Logger
     private let current = Mutex<(shuttingDown: Bool, continuation: AsyncStream<Event>.Continuation?, channel: (any Channel)?)>((false, nil, nil))
@@ -64,12 +63,11 @@ final class LocalBrokerSource: Service, Sendable {
     private let arrived = Mutex<[MQTTPublish]>([])
 
     init(
-        settings: Settings, sink: any RecordSink, sessions: DeviceSessionStore,
+        settings: Settings, lanes: RecordLanes,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
         self.settings = settings
-        self.sink = sink
-        self.sessions = sessions
+        self.lanes = lanes
         self.group = group
         self.logger = logger
     }
@@ -106,7 +104,7 @@ final class LocalBrokerSource: Service, Sendable {
         if shuttingDown { return false }
         arrived.withLock { $0.removeAll() }
         // The ids this source acknowledged and whose PUBREL has not come, as durably recorded.
-        let session = MQTTClientSession(restoring: [], incomingAwaitingRelease: sessions.session(Self.sessionKey) ?? [])
+        let session = MQTTClientSession(restoring: [], incomingAwaitingRelease: lanes.session(Self.sessionKey) ?? [])
         let channel: any Channel
         do {
             channel = try await connect(session: session, events: continuation)
@@ -155,8 +153,9 @@ final class LocalBrokerSource: Service, Sendable {
     /// Largest group of records given to the buffer in one `append(contentsOf:)`.
     static let maximumAppendBytes = 1 << 20
 
-    /// Appends `batch` in order (QoS 2 ids recorded with it), then acknowledges it in order. A record the
-    /// buffer refuses (full) closes the connection: the broker resends it after the reconnect backoff.
+    /// Appends `batch` in order (QoS 2 ids recorded with it), each message to the lane its route names,
+    /// then acknowledges it in order. A record the buffer refuses (full) closes the connection: the broker
+    /// resends it after the reconnect backoff.
     func store(_ batch: [MQTTPublish], channel: any Channel) async {
         let received = DeviceConnectionHandler.wallMilliseconds()
         let bodies = batch.map { publish in
@@ -167,26 +166,60 @@ final class LocalBrokerSource: Service, Sendable {
                 publish, deviceId: deviceId(for: publish), persistentSession: true, fromLocalBroker: true,
                 receivedAtMilliseconds: received)
         }
-        let exactlyOnce = batch.contains { $0.qos == .exactlyOnce }
-        let token = exactlyOnce ? sessions.beginStore(lastSequence: sink.lastSequence) : nil
-        // The sequence of each stored message; nil: not stored (too large, or not reached after a failure).
-        var sequences = [UInt64?](repeating: nil, count: batch.count)
+        let batchLanes = batch.map { lanes.lane(for: $0.topic) }
         var acknowledged = [Bool](repeating: false, count: batch.count)
         var failure: DiskBufferError? = nil
-        var index = 0
+        var recorded = true
+        // Runs of consecutive messages for the same lane, in order.
+        var start = 0
+        while start < batch.count && failure == nil && recorded {
+            var end = start + 1
+            while end < batch.count && batchLanes[end].priority == batchLanes[start].priority { end += 1 }
+            (failure, recorded) = await storeRun(start..<end, of: batch, bodies: bodies, lane: batchLanes[start], acknowledged: &acknowledged)
+            start = end
+        }
+        if recorded {
+            for (publish, done) in zip(batch, acknowledged) where done {
+                guard let id = publish.packetId, publish.qos != .atMostOnce else { continue }
+                channel.write(MQTTClientConnection.Command.acknowledge(packetId: id, qos: publish.qos), promise: nil)
+            }
+            channel.flush()
+        }
+        if let failure {
+            AgentMetrics.rejected.increment()
+            logger.warning("Local broker message not stored; reconnecting so the broker resends it", metadata: ["error.message": "\(failure)"])
+            channel.close(promise: nil)
+        } else if !recorded {
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Appends one lane's run of the batch (groups of up to `maximumAppendBytes`) and records its QoS 2 ids
+    /// in that lane's session file. Marks what may be acknowledged.
+    private func storeRun(
+        _ run: Range<Int>, of batch: [MQTTPublish], bodies: [[UInt8]], lane: RecordLanes.Lane, acknowledged: inout [Bool]
+    ) async -> (failure: DiskBufferError?, recorded: Bool) {
+        let exactlyOnce = batch[run].contains { $0.qos == .exactlyOnce }
+        let token = exactlyOnce ? lane.sessions.beginStore(lastSequence: lane.sink.lastSequence) : nil
+        var ids: [(UInt16, UInt64)] = []
+        var last: UInt64? = nil
+        var failure: DiskBufferError? = nil
+        var index = run.lowerBound
         var groupBytes = Self.maximumAppendBytes
-        while index < batch.count && failure == nil {
+        while index < run.upperBound && failure == nil {
             var end = index + 1
             var bytes = bodies[index].count
-            while end < batch.count && bytes + bodies[end].count <= groupBytes {
+            while end < run.upperBound && bytes + bodies[end].count <= groupBytes {
                 bytes += bodies[end].count
                 end += 1
             }
             do {
-                let range = try await sink.append(contentsOf: Array(bodies[index..<end]))
+                let range = try await lane.sink.append(contentsOf: Array(bodies[index..<end]))
                 for (offset, sequence) in range.enumerated() {
-                    sequences[index + offset] = sequence
+                    let publish = batch[index + offset]
+                    if publish.qos == .exactlyOnce, let id = publish.packetId { ids.append((id, sequence)) }
                     acknowledged[index + offset] = true
+                    last = sequence
                 }
                 index = end
             } catch let error where error.code == .recordTooLarge {
@@ -203,34 +236,17 @@ final class LocalBrokerSource: Service, Sendable {
                 failure = error
             }
         }
-        var ids: [(UInt16, UInt64)] = []
-        for (publish, sequence) in zip(batch, sequences) where publish.qos == .exactlyOnce {
-            if let sequence, let id = publish.packetId { ids.append((id, sequence)) }
-        }
         var recorded = true
         if !ids.isEmpty {
             do {
-                try await sessions.insert(ids, for: Self.sessionKey)
+                try await lane.sessions.insert(ids, for: Self.sessionKey)
             } catch {
                 recorded = false
                 logger.error("Recording the local broker's QoS 2 ids failed", metadata: ["error.message": "\(error)"])
             }
         }
-        if let token { sessions.endStore(token, sequence: sequences.compactMap { $0 }.max()) }
-        if recorded {
-            for (publish, done) in zip(batch, acknowledged) where done {
-                guard let id = publish.packetId, publish.qos != .atMostOnce else { continue }
-                channel.write(MQTTClientConnection.Command.acknowledge(packetId: id, qos: publish.qos), promise: nil)
-            }
-            channel.flush()
-        }
-        if let failure {
-            AgentMetrics.rejected.increment()
-            logger.warning("Local broker message not stored; reconnecting so the broker resends it", metadata: ["error.message": "\(failure)"])
-            channel.close(promise: nil)
-        } else if !recorded {
-            channel.close(promise: nil)
-        }
+        if let token { lane.sessions.endStore(token, sequence: last) }
+        return (failure, recorded)
     }
 
     func deviceId(for publish: MQTTPublish) -> String {
@@ -248,7 +264,7 @@ final class LocalBrokerSource: Service, Sendable {
 
     private func connect(session: MQTTClientSession, events: AsyncStream<Event>.Continuation) async throws -> any Channel {
         let settings = self.settings
-        let sessions = self.sessions
+        let lanes = self.lanes
         let source = self
         return try await ClientBootstrap(group: group)
             .connectTimeout(.nanoseconds(settings.connectTimeout.nanoseconds))
@@ -274,7 +290,7 @@ final class LocalBrokerSource: Service, Sendable {
                                 if case .incomingReleased(let id) = change { return id } else { return nil }
                             }
                             guard !released.isEmpty else { return eventLoop.makeSucceededVoidFuture() }
-                            return eventLoop.makeFutureWithTask { try await sessions.remove(released, for: LocalBrokerSource.sessionKey) }
+                            return eventLoop.makeFutureWithTask { try await lanes.remove(released, for: LocalBrokerSource.sessionKey) }
                         },
                         onEvent: { event in
                             if case .message(let publish) = event {

@@ -161,12 +161,13 @@ extension Uplink {
             lastTick = now
             acknowledgedSinceTick = 0
             AgentMetrics.replayRate.record(rate)
-            let stats = Uplink.recordBufferGauges(uplink.buffer)
+            Uplink.recordBufferGauges(uplink.gaugeBuffers)
+            let stats = uplink.buffer.stats
             guard stats.records > 0 else { return }
             let eta = rate > 0 ? "\(Int(Double(stats.records) / rate))s" : "unknown"
             uplink.logger.info("Uplink progress", metadata: [
                 "buffer.records": "\(stats.records)", "uplink.rate_per_second": "\(Int(rate))",
-                "uplink.eta": "\(eta)", "uplink.inflight": "\(outstanding.count)",
+                "uplink.eta": "\(eta)", "uplink.inflight": "\(outstanding.count)", "uplink.priority": "\(uplink.settings.priority)",
             ])
         }
     }

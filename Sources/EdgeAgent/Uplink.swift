@@ -39,6 +39,11 @@ final class Uplink: Service, Sendable {
         var progressInterval: Duration
         /// Filters the uplink subscribes to; messages arriving on them go to `onCommand`.
         var commandTopics: [MQTTTopicFilter] = []
+        /// The lane this uplink forwards (`RecordLanes`): its records' `tributary-seq` carry it in the top 8
+        /// bits (0 for the main lane, so its sequences are the buffer's).
+        var priority: Int = 0
+        /// Routes, for each record's upstream QoS (the first route matching its topic; else `qos`).
+        var routes: [Route] = []
     }
 
     enum Event: Sendable {
@@ -50,6 +55,8 @@ final class Uplink: Service, Sendable {
 
     let settings: Settings
     let buffer: DiskBuffer
+    /// Every lane's buffer: the buffer gauges show their sum.
+    let gaugeBuffers: [DiskBuffer]
     let store: UplinkStateStore
     let group: any EventLoopGroup
     let logger: Logger
@@ -62,34 +69,34 @@ final class Uplink: Service, Sendable {
     let state = Atomic<Int>(0)
 
     init(
-        settings: Settings, buffer: DiskBuffer, store: UplinkStateStore,
+        settings: Settings, buffer: DiskBuffer, store: UplinkStateStore, gaugeBuffers: [DiskBuffer]? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
         onCommand: @escaping @Sendable (MQTTPublish) -> Void = { _ in }
     ) {
         self.onCommand = onCommand
         self.settings = settings
         self.buffer = buffer
+        self.gaugeBuffers = gaugeBuffers ?? [buffer]
         self.store = store
         self.group = group
         self.logger = logger
     }
 
-    /// Refreshes the buffer's gauges for /metrics, also while the uplink is down (backlog during an outage).
-    @discardableResult
-    static func recordBufferGauges(_ buffer: DiskBuffer) -> DiskBuffer.Stats {
-        let stats = buffer.stats
-        AgentMetrics.bufferRecords.record(Int64(stats.records))
-        AgentMetrics.bufferBytes.record(stats.bytes)
-        AgentMetrics.bufferOldestAge.record(stats.oldestUnacknowledgedAgeSeconds ?? 0)
-        return stats
+    /// Refreshes the buffer gauges for /metrics (the sum over every lane's buffer; the oldest age is the
+    /// largest), also while the uplink is down (backlog during an outage).
+    static func recordBufferGauges(_ buffers: [DiskBuffer]) {
+        let stats = buffers.map(\.stats)
+        AgentMetrics.bufferRecords.record(Int64(stats.reduce(0) { $0 + $1.records }))
+        AgentMetrics.bufferBytes.record(stats.reduce(0) { $0 + $1.bytes })
+        AgentMetrics.bufferOldestAge.record(stats.compactMap(\.oldestUnacknowledgedAgeSeconds).max() ?? 0)
     }
 
     func run() async throws {
-        let buffer = self.buffer
+        let buffers = self.gaugeBuffers
         let interval = settings.progressInterval
         let gauges = Task {
             while !Task.isCancelled {
-                Uplink.recordBufferGauges(buffer)
+                Uplink.recordBufferGauges(buffers)
                 try? await Task.sleep(for: interval)  // a periodic metrics refresh, not synchronisation
             }
         }
@@ -198,14 +205,15 @@ final class Uplink: Service, Sendable {
             properties.correlationData = stored.correlationData.map { ByteBuffer(bytes: $0) }
             properties.userProperties = stored.userProperties + [
                 MQTTUserProperty(name: "tributary-agent", value: settings.agentId),
-                MQTTUserProperty(name: "tributary-seq", value: String(record.sequence)),
+                MQTTUserProperty(name: "tributary-seq", value: String(UInt64(settings.priority) << 56 | record.sequence)),
                 MQTTUserProperty(name: "tributary-device", value: decoded.deviceId),
             ]
         } else {
             properties = MQTTProperties()
         }
         return .publish(MQTTPublish(
-            topic: settings.topicPrefix + decoded.topic, payload: ByteBuffer(bytes: decoded.payload), qos: settings.qos,
+            topic: settings.topicPrefix + decoded.topic, payload: ByteBuffer(bytes: decoded.payload),
+            qos: Route.first(settings.routes, matching: decoded.topic)?.qos ?? settings.qos,
             retain: decoded.retain, properties: properties))
     }
 
@@ -251,7 +259,7 @@ final class Uplink: Service, Sendable {
                 wasConnected = true
                 setState(2)
                 logger.info("Uplink connected", metadata: [
-                    "uplink.host": "\(settings.host)", "uplink.session_present": "\(connack.sessionPresent)",
+                    "uplink.host": "\(settings.host)", "uplink.priority": "\(settings.priority)", "uplink.session_present": "\(connack.sessionPresent)",
                     "uplink.window": "\(window)", "uplink.resending": "\(session.inflightCount)",
                 ])
                 forwarder.connected(window: window, session: session)

@@ -1,4 +1,5 @@
 import Common
+import DiskBuffer
 import Testing
 
 @testable import EdgeAgent
@@ -56,4 +57,51 @@ struct AgentConfigurationTests {
         #expect(Self.error(files.merging(["device.tls.client_certificates": "optional"]) { $1 })?.contains("device.tls.client_ca_file") == true)
         #expect(Self.error(files.merging(["device.tls.client_certificates": "sometimes"]) { $1 })?.contains("device.tls.client_certificates") == true)
     }
+
+    @Test("routes: FILTER [priority=N] [qos=Q], first match wins, lanes per priority; bad routes are named")
+    func routes() throws {
+        let configuration = try Self.configuration(["routes": "alarms/# priority=5 qos=1, site a/+/x priority=2, alarms/door priority=1"])
+        #expect(configuration.routes.map(\.filter.description) == ["alarms/#", "site a/+/x", "alarms/door"])
+        #expect(configuration.routes.map(\.priority) == [5, 2, 1])
+        #expect(configuration.routes.map(\.qos) == [.atLeastOnce, nil, nil])
+        #expect(configuration.lanePriorities == [5, 2, 1, 0])
+        #expect(configuration.laneDirectory(0) == configuration.buffer.directory)
+        #expect(configuration.laneDirectory(5) == configuration.buffer.directory + "/priority-5")
+        #expect(Route.first(configuration.routes, matching: "alarms/door")?.priority == 5, "first match in order")
+        #expect(Route.first(configuration.routes, matching: "devices/d/data") == nil)
+        #expect(try Self.configuration([:]).lanePriorities == [0])
+        for bad in ["a/# priority=10", "a/# priority=x", "a/# qos=0", "a/# weight=2", "a/#/b priority=1"] {
+            #expect(Self.error(["routes": bad])?.contains("routes") == true, "\(bad)")
+        }
+    }
+
+    @Test("record lanes: a device's QoS 2 ids live in the session file of the lane their record went to; open, session, remove and discard see every lane")
+    func lanesShareSessions() async throws {
+        let directory = try AgentHarness.temporaryDirectory("lanes")
+        let high = try DeviceSessionStore.load(path: directory + "/high")
+        let normal = try DeviceSessionStore.load(path: directory + "/normal")
+        let sink = try DiskBufferSinkStub()
+        let lanes = RecordLanes(
+            lanes: [.init(priority: 5, sink: sink, sessions: high), .init(priority: 0, sink: sink, sessions: normal)],
+            routes: [Route(filter: try MQTTTopicFilter("alarms/#"), priority: 5)])
+        #expect(lanes.lane(for: "alarms/a").priority == 5)
+        #expect(lanes.lane(for: "other").priority == 0)
+        #expect(lanes.open("d") == false)
+        try await high.insert(3, sequence: 1, for: "d")
+        try await normal.insert(4, sequence: 1, for: "d")
+        #expect(lanes.session("d") == [3, 4])
+        #expect(lanes.open("d") == true)
+        try await lanes.remove([3], for: "d")
+        #expect(high.session("d") == [])
+        #expect(lanes.session("d") == [4])
+        lanes.discard("d")
+        #expect(lanes.session("d") == nil)
+    }
+}
+
+/// A sink that is never written to (lane selection only).
+struct DiskBufferSinkStub: RecordSink {
+    init() throws {}
+    func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64 { throw DiskBufferError(.closed, "stub") }
+    var lastSequence: UInt64 { 0 }
 }

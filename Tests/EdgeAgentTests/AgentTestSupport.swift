@@ -73,10 +73,10 @@ enum AgentHarness {
         return line
     }
 
-    static func startSubscriber(_ scope: ProcessScope, brokerPort: Int, output: String) async throws -> ChildProcess {
+    static func startSubscriber(_ scope: ProcessScope, brokerPort: Int, output: String, topic: String = "devices/#") async throws -> ChildProcess {
         let process = try scope.launch(
             name: "subscriber", executable: python,
-            arguments: [script("agent-subscriber.py"), "--port", "\(brokerPort)", "--topic", "devices/#", "--output", output])
+            arguments: [script("agent-subscriber.py"), "--port", "\(brokerPort)", "--topic", topic, "--output", output])
         try await process.waitForLog(containing: "subscriber ready", timeout: .seconds(20))
         return process
     }

@@ -38,7 +38,7 @@ func makeDeviceChannel(sink: GatedSink, sessions: DeviceSessionStore, registry: 
     let channel = NIOAsyncTestingChannel()
     try await channel.testingEventLoop.executeInContext {
         try channel.pipeline.syncOperations.addHandler(DeviceConnectionHandler(
-            sink: sink, sessions: sessions, registry: registry, receiveMaximum: 10, logger: Logger(label: "test")))
+            lanes: RecordLanes(sink: sink, sessions: sessions), registry: registry, receiveMaximum: 10, logger: Logger(label: "test")))
     }
     try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883))
     return channel

@@ -1,0 +1,126 @@
+import Common
+import DiskBuffer
+
+/// A route: records whose topic matches `filter` go to the lane of `priority` and upstream with `qos`.
+struct Route: Sendable, Equatable {
+    var filter: MQTTTopicFilter
+    var priority: Int
+    /// Upstream QoS of the route's records (nil: `upstream.qos`).
+    var qos: MQTTQoS?
+
+    static let priorities = 0...9
+
+    /// `FILTER [priority=N] [qos=1|2]`: the options are the trailing `key=value` words, the filter the rest.
+    init(parsing text: String) throws(ConfigError) {
+        var words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        var priority = 0
+        var qos: MQTTQoS? = nil
+        while let last = words.last, let equals = last.firstIndex(of: "="), words.count > 1 {
+            let key = last[..<equals]
+            let value = last[last.index(after: equals)...]
+            switch key {
+            case "priority":
+                guard let number = Int(value), Self.priorities.contains(number) else {
+                    throw ConfigError(key: "routes", "priority must be 0...9 in '\(text)'")
+                }
+                priority = number
+            case "qos":
+                guard value == "1" || value == "2" else { throw ConfigError(key: "routes", "qos must be 1 or 2 in '\(text)'") }
+                qos = value == "2" ? .exactlyOnce : .atLeastOnce
+            default:
+                throw ConfigError(key: "routes", "unknown option '\(key)' in '\(text)' (priority=N, qos=1|2)")
+            }
+            words.removeLast()
+        }
+        let filterText = words.joined(separator: " ")
+        do {
+            filter = try MQTTTopicFilter(filterText)
+        } catch {
+            throw ConfigError(key: "routes", "'\(filterText)' is not a valid topic filter: \(error.message)")
+        }
+        self.priority = priority
+        self.qos = qos
+    }
+
+    init(filter: MQTTTopicFilter, priority: Int, qos: MQTTQoS? = nil) {
+        self.filter = filter
+        self.priority = priority
+        self.qos = qos
+    }
+
+    /// The first route matching `topic` (routes are tried in configuration order), if any.
+    static func first(_ routes: [Route], matching topic: String) -> Route? {
+        routes.first { $0.filter.matches(topic) }
+    }
+
+    /// The lanes the routes need: priority 0 (records no route takes) and every route priority, highest first.
+    static func lanePriorities(_ routes: [Route]) -> [Int] {
+        Set(routes.map(\.priority) + [0]).sorted(by: >)
+    }
+}
+
+/// Where records go: one lane per priority, each with its own disk buffer and device session file (and
+/// upstream its own uplink), so that a high-priority record never waits behind a low-priority backlog.
+/// A route sends a topic to its lane; a topic no route takes goes to priority 0. Within a lane records keep
+/// their arrival order; across lanes there is no order.
+///
+/// QoS 2 receive state of a device (or the local broker source) spans the lanes: each id is recorded in the
+/// session file of the lane its record went to; `open`, `discard`, `session` and `remove` look at all.
+final class RecordLanes: Sendable {
+    struct Lane: Sendable {
+        let priority: Int
+        let sink: any RecordSink
+        let sessions: DeviceSessionStore
+    }
+
+    /// Highest priority first; the priority 0 lane is always there.
+    let lanes: [Lane]
+    let routes: [Route]
+    private let defaultLane: Int
+
+    init(lanes: [Lane], routes: [Route]) {
+        precondition(lanes.contains { $0.priority == 0 }, "the priority 0 lane is required")
+        self.lanes = lanes
+        self.routes = routes
+        self.defaultLane = lanes.firstIndex { $0.priority == 0 } ?? 0
+    }
+
+    /// One lane, no routes.
+    convenience init(sink: any RecordSink, sessions: DeviceSessionStore) {
+        self.init(lanes: [Lane(priority: 0, sink: sink, sessions: sessions)], routes: [])
+    }
+
+    func lane(for topic: String) -> Lane {
+        guard let route = Route.first(routes, matching: topic) else { return lanes[defaultLane] }
+        return lanes.first { $0.priority == route.priority } ?? lanes[defaultLane]
+    }
+
+    /// Starts (or resumes) a persistent session; returns whether one existed in any lane.
+    func open(_ clientId: String) -> Bool {
+        let existed = lanes.contains { $0.sessions.session(clientId) != nil }
+        _ = lanes[defaultLane].sessions.open(clientId)
+        return existed
+    }
+
+    func discard(_ clientId: String) {
+        for lane in lanes { lane.sessions.discard(clientId) }
+    }
+
+    /// The ids awaiting PUBREL in every lane; nil if no lane has a session for `clientId`.
+    func session(_ clientId: String) -> Set<UInt16>? {
+        var ids: Set<UInt16>? = nil
+        for lane in lanes {
+            if let some = lane.sessions.session(clientId) { ids = (ids ?? []).union(some) }
+        }
+        return ids
+    }
+
+    /// Forgets the ids (PUBREL handled) durably, in whichever lane holds each.
+    func remove(_ packetIds: [UInt16], for clientId: String) async throws {
+        for lane in lanes {
+            guard let held = lane.sessions.session(clientId) else { continue }
+            let here = packetIds.filter { held.contains($0) }
+            if !here.isEmpty { try await lane.sessions.remove(here, for: clientId) }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import TestSupport
+
+/// Per-route priority with real processes: a low-priority backlog builds up while mosquitto is stopped; once
+/// it is back, high-priority records published then reach the subscriber while the backlog is still draining.
+@Suite("Edge agent priority routes")
+struct PriorityRoutesTests {
+    @Test("routes: live high-priority records overtake a 5,000-record low-priority backlog during replay; both lanes exactly once, the backlog in order per device")
+    func highPriorityOvertakesBacklog() async throws {
+        try await withProcesses { scope in
+            let devices = 20, messages = 250, alarms = 5
+            let data = try AgentHarness.temporaryDirectory("priority")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output, topic: "#")
+            let ports = try AgentHarness.ports()
+            // Replay paced at 50 KB/s per lane: the ~5,000 × ~60-byte backlog takes about 6 s to drain.
+            _ = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port,
+                extra: ["--set", "routes=alarms/# priority=5", "--set", "upstream.max_bytes_per_second=50KB"])
+            broker.process.send(SIGSTOP)
+            let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 1)
+            #expect(await fleet.waitForExit(timeout: .seconds(60)) == .exited(0), "devices: \(fleet.logTail(lines: 5))")
+            _ = try await AgentHarness.waitForMetric(scope, port: ports.http, "tributary_buffer_records") { $0 >= Double(devices * messages) }
+            broker.process.send(SIGCONT)
+            // The replay has begun once the first backlog record is upstream.
+            _ = try await UpstreamTally.waitFor(path: output, expected: 1, timeout: .seconds(30))
+            for n in 0..<alarms {
+                let (status, text) = try await scope.run("alarm-\(n)", try AgentHarness.tool("mosquitto_pub"), [
+                    "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "1", "-i", "alarm-panel", "-t", "alarms/door", "-m", "alarm-\(n)",
+                ])
+                #expect(status == .exited(0), "\(text)")
+            }
+            let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages + alarms, timeout: .seconds(60))
+            let missing = tally.missing(devices: devices, messages: messages, prefix: "dev-")
+            #expect(missing.isEmpty, "missing: \(missing.prefix(10))")
+            #expect(tally.duplicateSequences == 0)
+            #expect(tally.duplicatePayloads == 0)
+            #expect(tally.devicesOutOfOrder.filter { $0 != "alarm-panel" }.isEmpty)
+            // Arrival order at the subscriber: every alarm before the backlog's last 1,000 records.
+            let positions = tally.lines.enumerated().filter { $0.element.payload.hasPrefix("alarm-") }.map(\.offset)
+            let lastBacklog = tally.lines.lastIndex { $0.payload.hasPrefix("dev-") } ?? 0
+            print("e2e priority: alarms at \(positions) of \(tally.lines.count); last backlog record at \(lastBacklog)")
+            #expect(positions.count == alarms)
+            #expect(positions.allSatisfy { $0 < lastBacklog - 1_000 }, "alarms at \(positions), backlog ended at \(lastBacklog)")
+            // The alarms' lane numbers its records in the top 8 bits of tributary-seq.
+            let alarmSequences = tally.lines.filter { $0.payload.hasPrefix("alarm-") }.map(\.sequence)
+            #expect(alarmSequences.sorted() == (1...UInt64(alarms)).map { 5 << 56 | $0 })
+        }
+    }
+}
