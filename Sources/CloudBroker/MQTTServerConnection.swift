@@ -349,7 +349,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         BrokerMetrics.publishesReceived[Int(publish.qos.rawValue)].increment()
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         broker.publisher.publish(
-            publish, clientId: clientId, eventLoop: context.eventLoop,
+            publish, clientId: clientId, eventLoop: context.eventLoop, inbox: deliveryInbox,
             blocked: { isBlocked in
                 let connection = loopBound.value
                 connection.blockedPublishes += isBlocked ? 1 : -1

@@ -60,12 +60,14 @@ final class Publisher: Sendable {
 
     /// Publishes `publish` (topic resolved) from `clientId`. `completion` runs once on `eventLoop`;
     /// `blocked` runs on `eventLoop` with true when the publish must wait for producer capacity and
-    /// with false when it no longer waits.
+    /// with false when it no longer waits. `inbox`: `eventLoop`'s `DeliveryInbox` if the caller holds it
+    /// (a connection does; looking it up takes a lock shared by all loops).
     func publish(
         _ publish: MQTTPublish,
         clientId: String,
         extraHeaders: [KafkaHeader] = [],
         eventLoop: any EventLoop,
+        inbox: DeliveryInbox? = nil,
         blocked: @escaping @Sendable (Bool) -> Void,
         completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
     ) {
@@ -77,7 +79,7 @@ final class Publisher: Sendable {
         }
         let job = PublishJob(
             publisher: self, records: records, retainedMessage: publish.retain ? retainedMessage(publish, clientId: clientId) : nil,
-            qos: publish.qos, eventLoop: eventLoop, deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
+            qos: publish.qos, inbox: inbox ?? DeliveryInbox.on(eventLoop), deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
         guard let deduplicator, publish.qos != .atMostOnce, let key = PublishDeduplicator.key(for: publish, clientId: clientId) else {
             eventLoop.execute { job.start() }
             return
@@ -161,15 +163,15 @@ private final class PublishJob: @unchecked Sendable {
 
     init(
         publisher: Publisher, records: [KafkaOutgoingMessage], retainedMessage: BrokerMessage?, qos: MQTTQoS,
-        eventLoop: any EventLoop, deadline: NIODeadline, blocked: @escaping @Sendable (Bool) -> Void,
+        inbox: DeliveryInbox, deadline: NIODeadline, blocked: @escaping @Sendable (Bool) -> Void,
         completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
     ) {
         self.publisher = publisher
         self.records = records
         self.retainedMessage = retainedMessage
         self.qos = qos
-        self.eventLoop = eventLoop
-        self.inbox = DeliveryInbox.on(eventLoop)
+        self.eventLoop = inbox.eventLoop
+        self.inbox = inbox
         self.deadline = deadline
         self.blocked = blocked
         self.completion = completion

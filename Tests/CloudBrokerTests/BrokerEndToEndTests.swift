@@ -79,7 +79,10 @@ struct BrokerEndToEndTests {
             _ = try await scope.run("pub-clear", pub, ["-h", "127.0.0.1", "-p", port, "-t", "ret/a", "-n", "-q", "1", "-r"])
             _ = try await reader.waitUntil("the tombstone") { $0.contains { $0.value == nil } }
             let (_, afterClear) = try await scope.run("sub-after-clear", sub, ["-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-t", "ret/#", "-C", "1", "-W", "2", "-F", "%t|%r|%p"])
-            #expect(!afterClear.contains("ret/a|"))
+            // No retained message any more. (The clearing publish itself may still arrive as a live message,
+            // retain 0: a subscription receives what the node's consumer routes after it, and the record may
+            // be routed up to a fetch wait after it was produced; docs/broker.md, delivery path.)
+            #expect(!afterClear.contains("ret/a|1|"), "\(afterClear)")
         }
     }
 
