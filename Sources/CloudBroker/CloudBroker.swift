@@ -28,6 +28,7 @@ enum CloudBroker {
         kafka.maxQueuedMessages = configuration.maxQueuedMessages
         kafka.fetchWaitMax = configuration.fetchWaitMax
         kafka.stallTimeout = min(.seconds(15), configuration.deliveryTimeout / 2)
+        kafka.properties = configuration.librdkafkaProperties
         var producerConfiguration = kafka
         producerConfiguration.statisticsInterval = configuration.statisticsInterval  // nil: the callback is never called
         let producer = try KafkaProducer(

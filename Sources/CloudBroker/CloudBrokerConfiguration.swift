@@ -52,6 +52,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
         ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),
         ConfigKey("kafka.statistics_interval", default: "5s", help: "How often librdkafka's producer statistics are exported as metrics (queue, round trip, brokers up, requests); 0s disables them."),
+        ConfigKey("kafka.librdkafka", default: "", help: "List of librdkafka properties 'NAME=VALUE' for every Kafka client of the node (security.protocol, sasl.*, ssl.*, socket.*, ...), applied after Tributary's own; the properties the guarantees rest on (acks, enable.idempotence, offsets, group) are refused. A name or value librdkafka rejects stops the node with its message."),
         ConfigKey("kafka.default_qos", default: "1", help: "QoS of Kafka records that carry no mqtt.qos header (produced by other clients), before the subscription's QoS caps it."),
     ]
 
@@ -79,6 +80,8 @@ struct CloudBrokerConfiguration: Sendable {
     var deliveryTimeout: Duration
     var maxQueuedMessages: Int
     var fetchWaitMax: Duration
+    /// `kafka.librdkafka`: extra librdkafka properties for every client.
+    var librdkafkaProperties: [String: String] = [:]
     var defaultQoS: MQTTQoS
     var limits: BrokerLimits
     var authenticator = Authenticator()
@@ -129,6 +132,7 @@ struct CloudBrokerConfiguration: Sendable {
         deliveryTimeout = try values.duration("kafka.delivery_timeout")
         maxQueuedMessages = try values.int("kafka.max_queued_messages", range: 1...10_000_000)
         fetchWaitMax = try values.duration("kafka.fetch_wait_max")
+        librdkafkaProperties = try Self.librdkafkaProperties(values.list("kafka.librdkafka"), origin: values.raw("kafka.librdkafka")?.origin)
         guard let qos = MQTTQoS(rawValue: UInt8(try values.int("kafka.default_qos", range: 0...2))) else {
             throw ConfigError(key: "kafka.default_qos", "expected 0, 1 or 2")
         }
@@ -199,6 +203,33 @@ struct CloudBrokerConfiguration: Sendable {
     }
 
     /// The topics this node writes and consumes (messages topics from the rules, then the retained topic).
+    /// librdkafka properties Tributary sets itself because a guarantee rests on them: acknowledgements only
+    /// after every in-sync replica has the record, without duplicates from retries (G3), and consumers that
+    /// never commit or join a group (they assign partitions and track positions themselves).
+    static let protectedLibrdkafkaProperties: Set<String> = [
+        "acks", "request.required.acks", "enable.idempotence", "enable.gapless.guarantee", "transactional.id",
+        "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof",
+        "bootstrap.servers", "metadata.broker.list",
+    ]
+
+    /// Parses `kafka.librdkafka` entries `NAME=VALUE` (the value may contain `=`).
+    static func librdkafkaProperties(_ entries: [String], origin: String?) throws(ConfigError) -> [String: String] {
+        var properties: [String: String] = [:]
+        for entry in entries {
+            guard let equals = entry.firstIndex(of: "=") else {
+                throw ConfigError(key: "kafka.librdkafka", origin: origin, "expected NAME=VALUE, got '\(entry)'")
+            }
+            let name = entry[..<equals].trimmingCharacters(in: .whitespaces)
+            let value = entry[entry.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty else { throw ConfigError(key: "kafka.librdkafka", origin: origin, "empty property name in '\(entry)'") }
+            guard !protectedLibrdkafkaProperties.contains(name) else {
+                throw ConfigError(key: "kafka.librdkafka", origin: origin, "\(name) is set by Tributary (the delivery guarantees rest on it); use kafka.bootstrap_servers for the brokers")
+            }
+            properties[name] = value
+        }
+        return properties
+    }
+
     var messagesTopics: [String] {
         var topics = [messagesTopic]
         for rule in topicRules where !topics.contains(rule.kafkaTopic) { topics.append(rule.kafkaTopic) }

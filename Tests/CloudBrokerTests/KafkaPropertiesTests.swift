@@ -1,0 +1,38 @@
+import Common
+import Foundation
+import Testing
+import TestSupport
+
+@testable import CloudBroker
+
+/// `kafka.librdkafka`: extra librdkafka properties (security, sockets, ...) for every Kafka client of a node.
+@Suite("cloud-broker: librdkafka properties")
+struct KafkaPropertiesTests {
+    @Test func entriesAreParsedAndTheGuaranteesPropertiesRefused() throws {
+        let parsed = try CloudBrokerConfiguration.librdkafkaProperties(
+            ["security.protocol=SASL_SSL", " sasl.password = a=b ", "socket.nagle.disable=true"], origin: "test")
+        #expect(parsed == ["security.protocol": "SASL_SSL", "sasl.password": "a=b", "socket.nagle.disable": "true"])
+        for bad in ["no-equals-sign", "=value", "acks=1", "enable.idempotence=false", "enable.auto.commit=true", "group.id=g"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try CloudBrokerConfiguration.librdkafkaProperties([bad], origin: "test") }
+        }
+    }
+
+    /// Properties reach librdkafka: accepted ones leave the node serving; a name librdkafka does not know stops
+    /// the node at start with librdkafka's message naming it (nothing is half started).
+    @Test func propertiesReachLibrdkafka() async throws {
+        let pub = try Tools.require("mosquitto_pub")
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu, settings: ["kafka.librdkafka": "socket.nagle.disable=true,client.rack=rack-1"])
+            let (status, output) = try await scope.run("pub", pub, ["-h", "127.0.0.1", "-p", "\(broker.mqttPort)", "-t", "props/x", "-m", "m", "-q", "1"])
+            #expect(status == .exited(0), "\(output)")
+
+            let (badStatus, badOutput) = try await scope.run("bad-property", TestEnvironment.binary("cloud-broker"), [
+                "--node-id", "bad", "--mqtt-listen", "127.0.0.1:\(try FreePort.next())", "--kafka-bootstrap", tansu.bootstrapServers,
+                "--set", "http.listen=127.0.0.1:\(try FreePort.next())", "--set", "kafka.librdkafka=no.such.property=1",
+            ], environment: TestEnvironment.kafkaClientEnvironment, timeout: .seconds(30))
+            #expect(badStatus != .exited(0))
+            #expect(badOutput.contains("no.such.property"), "\(badOutput)")
+        }
+    }
+}
