@@ -43,6 +43,7 @@ enum EdgeAgent {
         var uplinks: [Uplink] = []
         let allBuffers = buffers.map(\.buffer)
         let registry = DeviceRegistry()
+        let gate = buffers.count > 1 ? LaneGate() : nil
         for (priority, buffer) in buffers {
             let directory = configuration.laneDirectory(priority)
             let sessions = try DeviceSessionStore.load(path: directory + "/device-sessions")
@@ -51,7 +52,7 @@ enum EdgeAgent {
             let store = try UplinkStateStore.load(path: directory + "/uplink-inflight")
             uplinks.append(Uplink(
                 settings: try uplinkSettings(configuration, priority: priority), buffer: buffer, store: store,
-                gaugeBuffers: allBuffers, logger: logger
+                gaugeBuffers: allBuffers, gate: gate, logger: logger
             ) { command in
                 let devices = registry.deliver(command)
                 AgentMetrics.commandsDelivered.increment(by: devices)

@@ -1,5 +1,6 @@
 import Common
 import DiskBuffer
+import Synchronization
 
 /// A route: records whose topic matches `filter` go to the lane of `priority` and upstream with `qos`.
 struct Route: Sendable, Equatable {
@@ -122,5 +123,45 @@ final class RecordLanes: Sendable {
             let here = packetIds.filter { held.contains($0) }
             if !here.isEmpty { try await lane.sessions.remove(here, for: clientId) }
         }
+    }
+}
+
+/// Strict priority between the lanes' uplinks: a lane reads no new record from its buffer while a higher
+/// lane is *busy*, i.e. connected with its window full and records still unread (a backlog of its own).
+/// Records already in flight finish. When a busy lane stops being busy, the lanes waiting on it are woken.
+/// A higher lane that only carries live traffic is never busy for long, so lower lanes go on between its
+/// records; a higher lane whose traffic alone fills the link starves the lower ones (that is strict priority).
+final class LaneGate: Sendable {
+    private struct State {
+        var busy: Set<Int> = []
+        var waiting: [Int: @Sendable () -> Void] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether the lane of `priority` may read; if not, `wake` runs once a higher lane stops being busy.
+    func mayRead(_ priority: Int, wake: @escaping @Sendable () -> Void) -> Bool {
+        state.withLock { state in
+            guard state.busy.contains(where: { $0 > priority }) else {
+                state.waiting[priority] = nil
+                return true
+            }
+            state.waiting[priority] = wake
+            return false
+        }
+    }
+
+    func setBusy(_ priority: Int, _ busy: Bool) {
+        let wakes = state.withLock { state -> [@Sendable () -> Void] in
+            if busy {
+                state.busy.insert(priority)
+                return []
+            }
+            guard state.busy.remove(priority) != nil else { return [] }
+            let lower = state.waiting.filter { $0.key < priority }
+            for key in lower.keys { state.waiting[key] = nil }
+            return Array(lower.values)
+        }
+        for wake in wakes { wake() }
     }
 }

@@ -68,6 +68,7 @@ extension Uplink {
 
         mutating func stop() {
             stopped = true
+            uplink.gate?.setBusy(uplink.settings.priority, false)
             waiter?.cancel()
             waiter = nil
             pacingWake?.cancel()
@@ -100,6 +101,11 @@ extension Uplink {
         /// Hands records to the client while the window has room; waits for the buffer otherwise.
         mutating func fill() {
             guard !stopped, window > 0 else { return }
+            if let gate = uplink.gate {
+                let continuation = self.continuation
+                guard gate.mayRead(uplink.settings.priority, wake: { continuation.yield(.recordsAvailable) }) else { return }
+            }
+            defer { updateBusy() }
             var wrote = false
             var paced = false
             while outstanding.count < window && !paced {
@@ -151,6 +157,14 @@ extension Uplink {
             }
             if wrote { channel.flush() }
             AgentMetrics.uplinkInflight.record(outstanding.count)
+        }
+
+        /// Tells the lane gate whether this lane has a backlog it cannot send yet (window full or paced, records
+        /// unread).
+        func updateBusy() {
+            guard let gate = uplink.gate else { return }
+            let blocked = outstanding.count >= window || pacingWake != nil
+            gate.setBusy(uplink.settings.priority, blocked && uplink.buffer.stats.lastSequence >= nextToRead)
         }
 
         /// The periodic progress line: records left, rate, ETA.

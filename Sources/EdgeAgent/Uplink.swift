@@ -57,6 +57,8 @@ final class Uplink: Service, Sendable {
     let buffer: DiskBuffer
     /// Every lane's buffer: the buffer gauges show their sum.
     let gaugeBuffers: [DiskBuffer]
+    /// With several lanes: lower lanes read nothing new while this or another higher lane has a backlog.
+    let gate: LaneGate?
     let store: UplinkStateStore
     let group: any EventLoopGroup
     let logger: Logger
@@ -69,7 +71,7 @@ final class Uplink: Service, Sendable {
     let state = Atomic<Int>(0)
 
     init(
-        settings: Settings, buffer: DiskBuffer, store: UplinkStateStore, gaugeBuffers: [DiskBuffer]? = nil,
+        settings: Settings, buffer: DiskBuffer, store: UplinkStateStore, gaugeBuffers: [DiskBuffer]? = nil, gate: LaneGate? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
         onCommand: @escaping @Sendable (MQTTPublish) -> Void = { _ in }
     ) {
@@ -77,6 +79,7 @@ final class Uplink: Service, Sendable {
         self.settings = settings
         self.buffer = buffer
         self.gaugeBuffers = gaugeBuffers ?? [buffer]
+        self.gate = gate
         self.store = store
         self.group = group
         self.logger = logger

@@ -84,4 +84,31 @@ struct PriorityRoutesTests {
             #expect(routed == ["dev-0", "dev-2", "dev-4"], "the priority 3 lane carried exactly the routed devices: \(routed)")
         }
     }
+
+    @Test("routes, strict priority: when both lanes have a backlog after an outage, the higher lane's backlog is sent first (at most two windows of the lower lane before its last record)")
+    func higherBacklogFirst() async throws {
+        try await withProcesses { scope in
+            let devices = 10, messages = 200, window = 20
+            let data = try AgentHarness.temporaryDirectory("priority-backlogs")
+            let broker = try await scope.startMosquitto()
+            let output = data + "/upstream.txt"
+            _ = try await AgentHarness.startSubscriber(scope, brokerPort: broker.port, output: output)
+            let ports = try AgentHarness.ports()
+            _ = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port,
+                extra: ["--set", "routes=devices/dev-0/# priority=5", "--set", "upstream.max_inflight=\(window)"])
+            broker.process.send(SIGSTOP)
+            let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 1)
+            #expect(await fleet.waitForExit(timeout: .seconds(60)) == .exited(0), "devices: \(fleet.logTail(lines: 5))")
+            _ = try await AgentHarness.waitForMetric(scope, port: ports.http, "tributary_buffer_records") { $0 >= Double(devices * messages) }
+            broker.process.send(SIGCONT)
+            let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages, timeout: .seconds(60))
+            #expect(tally.missing(devices: devices, messages: messages, prefix: "dev-").isEmpty)
+            #expect(tally.duplicatePayloads == 0)
+            let lastHigh = tally.lines.lastIndex { $0.device == "dev-0" } ?? 0
+            let lowBefore = tally.lines[..<lastHigh].filter { $0.device != "dev-0" }.count
+            print("e2e priority backlogs: last of \(messages) high records at \(lastHigh); \(lowBefore) low records before it")
+            #expect(lowBefore <= 2 * window, "\(lowBefore) low-priority records went before the high backlog was done")
+        }
+    }
 }
