@@ -25,12 +25,12 @@ enum AgentHarness {
     /// Starts edge-agent and waits for its "Edge agent ready" log line.
     static func startAgent(
         _ scope: ProcessScope, ports: AgentPorts, dataDirectory: String, upstreamPort: Int, agentId: String = "gw-e2e",
-        upstreamURL: String? = nil, extra: [String] = [], name: String = "edge-agent"
+        upstreamURL: String? = nil, deviceListen: String? = nil, extra: [String] = [], name: String = "edge-agent"
     ) async throws -> ChildProcess {
         let process = try scope.launch(
             name: name, executable: TestEnvironment.binary("edge-agent"),
             arguments: [
-                "--agent-id", agentId, "--device-listen", "127.0.0.1:\(ports.device)",
+                "--agent-id", agentId, "--device-listen", deviceListen ?? "127.0.0.1:\(ports.device)",
                 "--upstream", upstreamURL ?? "mqtt://127.0.0.1:\(upstreamPort)", "--data-dir", dataDirectory,
                 "--http-listen", "127.0.0.1:\(ports.http)",
                 "--set", "upstream.keep_alive=5s", "--set", "upstream.response_timeout=3s",

@@ -124,4 +124,25 @@ struct EdgeAgentTLSTests {
             }
         }
     }
+
+    @Test("uplink TLS verifies the broker: trusting only the system store (not the test CA) the agent never connects, and nothing is forwarded")
+    func uplinkVerifiesTheServer() async throws {
+        try await withProcesses { scope in
+            let certificates = try await TestCertificates.make(scope)
+            let data = try AgentHarness.temporaryDirectory("uplink-untrusted")
+            let broker = try await Self.startTLSMosquitto(scope, certificates: certificates, requireCertificate: false)
+            let ports = try AgentHarness.ports()
+            let agent = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, upstreamURL: "mqtts://127.0.0.1:\(broker.port)")
+            let (status, output) = try await scope.run("pub", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "1", "-t", "up/x", "-m", "held",
+            ])
+            #expect(status == .exited(0), "\(output)")
+            _ = try await AgentHarness.waitForMetric(scope, port: ports.http, "tributary_agent_uplink_reconnects_total") { $0 >= 3 }
+            #expect(!agent.logText().contains("Uplink connected"))
+            #expect(agent.logText().contains("CERTIFICATE_VERIFY_FAILED"), "the failure names the certificate: \(agent.logTail(lines: 3))")
+            #expect(try await AgentHarness.metric(scope, port: ports.http, "tributary_agent_forwarded_messages_total") == 0)
+            #expect(try await AgentHarness.metric(scope, port: ports.http, "tributary_buffer_records") == 1)
+        }
+    }
 }

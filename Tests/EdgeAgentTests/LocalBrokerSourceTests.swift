@@ -52,4 +52,33 @@ struct LocalBrokerSourceTests {
             #expect(tally.lines.allSatisfy { $0.payload.hasPrefix($0.device + ":") })
         }
     }
+
+    @Test("instead of the device listener (device.listen: off): ready without a listener, no device port open, and a message published to the local broker reaches upstream with the publisher's user property as tributary-device")
+    func insteadOfTheListener() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("local-broker-only")
+            let upstream = try await scope.startMosquitto(name: "upstream")
+            let local = try await scope.startMosquitto(name: "local")
+            let subscriber = try await AgentHarness.startMosquittoSub(scope, port: upstream.port, topic: "plant/#", count: 1, format: "MSG|%t|%P|%p")
+            let ports = try AgentHarness.ports()
+            let agent = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: upstream.port, deviceListen: "off",
+                extra: [
+                    "--set", "local_broker.url=mqtt://127.0.0.1:\(local.port)", "--set", "local_broker.topics=plant/#",
+                    "--set", "local_broker.device_from=property:sensor",
+                ])
+            try await agent.waitForLog(containing: "Local broker subscribed", timeout: .seconds(10))
+            #expect(!agent.logText().contains("Listening for devices"))
+            _ = try await AgentHarness.httpGet(scope, port: ports.http, path: "/ready")  // throws unless 200
+            #expect((try? RawMQTTPeer(port: ports.device, version: .v5)) == nil, "no device listener")
+            let (status, output) = try await scope.run("pub-local", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(local.port)", "-V", "5", "-q", "2", "-t", "plant/line-1/temp", "-m", "21.5",
+                "-D", "publish", "user-property", "sensor", "t-17",
+            ])
+            #expect(status == .exited(0), "\(output)")
+            #expect(try await AgentHarness.messageLines(subscriber) == [
+                "MSG|plant/line-1/temp|sensor:t-17 tributary-agent:gw-e2e tributary-seq:1 tributary-device:t-17|21.5",
+            ])
+        }
+    }
 }
