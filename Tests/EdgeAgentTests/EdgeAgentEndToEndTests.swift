@@ -239,6 +239,8 @@ struct EdgeAgentEndToEndTests {
                 "tributary_agent_acknowledged_messages_total", "tributary_agent_upstream_refused_messages_total",
                 "tributary_agent_undecodable_records_total", "tributary_agent_replay_rate_messages_per_second",
                 "tributary_agent_commands_delivered_total", "tributary_agent_uplink_state_persist_seconds_count",
+                "tributary_agent_expired_records_total", "tributary_agent_local_broker_messages_total",
+                "tributary_agent_local_broker_state",
                 "tributary_buffer_records", "tributary_buffer_appends_total",
             ]
             let lines = Set(text.split(separator: "\n").map(String.init))

@@ -111,4 +111,29 @@ struct PriorityRoutesTests {
             #expect(lowBefore <= 2 * window, "\(lowBefore) low-priority records went before the high backlog was done")
         }
     }
+
+    @Test("a route removed while its lane still holds records: the lane is opened at the next start and its records are forwarded")
+    func removedRouteStillDrains() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("priority-removed")
+            let broker = try await scope.startMosquitto()
+            let subscriber = try await AgentHarness.startMosquittoSub(scope, port: broker.port, topic: "alarms/#", count: 1, format: "MSG|%t|%p")
+            let ports = try AgentHarness.ports()
+            // Upstream unreachable while the alarm is stored in the priority 5 lane.
+            let first = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: try FreePort.next(),
+                extra: ["--set", "routes=alarms/# priority=5", "--set", "shutdown.timeout=3s"])
+            let (status, output) = try await scope.run("alarm", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "1", "-t", "alarms/door", "-m", "kept",
+            ])
+            #expect(status == .exited(0), "\(output)")
+            first.send(SIGTERM)
+            #expect(await first.waitForExit(timeout: .seconds(10)) == .exited(0))
+            // Restarted without the route, towards the reachable broker.
+            let second = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, name: "edge-agent-2")
+            #expect(try await AgentHarness.messageLines(subscriber) == ["MSG|alarms/door|kept"])
+            #expect(second.logText().contains("buffer.priority=5"), "the priority 5 lane was opened")
+        }
+    }
 }
