@@ -45,6 +45,11 @@ extension DiskBuffer {
         /// being deleted. After a crash, records acknowledged within this window are sent again
         /// (upstream deduplicates by sequence). Default 1000 ms.
         public var ledgerIntervalMilliseconds: Int
+        /// Whether the writer publishes the `tributary_buffer_bytes` / `_records` /
+        /// `_oldest_unacknowledged_age_seconds` gauges itself. An owner of several buffers in one process
+        /// (the agent's priority lanes) turns it off and publishes their sum, so the gauges do not jump
+        /// between one buffer's values and another's. Default true.
+        public var publishesGauges: Bool = true
 
         public init(
             directory: String,

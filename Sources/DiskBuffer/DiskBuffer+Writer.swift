@@ -243,6 +243,7 @@ final class Writer: @unchecked Sendable {
     }
 
     private func updateGauges() {
+        guard core.configuration.publishesGauges else { return }
         let stats = core.lock.withLock { $0.stats(now: Clock.wallSeconds()) }
         core.metrics.bytes.record(stats.bytes)
         core.metrics.records.record(Int64(stats.records))

@@ -18,9 +18,12 @@ enum EdgeAgent {
         // One disk buffer per priority lane (`routes`): priority 0 in buffer.directory, others beside it.
         var buffers: [(priority: Int, buffer: DiskBuffer)] = []
         do {
-            for priority in lanePriorities(configuration) {
+            let priorities = lanePriorities(configuration)
+            for priority in priorities {
                 var bufferConfiguration = configuration.buffer
                 bufferConfiguration.directory = configuration.laneDirectory(priority)
+                // Several lanes: the uplinks publish the buffers' summed gauges (every second) instead.
+                bufferConfiguration.publishesGauges = priorities.count == 1
                 let (buffer, report) = try DiskBuffer.open(bufferConfiguration, logger: logger)
                 buffers.append((priority, buffer))
                 logger.info("Disk buffer open", metadata: [

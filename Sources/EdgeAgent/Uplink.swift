@@ -96,7 +96,8 @@ final class Uplink: Service, Sendable {
 
     func run() async throws {
         let buffers = self.gaugeBuffers
-        let interval = settings.progressInterval
+        // With several lanes the buffers do not publish their gauges themselves: refreshed every second.
+        let interval = buffers.count > 1 ? .seconds(1) : settings.progressInterval
         let gauges = Task {
             while !Task.isCancelled {
                 Uplink.recordBufferGauges(buffers)

@@ -101,6 +101,11 @@ struct PriorityRoutesTests {
             let fleet = try AgentHarness.startDevices(scope, port: ports.device, devices: devices, messages: messages, qos: 1)
             #expect(await fleet.waitForExit(timeout: .seconds(60)) == .exited(0), "devices: \(fleet.logTail(lines: 5))")
             _ = try await AgentHarness.waitForMetric(scope, port: ports.http, "tributary_buffer_records") { $0 >= Double(devices * messages) }
+            // The gauge is the sum over both lanes, every time it is read (not one lane's value or the other's).
+            for _ in 0..<4 {
+                #expect(try await AgentHarness.metric(scope, port: ports.http, "tributary_buffer_records") == Double(devices * messages))
+                try await Task.sleep(for: .milliseconds(400))  // samples across the 1 s refresh, a measurement
+            }
             broker.process.send(SIGCONT)
             let tally = try await UpstreamTally.waitFor(path: output, expected: devices * messages, timeout: .seconds(60))
             #expect(tally.missing(devices: devices, messages: messages, prefix: "dev-").isEmpty)
