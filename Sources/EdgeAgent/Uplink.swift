@@ -233,10 +233,14 @@ final class Uplink: Service, Sendable {
         defer { current.withLock { $0.continuation = nil } }
         if shuttingDown { return (session, false) }
 
+        // A lane with a backlog counts as busy from the start of its attempt (lower lanes wait), so that a
+        // lower lane connecting a moment earlier does not send its backlog first; a failed attempt clears it.
+        gate?.setBusy(settings.priority, buffer.stats.records > 0)
         let channel: any Channel
         do {
             channel = try await connect(session: session, events: continuation)
         } catch {
+            gate?.setBusy(settings.priority, false)
             logger.warning("Uplink connection failed", metadata: [
                 "uplink.host": "\(settings.host)", "uplink.port": "\(settings.port)", "error.message": "\(error)",
             ])
