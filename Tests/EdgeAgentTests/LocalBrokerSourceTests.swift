@@ -9,7 +9,7 @@ import TestSupport
 /// QoS 2 subscription) → upstream mosquitto → the QoS 2 subscriber counting by (agent, seq).
 @Suite("Edge agent local broker source")
 struct LocalBrokerSourceTests {
-    @Test("local mosquitto → agent → upstream mosquitto: every message exactly once and in order per device, with the agent SIGKILLed twice mid-run (10 devices × 100, QoS 2)")
+    @Test("local mosquitto → agent → upstream mosquitto: every message exactly once and in order per device, two of them in a priority lane, with the agent SIGKILLed twice mid-run (10 devices × 100, QoS 2)")
     func exactlyOnceAcrossKills() async throws {
         try await withProcesses { scope in
             let devices = 10, messages = 100
@@ -22,6 +22,8 @@ struct LocalBrokerSourceTests {
             let extra = [
                 "--set", "local_broker.url=mqtt://127.0.0.1:\(local.port)", "--set", "local_broker.topics=devices/#",
                 "--set", "local_broker.device_from=topic:2", "--set", "local_broker.keep_alive=5s",
+                // Two devices' messages go to a priority lane: batches from the local broker are split by lane.
+                "--set", "routes=devices/dev-1/# priority=4, devices/dev-6/# priority=4",
             ]
             var agent = try await AgentHarness.startAgent(
                 scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: upstream.port, extra: extra)
@@ -50,6 +52,7 @@ struct LocalBrokerSourceTests {
             #expect(tally.devicesOutOfOrder.isEmpty, "out of order: \(tally.devicesOutOfOrder)")
             // tributary-device is the publisher's id, from topic level 2.
             #expect(tally.lines.allSatisfy { $0.payload.hasPrefix($0.device + ":") })
+            #expect(Set(tally.lines.filter { $0.sequence >> 56 == 4 }.map(\.device)) == ["dev-1", "dev-6"])
         }
     }
 
