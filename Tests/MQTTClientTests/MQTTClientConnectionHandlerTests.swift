@@ -13,13 +13,16 @@ final class EventLog: @unchecked Sendable {
 
 func makeChannel(
     keepAlive: UInt16 = 10,
+    manualAcknowledgement: Bool = false,
     withPersistence: Bool
 ) throws -> (EmbeddedChannel, EventLog) {
     let log = EventLog()
     let channel = EmbeddedChannel()
     let loop = channel.embeddedEventLoop
+    var config = configuration(keepAlive: keepAlive)
+    config.manualAcknowledgement = manualAcknowledgement
     let handler = MQTTClientConnectionHandler(
-        configuration: configuration(keepAlive: keepAlive), tickInterval: .seconds(1),
+        configuration: config, tickInterval: .seconds(1),
         persist: withPersistence
             ? { changes in
                 log.persistCalls.append(changes)
@@ -73,6 +76,34 @@ struct MQTTClientConnectionHandlerTests {
         // The removal, written at close.
         #expect(log.persistCalls.last == [.removed(packetId: 1)])
         log.persistPromises[3].succeed(())
+    }
+
+    @Test("manual acknowledgement: PUBACK / PUBREC only when the owner writes .acknowledge; PUBCOMP only after the release is persisted")
+    func manualAcknowledgement() throws {
+        let (channel, log) = try makeChannel(manualAcknowledgement: true, withPersistence: true)
+        _ = try readAll(channel)
+        try channel.writeInbound(connack())
+        var one = message("s/1", "a", qos: .atLeastOnce)
+        one.packetId = 4
+        var two = message("s/2", "b")
+        two.packetId = 5
+        try channel.writeInbound(MQTTPacket.publish(one))
+        try channel.writeInbound(MQTTPacket.publish(two))
+        #expect(log.events.filter { if case .message = $0 { true } else { false } }.count == 2)
+        #expect(try readAll(channel).isEmpty, "nothing acknowledged before the owner stored the messages")
+        try channel.writeAndFlush(MQTTClientConnection.Command.acknowledge(packetId: 4, qos: .atLeastOnce)).wait()
+        try channel.writeAndFlush(MQTTClientConnection.Command.acknowledge(packetId: 5, qos: .exactlyOnce)).wait()
+        // PUBACK needs no persist; PUBREC follows the incomingReceived change.
+        #expect(try readAll(channel) == [.puback(MQTTPublishAck(packetId: 4))])
+        #expect(log.persistCalls.last == [.incomingReceived(packetId: 5)])
+        log.persistPromises.last?.succeed(())
+        #expect(try readAll(channel) == [.pubrec(MQTTPublishAck(packetId: 5))])
+        try channel.writeInbound(MQTTPacket.pubrel(MQTTPublishAck(packetId: 5)))
+        #expect(try readAll(channel).isEmpty, "PUBCOMP waits for the release to be persisted")
+        #expect(log.persistCalls.last == [.incomingReleased(packetId: 5)])
+        log.persistPromises.last?.succeed(())
+        #expect(try readAll(channel) == [.pubcomp(MQTTPublishAck(packetId: 5))])
+        _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
     @Test("a removal (PUBCOMP) holds nothing back: it goes first in the next persist, or at the next tick, or at close")
