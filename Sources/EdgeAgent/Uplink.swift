@@ -302,7 +302,9 @@ final class Uplink: Service, Sendable {
         let store = self.store
         let uplink = self
         defer { current.withLock { $0.connecting = nil } }
-        let addresses = try await UplinkResolver.resolve(host: settings.host, port: settings.port)
+        let addresses = try await cancelWhenGracefulShutdown {
+            try await UplinkResolver.resolve(host: settings.host, port: settings.port)
+        }
         logger.debug("Uplink host resolved", metadata: ["uplink.host": "\(settings.host)", "uplink.addresses": "\(addresses.count)"])
         let eventLoop = group.next()
         var bootstrap = ClientBootstrap(group: eventLoop)
