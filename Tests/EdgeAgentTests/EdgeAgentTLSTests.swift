@@ -24,25 +24,27 @@ struct EdgeAgentTLSTests {
         ]
     }
 
-    @Test("device TLS: mosquitto_pub --cafile publishes through the agent's TLS listener (client certificates not asked for); a plain client on the TLS port stores nothing")
-    func deviceTLS() async throws {
+    @Test("device TLS, client certificates none or optional: mosquitto_pub --cafile publishes through the agent's TLS listener with and without a client certificate; a plain client on the TLS port stores nothing", arguments: ["none", "optional"])
+    func deviceTLS(clientCertificates: String) async throws {
         try await withProcesses { scope in
             let certificates = try await TestCertificates.make(scope)
-            let data = try AgentHarness.temporaryDirectory("device-tls")
+            let data = try AgentHarness.temporaryDirectory("device-tls-\(clientCertificates)")
             let broker = try await scope.startMosquitto()
-            let subscriber = try await AgentHarness.startMosquittoSub(scope, port: broker.port, topic: "tls/#", count: 1, format: "MSG|%t|%p")
+            let subscriber = try await AgentHarness.startMosquittoSub(scope, port: broker.port, topic: "tls/#", count: 2, format: "MSG|%t|%p")
             let ports = try AgentHarness.ports()
             let tlsPort = try FreePort.next()
             _ = try await AgentHarness.startAgent(
                 scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port,
-                extra: Self.deviceTLSSettings(certificates, port: tlsPort, clientCertificates: "none"))
+                extra: Self.deviceTLSSettings(certificates, port: tlsPort, clientCertificates: clientCertificates))
             let plain = try await scope.run("pub-plain", try AgentHarness.tool("mosquitto_pub"), [
                 "-h", "127.0.0.1", "-p", "\(tlsPort)", "-q", "1", "-t", "tls/a", "-m", "plain", "-V", "5",
             ], timeout: .seconds(20))
             #expect(plain.0 != .exited(0), "plain MQTT on the TLS port: \(plain.1)")
-            let (status, output) = try await Self.publish(scope, port: tlsPort, certificates: certificates, clientCertificate: false, message: "over-tls")
-            #expect(status == .exited(0), "mosquitto_pub --cafile: \(output)")
-            #expect(try await AgentHarness.messageLines(subscriber) == ["MSG|tls/a|over-tls"])
+            let without = try await Self.publish(scope, port: tlsPort, certificates: certificates, clientCertificate: false, message: "no-cert")
+            #expect(without.0 == .exited(0), "mosquitto_pub --cafile: \(without.1)")
+            let with = try await Self.publish(scope, port: tlsPort, certificates: certificates, clientCertificate: true, message: "with-cert")
+            #expect(with.0 == .exited(0), "mosquitto_pub --cafile --cert: \(with.1)")
+            #expect(try await AgentHarness.messageLines(subscriber) == ["MSG|tls/a|no-cert", "MSG|tls/a|with-cert"])
         }
     }
 
