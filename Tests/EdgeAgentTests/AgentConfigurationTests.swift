@@ -99,6 +99,30 @@ struct AgentConfigurationTests {
     }
 }
 
+extension AgentConfigurationTests {
+    @Test("lane gate: a lane may read unless a higher lane is busy; lanes kept waiting are woken once, when the busy higher lane clears")
+    func laneGate() {
+        final class Wakes: @unchecked Sendable { var count = 0 }  // touched on this thread only
+        let gate = LaneGate()
+        let wakes = Wakes()
+        #expect(gate.mayRead(0) { wakes.count += 1 })
+        gate.setBusy(5, true)
+        #expect(gate.mayRead(5) { wakes.count += 100 }, "a busy lane itself still reads")
+        #expect(!gate.mayRead(0) { wakes.count += 1 })
+        #expect(!gate.mayRead(3) { wakes.count += 10 })
+        gate.setBusy(0, false)  // not busy before: no wake
+        #expect(wakes.count == 0)
+        gate.setBusy(3, true)
+        gate.setBusy(5, false)
+        #expect(wakes.count == 11, "both waiting lanes woken")
+        #expect(!gate.mayRead(0) { wakes.count += 1 }, "lane 3 is busy now")
+        #expect(gate.mayRead(4) { wakes.count += 1000 })
+        gate.setBusy(3, false)
+        gate.setBusy(3, false)
+        #expect(wakes.count == 12, "woken once")
+    }
+}
+
 /// A sink that is never written to (lane selection only).
 struct DiskBufferSinkStub: RecordSink {
     init() throws {}
