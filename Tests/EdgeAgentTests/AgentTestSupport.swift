@@ -25,7 +25,8 @@ enum AgentHarness {
     /// Starts edge-agent and waits for its "Edge agent ready" log line.
     static func startAgent(
         _ scope: ProcessScope, ports: AgentPorts, dataDirectory: String, upstreamPort: Int, agentId: String = "gw-e2e",
-        upstreamURL: String? = nil, deviceListen: String? = nil, extra: [String] = [], name: String = "edge-agent"
+        upstreamURL: String? = nil, deviceListen: String? = nil, extra: [String] = [], environment: [String: String] = [:],
+        name: String = "edge-agent"
     ) async throws -> ChildProcess {
         let process = try scope.launch(
             name: name, executable: TestEnvironment.binary("edge-agent"),
@@ -35,7 +36,7 @@ enum AgentHarness {
                 "--http-listen", "127.0.0.1:\(ports.http)",
                 "--set", "upstream.keep_alive=5s", "--set", "upstream.response_timeout=3s",
                 "--set", "upstream.reconnect_max=2s",
-            ] + extra)
+            ] + extra, environment: environment)
         try await process.waitForLog(containing: "Edge agent ready", timeout: .seconds(30))
         return process
     }

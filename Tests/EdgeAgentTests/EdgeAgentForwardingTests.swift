@@ -99,4 +99,47 @@ struct EdgeAgentForwardingTests {
             #expect(try await AgentHarness.messageLines(subscriber) == ["MSG|dns/a|after-reconnect"])
         }
     }
+
+    @Test("upstream user name and password (password from TRIBUTARY_UPSTREAM_PASSWORD), topic prefix, upstream.qos 1 and a route with qos=2: a wrong password forwards nothing (the record waits); the right one forwards each record on <prefix><topic> at its QoS")
+    func credentialsPrefixAndQoS() async throws {
+        try await withProcesses { scope in
+            let data = try AgentHarness.temporaryDirectory("credentials")
+            let passwords = scope.logDirectory + "/passwords"
+            let (made, madeOutput) = try await scope.run("mosquitto_passwd", try AgentHarness.tool("mosquitto_passwd"), ["-b", "-c", passwords, "gw-e2e", "s3cret"])
+            try #require(made == .exited(0), "\(madeOutput)")
+            chmod(passwords, 0o644)  // mosquitto drops to its own user
+            let broker = try await scope.startMosquitto(extraConfiguration: ["allow_anonymous false", "password_file \(passwords)"])
+            let subscriber = try await AgentHarness.startMosquittoSub(
+                scope, port: broker.port, topic: "site-7/#", count: 3, format: "MSG|%t|%q|%p", extra: ["-u", "gw-e2e", "-P", "s3cret"])
+            let ports = try AgentHarness.ports()
+            let settings = [
+                "--set", "upstream.username=gw-e2e", "--set", "upstream.topic_prefix=site-7/", "--set", "upstream.qos=1",
+                "--set", "routes=alarms/# qos=2",
+            ]
+            let wrong = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, extra: settings,
+                environment: ["TRIBUTARY_UPSTREAM_PASSWORD": "wrong"], name: "agent-wrong-password")
+            try await wrong.waitForLog(containing: "the server refused the connection", timeout: .seconds(10))
+            let (held, heldOutput) = try await scope.run("pub-held", try AgentHarness.tool("mosquitto_pub"), [
+                "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "1", "-t", "devices/d-1/data", "-m", "held",
+            ])
+            #expect(held == .exited(0), "\(heldOutput)")
+            _ = try await AgentHarness.waitForMetric(scope, port: ports.http, "tributary_agent_uplink_reconnects_total") { $0 >= 2 }
+            #expect(try await AgentHarness.metric(scope, port: ports.http, "tributary_agent_forwarded_messages_total") == 0)
+            _ = await wrong.stop()
+            #expect(!subscriber.logText().contains("MSG|"))
+            _ = try await AgentHarness.startAgent(
+                scope, ports: ports, dataDirectory: data + "/agent", upstreamPort: broker.port, extra: settings,
+                environment: ["TRIBUTARY_UPSTREAM_PASSWORD": "s3cret"])
+            for (topic, message) in [("devices/d-1/data", "reading"), ("alarms/door", "open")] {
+                let (status, output) = try await scope.run("pub", try AgentHarness.tool("mosquitto_pub"), [
+                    "-h", "127.0.0.1", "-p", "\(ports.device)", "-q", "2", "-t", topic, "-m", message,
+                ])
+                #expect(status == .exited(0), "\(output)")
+            }
+            #expect(try await AgentHarness.messageLines(subscriber) == [
+                "MSG|site-7/devices/d-1/data|1|held", "MSG|site-7/devices/d-1/data|1|reading", "MSG|site-7/alarms/door|2|open",
+            ])
+        }
+    }
 }
