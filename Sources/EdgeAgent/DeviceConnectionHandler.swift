@@ -115,10 +115,66 @@ final class DeviceRegistry: Sendable {
     var count: Int { connections.withLock { $0.count } }
 }
 
+/// Device stores without a device session to record (QoS 0, QoS 1, QoS 2 of a clean session), queued as
+/// one `append(contentsOf:)`. Filled on the event loop until it starts (`close`), then read by its task, and
+/// its results by the event loop after the task.
+final class StoreBatch: @unchecked Sendable {
+    /// The lane's priority and buffer: a batch takes stores of one lane only.
+    let lane: Int
+    let sink: any RecordSink
+    private(set) var bodies: [[UInt8]]
+    private(set) var completions: [DeviceConnection.StateMachine.Completion]
+    private var bytes: Int
+    private(set) var isOpen = true
+    /// One per store, set by `store(in:)`.
+    private(set) var results: [Result<Void, any Error>] = []
+    /// A batch takes no more once its bodies reach this size.
+    static let maxBytes = 1 << 20
+
+    init(_ body: [UInt8], _ completion: DeviceConnection.StateMachine.Completion, lane: RecordLanes.Lane) {
+        self.lane = lane.priority
+        sink = lane.sink
+        bodies = [body]
+        completions = [completion]
+        bytes = body.count
+    }
+
+    /// Adds a store unless the batch has started, is full, or is another lane's.
+    func add(_ body: [UInt8], _ completion: DeviceConnection.StateMachine.Completion, lane: Int) -> Bool {
+        guard isOpen, lane == self.lane, bytes + body.count <= Self.maxBytes else { return false }
+        bodies.append(body)
+        completions.append(completion)
+        bytes += body.count
+        return true
+    }
+
+    func close() { isOpen = false }
+
+    func store() async {
+        do {
+            _ = try await sink.append(contentsOf: bodies)
+            results = Array(repeating: .success(()), count: bodies.count)
+        } catch where error.code == .recordTooLarge && bodies.count > 1 {
+            // One body too large (or a batch over a small buffer's segment) must not refuse the others.
+            for body in bodies {
+                do {
+                    _ = try await sink.append(body)
+                    results.append(.success(()))
+                } catch {
+                    results.append(.failure(error))
+                }
+            }
+        } catch {
+            results = Array(repeating: .failure(error), count: bodies.count)
+        }
+    }
+}
+
 /// The NIO side of `DeviceConnection.StateMachine`, after `MQTTPacketDecoder` / `MQTTPacketEncoder`.
 ///
 /// Stores run one after another per connection (a future chain), so a device's records enter the buffer in
-/// the order it sent them and its acks go out in that order; reading pauses while more than
+/// the order it sent them and its acks go out in that order. Publishes read while a store is running and
+/// needing no device-session write join one `StoreBatch` (one batch append); reading pauses while more than
 /// `maximumPendingStores` are waiting (backpressure instead of memory growth).
 final class DeviceConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = MQTTPacket
@@ -134,6 +190,8 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
 
     private var context: ChannelHandlerContext?
     private var chain: EventLoopFuture<Void>?
+    /// The last queued batch of stores, while it has not started and nothing was queued after it.
+    private var openBatch: StoreBatch?
     private var pendingStores = 0
     private var readHeld = false
     private var connackSent = false
@@ -296,11 +354,13 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         AgentMetrics.receivedBytes.increment(by: publish.payload.readableBytes)
         pendingStores += 1
         let lane = lanes.lane(for: publish.topic)
+        guard case .pubrec(let id, persist: true) = completion else {
+            // No device session to record: joins the stores of its lane waiting to start, appended as one batch.
+            if let openBatch, openBatch.add(body, completion, lane: lane.priority) { return }
+            enqueueBatch(StoreBatch(body, completion, lane: lane), context: context)
+            return
+        }
         enqueue(context: context) { [sink = lane.sink, sessions = lane.sessions, clientId = machine.clientId] in
-            guard case .pubrec(let id, persist: true) = completion else {
-                _ = try await sink.append(body)
-                return
-            }
             let token = sessions.beginStore(lastSequence: sink.lastSequence)
             do {
                 let sequence = try await sink.append(body)
@@ -311,35 +371,63 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
                 throw error
             }
         } then: { handler, result in
-            handler.pendingStores -= 1
-            switch result {
-            case .success:
-                handler.perform(handler.machine.stored(completion))
-            case .failure(let error as DiskBufferError) where error.scope == .record:
-                AgentMetrics.rejected.increment()
-                let code: MQTTReasonCode = error.code == .recordTooLarge ? .packetTooLarge : .quotaExceeded
-                handler.logger.warning("Device publish not stored", metadata: ["error.message": "\(error)"])
-                handler.perform(handler.machine.storeFailed(completion, reasonCode: code))
-            case .failure(let error):
-                handler.fail("storing a device publish failed: \(error)")
-            }
-            if handler.readHeld && !handler.draining && handler.pendingStores <= handler.maximumPendingStores / 2, let context = handler.context {
-                handler.readHeld = false
-                context.read()
-            }
+            handler.stored(completion, result)
         }
     }
 
+    /// Acknowledges (or refuses) one store once its append returned, and resumes reading if it was held.
+    private func stored(_ completion: DeviceConnection.StateMachine.Completion, _ result: Result<Void, any Error>) {
+        pendingStores -= 1
+        switch result {
+        case .success:
+            perform(machine.stored(completion))
+        case .failure(let error as DiskBufferError) where error.scope == .record:
+            AgentMetrics.rejected.increment()
+            let code: MQTTReasonCode = error.code == .recordTooLarge ? .packetTooLarge : .quotaExceeded
+            logger.warning("Device publish not stored", metadata: ["error.message": "\(error)"])
+            perform(machine.storeFailed(completion, reasonCode: code))
+        case .failure(let error):
+            fail("storing a device publish failed: \(error)")
+        }
+        if readHeld && !draining && pendingStores <= maximumPendingStores / 2, let context {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    /// Queues a batch of stores: it takes publishes (`openBatch`) until it starts, after everything queued
+    /// before it, then appends them with one `append(contentsOf:)` (one durable write and one resumption
+    /// for the batch) and acknowledges them in order.
+    private func enqueueBatch(_ batch: StoreBatch, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        enqueue(context: context) {
+            await batch.store()
+        } starting: {
+            let handler = loopBound.value
+            if handler.openBatch === batch { handler.openBatch = nil }
+            batch.close()
+        } then: { handler, _ in
+            for (completion, result) in zip(batch.completions, batch.results) { handler.stored(completion, result) }
+        }
+        // Open for the publishes read until it starts (it may have started already: then it refuses them).
+        openBatch = batch
+    }
+
     /// Runs `work` after everything queued before it on this connection, then `then` on the event loop.
+    /// `starting` runs on the event loop just before `work` starts.
     private func enqueue(
         context: ChannelHandlerContext,
         _ work: @escaping @Sendable () async throws -> Void,
+        starting: @escaping () -> Void = {},
         then: @escaping (DeviceConnectionHandler, Result<Void, any Error>) -> Void
     ) {
+        // Stores that come after this must not join a batch queued before it.
+        openBatch = nil
         let eventLoop = context.eventLoop
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         let previous = chain ?? eventLoop.makeSucceededVoidFuture()
         chain = previous.flatMap {
+            starting()
             let promise = eventLoop.makePromise(of: Void.self)
             promise.completeWithTask { try await work() }
             return promise.futureResult.always { result in then(loopBound.value, result) }

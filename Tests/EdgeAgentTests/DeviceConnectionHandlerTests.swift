@@ -10,9 +10,11 @@ import Testing
 
 /// A buffer whose appends finish only when the test says so: each pending append is handed to the test.
 final class GatedSink: RecordSink {
+    /// One append call: one body, or a batch (`append(contentsOf:)`); resumed with the first sequence.
     struct Pending: Sendable {
-        var body: [UInt8]
+        var bodies: [[UInt8]]
         var continuation: CheckedContinuation<UInt64, Never>
+        var body: [UInt8] { bodies[0] }
     }
 
     let requests: AsyncStream<Pending>
@@ -22,9 +24,16 @@ final class GatedSink: RecordSink {
     init() { (requests, input) = AsyncStream.makeStream(of: Pending.self) }
 
     func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64 {
-        let sequence = await withCheckedContinuation { input.yield(Pending(body: body, continuation: $0)) }
+        let sequence = await withCheckedContinuation { input.yield(Pending(bodies: [body], continuation: $0)) }
         last.withLock { $0 = max($0, sequence) }
         return sequence
+    }
+
+    func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64> {
+        let first = await withCheckedContinuation { input.yield(Pending(bodies: bodies, continuation: $0)) }
+        let end = first + UInt64(bodies.count)
+        last.withLock { $0 = max($0, end - 1) }
+        return first..<end
     }
 
     var lastSequence: UInt64 { last.withLock { $0 } }
@@ -72,6 +81,45 @@ struct DeviceConnectionHandlerTests {
         #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .pubrec(MQTTPublishAck(packetId: 2)))
         // The id was written to device-sessions before PUBREC.
         #expect(try DeviceSessionStore.load(path: directory + "/device-sessions").session("d1") == [2])
+        _ = try? await channel.finish()
+    }
+
+    @Test("publishes read while a store runs are appended as one batch and acknowledged in order after it; a session write splits the batch")
+    func publishesWaitingBehindAStoreAreBatched() async throws {
+        let sink = GatedSink()
+        let directory = try AgentHarness.temporaryDirectory("handler-batch")
+        let channel = try await makeDeviceChannel(sink: sink, sessionsPath: directory + "/device-sessions")
+        try await channel.writeInbound(deviceConnect("d4", cleanStart: false))
+        _ = try await channel.waitForOutboundWrite(as: MQTTPacket.self)
+        func qos1(_ id: UInt16) -> MQTTPacket {
+            .publish(MQTTPublish(topic: "s/\(id)", payload: ByteBuffer(string: "\(id)"), qos: .atLeastOnce, packetId: id))
+        }
+        func ids(_ pending: GatedSink.Pending) -> [UInt16?] { pending.bodies.map { AgentRecord(decoding: $0)?.devicePacketId } }
+        var pending = sink.requests.makeAsyncIterator()
+        try await channel.writeInbound(qos1(1))
+        let first = try #require(await pending.next())
+        #expect(ids(first) == [1])
+        for id: UInt16 in [2, 3, 4] { try await channel.writeInbound(qos1(id)) }
+        try await channel.writeInbound(qos2(5))  // QoS 2, persistent session: its own store, after 2...4
+        try await channel.writeInbound(qos1(6))
+        #expect(try await channel.readOutbound(as: MQTTPacket.self) == nil)
+        first.continuation.resume(returning: 1)
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: 1)))
+        let batch = try #require(await pending.next())
+        #expect(ids(batch) == [2, 3, 4])
+        #expect(try await channel.readOutbound(as: MQTTPacket.self) == nil)
+        batch.continuation.resume(returning: 2)
+        for id: UInt16 in [2, 3, 4] {
+            #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: id)))
+        }
+        let session = try #require(await pending.next())
+        #expect(ids(session) == [5])
+        session.continuation.resume(returning: 5)
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .pubrec(MQTTPublishAck(packetId: 5)))
+        let last = try #require(await pending.next())
+        #expect(ids(last) == [6])
+        last.continuation.resume(returning: 6)
+        #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: 6)))
         _ = try? await channel.finish()
     }
 
