@@ -192,6 +192,9 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     private var chain: EventLoopFuture<Void>?
     /// The last queued batch of stores, while it has not started and nothing was queued after it.
     private var openBatch: StoreBatch?
+    /// While a batch's acks are sent: packets are written, and flushed once after the batch.
+    private var holdingFlush = false
+    private var flushHeld = false
     private var pendingStores = 0
     private var readHeld = false
     private var connackSent = false
@@ -302,7 +305,12 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
             switch action {
             case .send(let packet):
                 if case .connack = packet { connackSent = true }
-                context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
+                if holdingFlush {
+                    context.write(wrapOutboundOut(packet), promise: nil)
+                    flushHeld = true
+                } else {
+                    context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
+                }
             case .loadSession(let clientId, let cleanStart):
                 logger[metadataKey: "mqtt.client_id"] = "\(clientId)"
                 let previousClosed = registry.register(clientId, owner: ObjectIdentifier(self), channel: context.channel)
@@ -407,7 +415,14 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
             if handler.openBatch === batch { handler.openBatch = nil }
             batch.close()
         } then: { handler, _ in
+            // The batch's acks go out with one flush (one write(2)), not one each.
+            handler.holdingFlush = true
             for (completion, result) in zip(batch.completions, batch.results) { handler.stored(completion, result) }
+            handler.holdingFlush = false
+            if handler.flushHeld {
+                handler.flushHeld = false
+                handler.context?.flush()
+            }
         }
         // Open for the publishes read until it starts (it may have started already: then it refuses them).
         openBatch = batch

@@ -43,9 +43,24 @@ func makeDeviceChannel(sink: GatedSink, sessionsPath: String) async throws -> NI
     try await makeDeviceChannel(sink: sink, sessions: try DeviceSessionStore.load(path: sessionsPath), registry: DeviceRegistry())
 }
 
-func makeDeviceChannel(sink: GatedSink, sessions: DeviceSessionStore, registry: DeviceRegistry) async throws -> NIOAsyncTestingChannel {
+/// Counts the flushes that pass it (outbound, in front of the handler under test).
+final class FlushCounter: ChannelOutboundHandler, Sendable {
+    typealias OutboundIn = MQTTPacket
+    private let flushes = Mutex(0)
+    var count: Int { flushes.withLock { $0 } }
+
+    func flush(context: ChannelHandlerContext) {
+        flushes.withLock { $0 += 1 }
+        context.flush()
+    }
+}
+
+func makeDeviceChannel(
+    sink: GatedSink, sessions: DeviceSessionStore, registry: DeviceRegistry, flushCounter: FlushCounter? = nil
+) async throws -> NIOAsyncTestingChannel {
     let channel = NIOAsyncTestingChannel()
     try await channel.testingEventLoop.executeInContext {
+        if let flushCounter { try channel.pipeline.syncOperations.addHandler(flushCounter) }
         try channel.pipeline.syncOperations.addHandler(DeviceConnectionHandler(
             lanes: RecordLanes(sink: sink, sessions: sessions), registry: registry, receiveMaximum: 10, logger: Logger(label: "test")))
     }
@@ -84,11 +99,14 @@ struct DeviceConnectionHandlerTests {
         _ = try? await channel.finish()
     }
 
-    @Test("publishes read while a store runs are appended as one batch and acknowledged in order after it; a session write splits the batch")
+    @Test("publishes read while a store runs are appended as one batch, acknowledged in order after it with one flush; a session write splits the batch")
     func publishesWaitingBehindAStoreAreBatched() async throws {
         let sink = GatedSink()
         let directory = try AgentHarness.temporaryDirectory("handler-batch")
-        let channel = try await makeDeviceChannel(sink: sink, sessionsPath: directory + "/device-sessions")
+        let flushes = FlushCounter()
+        let channel = try await makeDeviceChannel(
+            sink: sink, sessions: try DeviceSessionStore.load(path: directory + "/device-sessions"), registry: DeviceRegistry(),
+            flushCounter: flushes)
         try await channel.writeInbound(deviceConnect("d4", cleanStart: false))
         _ = try await channel.waitForOutboundWrite(as: MQTTPacket.self)
         func qos1(_ id: UInt16) -> MQTTPacket {
@@ -108,10 +126,12 @@ struct DeviceConnectionHandlerTests {
         let batch = try #require(await pending.next())
         #expect(ids(batch) == [2, 3, 4])
         #expect(try await channel.readOutbound(as: MQTTPacket.self) == nil)
+        let flushesBefore = flushes.count
         batch.continuation.resume(returning: 2)
         for id: UInt16 in [2, 3, 4] {
             #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: id)))
         }
+        #expect(flushes.count == flushesBefore + 1, "the batch's acks go out with one flush")
         let session = try #require(await pending.next())
         #expect(ids(session) == [5])
         session.continuation.resume(returning: 5)
