@@ -143,6 +143,48 @@ struct DeviceConnectionHandlerTests {
         _ = try? await channel.finish()
     }
 
+    @Test("a batch takes the stores of one lane only: a publish routed to another lane starts a new one")
+    func batchesStayInTheirLane() async throws {
+        let normal = GatedSink()
+        let alarms = GatedSink()
+        let directory = try AgentHarness.temporaryDirectory("handler-batch-lanes")
+        let lanes = RecordLanes(lanes: [
+            .init(priority: 5, sink: alarms, sessions: try DeviceSessionStore.load(path: directory + "/sessions-5")),
+            .init(priority: 0, sink: normal, sessions: try DeviceSessionStore.load(path: directory + "/sessions-0")),
+        ], routes: [try Route(parsing: "alarm/# priority=5")])
+        let channel = NIOAsyncTestingChannel()
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.addHandler(DeviceConnectionHandler(
+                lanes: lanes, registry: DeviceRegistry(), receiveMaximum: 10, logger: Logger(label: "test")))
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883))
+        try await channel.writeInbound(deviceConnect("d5", cleanStart: true))
+        _ = try await channel.waitForOutboundWrite(as: MQTTPacket.self)
+        func publish(_ topic: String, _ id: UInt16) -> MQTTPacket {
+            .publish(MQTTPublish(topic: topic, payload: ByteBuffer(string: "\(id)"), qos: .atLeastOnce, packetId: id))
+        }
+        func ids(_ pending: GatedSink.Pending) -> [UInt16?] { pending.bodies.map { AgentRecord(decoding: $0)?.devicePacketId } }
+        var normalRequests = normal.requests.makeAsyncIterator()
+        var alarmRequests = alarms.requests.makeAsyncIterator()
+        try await channel.writeInbound(publish("s/1", 1))
+        let first = try #require(await normalRequests.next())
+        for (topic, id) in [("s/2", UInt16(2)), ("s/3", 3), ("alarm/x", 4), ("s/5", 5)] { try await channel.writeInbound(publish(topic, id)) }
+        first.continuation.resume(returning: 1)
+        let second = try #require(await normalRequests.next())
+        #expect(ids(second) == [2, 3])
+        second.continuation.resume(returning: 2)
+        let alarm = try #require(await alarmRequests.next())
+        #expect(ids(alarm) == [4])
+        alarm.continuation.resume(returning: 1)
+        let third = try #require(await normalRequests.next())
+        #expect(ids(third) == [5])
+        third.continuation.resume(returning: 4)
+        for id: UInt16 in 1...5 {
+            #expect(try await channel.waitForOutboundWrite(as: MQTTPacket.self) == .puback(MQTTPublishAck(packetId: id)))
+        }
+        _ = try? await channel.finish()
+    }
+
     @Test("a malformed packet closes the connection with DISCONNECT 0x81 (MQTT 5)")
     func malformedCloses() async throws {
         let sink = GatedSink()
