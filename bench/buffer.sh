@@ -3,6 +3,10 @@
 # one run, policies interval (10 ms) and always. Prints records/s, MB/s, p99 append latency, fsyncs/s and
 # the ratios. Results go in ../BENCHMARKS.md ("Disk buffer").
 #
+# Two raw rates per policy: dd with O_DIRECT (the device), and the buffer's write pattern without the buffer
+# (4 MiB pwrites into 64 MiB files, fdatasync every interval). DiskBuffer variants (--variants, default
+# 1-records 1-slices 16-slices): records per append call, then the read API ([Record] or RecordBatch slices).
+#
 #   bench/buffer.sh [buffer-bench options]     e.g. bench/buffer.sh --seconds 5 --appenders 64
 #
 # bench/Package.swift names the root package "Tributary" but SwiftPM calls a path dependency by its
