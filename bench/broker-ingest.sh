@@ -2,7 +2,9 @@
 # Broker ingest with a chosen in-flight window: the same device-sim load against mosquitto and cloud-broker
 # (Tansu behind it) in the same run, QoS 1 and 2. cloud-broker acknowledges only after Kafka did (G3), so its
 # rate is bounded by in-flight / (linger + Kafka round trip): this script shows how the ratio moves with the
-# window. bench/ingest-broker.sh is the fixed-window (20) comparison shared with the other peers.
+# window. bench/ingest-broker.sh is the fixed-window (20) comparison shared with the other peers. Also prints
+# the CPU each process spent per acknowledged message (mosquitto; cloud-broker and Tansu separately): the
+# part of the ratio the broker's own code decides.
 #
 #   bench/broker-ingest.sh [CLIENTS=4] [COUNT=10000] [SIZE=1024] [INFLIGHT=100]
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds), TRIBUTARY_KAFKA_LINGER etc. reach the broker.
@@ -20,9 +22,15 @@ echo "broker-ingest: $clients clients x $count messages of $size bytes, in-fligh
 machine_line
 for qos in 1 2; do
     args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)
+    m0=$(cpu_ticks "$mosquitto_pid")
     m_line=$("$sim" --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}" | grep '^device-sim summary')
+    m1=$(cpu_ticks "$mosquitto_pid")
+    b0=$(cpu_ticks "$peer_pid"); t0=$(cpu_ticks "$tansu_pid")
     p_line=$("$sim" --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}" | grep '^device-sim summary' || true)
+    b1=$(cpu_ticks "$peer_pid"); t1=$(cpu_ticks "$tansu_pid")
+    total=$((clients * count))
     m_rate=$(field rate_msgs_per_s "$m_line")
     p_rate=$(field rate_msgs_per_s "$p_line")
     echo "RESULT broker-ingest qos=$qos inflight=$inflight mosquitto_msgs_per_s=$m_rate mosquitto_ack_p50_ms=$(field ack_p50_ms "$m_line") mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") broker_msgs_per_s=${p_rate:-n/a} broker_ack_p50_ms=$(field ack_p50_ms "$p_line") broker_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
+    echo "RESULT broker-ingest-cpu qos=$qos mosquitto_cpu_us_per_msg=$(cpu_us_per_message "$m0" "$m1" "$total") broker_cpu_us_per_msg=$(cpu_us_per_message "$b0" "$b1" "$total") tansu_cpu_us_per_msg=$(cpu_us_per_message "$t0" "$t1" "$total")"
 done

@@ -64,6 +64,15 @@ ratio() {  # ratio A B: A/B with 2 decimals, "n/a" if B is 0 or empty
     python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('n/a' if not b or not a or float(b)==0 else f'{float(a)/float(b):.2f}')" "${1:-}" "${2:-}"
 }
 
+cpu_ticks() {  # cpu_ticks PID: user + system CPU time of PID so far, in clock ticks (getconf CLK_TCK)
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# cpu_us_per_message TICKS_BEFORE TICKS_AFTER MESSAGES: CPU microseconds per message.
+cpu_us_per_message() {
+    python3 -c "import os,sys; b,a,n=map(float,sys.argv[1:]); print(f'{(a-b)/os.sysconf(\"SC_CLK_TCK\")*1e6/n:.1f}' if n else 'n/a')" "$1" "$2" "$3"
+}
+
 rss_kib() {  # rss_kib PID: resident set size in KiB
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
 }
@@ -72,7 +81,8 @@ machine_line() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); date: $(date -u '+%Y-%m-%dT%H:%MZ'); mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
 }
 
-# start_cloud_broker: starts Tansu and cloud-broker; sets peer_url (empty if it does not accept MQTT) and peer_pid.
+# start_cloud_broker: starts Tansu and cloud-broker; sets peer_url (empty if it does not accept MQTT), peer_pid
+# and tansu_pid.
 start_cloud_broker() {
     peer_url=""
     peer_pid=""
@@ -83,8 +93,9 @@ start_cloud_broker() {
     local kafka_port mqtt_port
     kafka_port=$(free_port)
     "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" >"$work/tansu.log" 2>&1 &
-    pids+=("$!")
-    wait_port "$kafka_port" "$!" || true
+    tansu_pid=$!
+    pids+=("$tansu_pid")
+    wait_port "$kafka_port" "$tansu_pid" || true
     mqtt_port=$(free_port)
     LD_LIBRARY_PATH="$root/.tools/lib" "$bin" --node-id bench --mqtt-listen "127.0.0.1:$mqtt_port" \
         --kafka-bootstrap "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$(free_port)" >"$work/broker.log" 2>&1 &
