@@ -57,6 +57,11 @@ struct ChunkReader {
     private var filled = 0
     private var windowStart: Int64 = 0
     static let chunkSize = 1 << 20
+    /// The first refill of a reader reads this much, each further one twice as much up to `chunkSize`: a
+    /// reader that wants one record (the uplink refilling one free slot of its window) copies 64 KiB from
+    /// the page cache, not 1 MiB.
+    static let initialReadSize = 64 << 10
+    private var readSize = Self.initialReadSize
 
     init(handle: FileHandle, limit: Int64, window: [UInt8] = []) {
         self.handle = handle
@@ -84,7 +89,8 @@ struct ChunkReader {
         if offset >= windowStart, offset + Int64(wanted) <= windowStart + Int64(filled) {
             return (Int(offset - windowStart), wanted)
         }
-        let size = Int(min(Int64(max(Self.chunkSize, wanted)), max(0, limit - offset)))
+        let size = Int(min(Int64(max(readSize, wanted)), max(0, limit - offset)))
+        readSize = min(Self.chunkSize, readSize * 2)
         if window.count < size {
             // Grow only: a window sized for one large record stays that size for this reader.
             window = [UInt8](repeating: 0, count: max(size, min(Self.chunkSize, window.count * 2)))
