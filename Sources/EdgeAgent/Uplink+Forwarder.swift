@@ -57,7 +57,8 @@ extension Uplink {
                 uplink.logger.error("Acknowledging the buffer failed", metadata: ["buffer.sequence": "\(through)", "error.message": "\(error)"])
             }
             AgentMetrics.uplinkInflight.record(outstanding.count)
-            fill()
+            // Refill once a quarter of the window is free: one buffer read per batch of acknowledgements, not one each.
+            if outstanding.count <= window - max(1, window / 4) { fill() }
         }
 
         mutating func recordsAvailable() {
