@@ -36,7 +36,9 @@ struct EdgeAgentCommand: AsyncParsableCommand {
         guard try common.startObservability(values) else { return }
         let notApplied = AgentRuntime.apply(configuration.runtime)
         if !notApplied.isEmpty {
-            Logger(label: "tributary.edge-agent").warning("Runtime settings not applied", metadata: ["runtime.keys": "\(notApplied)"])
+            // runtime.tasks_on_event_loop needs the Swift runtime's global-executor hook, which a static build
+            // (--static-swift-stdlib) keeps private: the tasks then run on Swift's own pool.
+            Logger(label: "tributary.edge-agent").info("Runtime settings not applied", metadata: ["runtime.keys": "\(notApplied)"])
         }
         try await EdgeAgent.run(configuration: configuration)
     }

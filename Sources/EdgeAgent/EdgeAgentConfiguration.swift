@@ -58,7 +58,7 @@ struct EdgeAgentConfiguration: Sendable {
         ConfigKey("shutdown.timeout", default: "10s", help: "On SIGTERM: time allowed to finish in-flight work before exiting."),
         ConfigKey("runtime.event_loops", default: "1", help: "Network threads (device connections, uplink, HTTP). One serves thousands of devices; more only for very high ingest on a multi-core gateway."),
         ConfigKey("runtime.blocking_threads", default: "2", help: "Threads for blocking work: the uplink's and device sessions' state file writes, DNS lookups (two, so a slow lookup does not hold back a write)."),
-        ConfigKey("runtime.tasks_on_event_loop", default: "true", help: "Run the agent's Swift tasks on the network threads instead of a separate pool (fewer threads and thread switches)."),
+        ConfigKey("runtime.tasks_on_event_loop", default: "true", help: "Run the agent's Swift tasks on the network threads instead of a separate pool (fewer threads and thread switches). Takes effect with a dynamically linked Swift runtime only; a static build logs that it is not applied."),
         ConfigKey("runtime.malloc_arenas", default: "1", help: "glibc malloc arenas (M_ARENA_MAX): fewer keep resident memory low; 0 leaves glibc's default (8 per core)."),
     ]
 
