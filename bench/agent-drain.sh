@@ -4,7 +4,9 @@
 # the agent's RSS (idle after start, peak) from /proc. Uses the Python device fleet for the ingest.
 #
 #   bench/agent-drain.sh [COUNT] [SIZE] [MAX_INFLIGHT]      (defaults 20000 1024 100)
-# Environment: EDGE_AGENT (default .build/release/edge-agent, else .build/debug/edge-agent), TRIBUTARY_PYTHON.
+# Environment: EDGE_AGENT (default .build/release/edge-agent, else .build/debug/edge-agent), TRIBUTARY_PYTHON,
+# AGENT_ARGS (more edge-agent arguments; COUNT x SIZE above ~900 MB needs e.g. "--set buffer.max_bytes=2GiB"),
+# DEVICES (default 10; keep COUNT / DEVICES below 65,535: the Python fleet stalls when a client's packet ids wrap).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$root/.tools/env" ] && source "$root/.tools/env"
@@ -24,13 +26,13 @@ hwm() { awk '/VmHWM/ {print $2" kB"}' /proc/"$1"/status; }
 upstream_port=$(free_port); device_port=$(free_port); http_port=$(free_port)
 "$bin" --agent-id drain --device-listen "127.0.0.1:$device_port" --upstream "mqtt://127.0.0.1:$upstream_port" \
     --data-dir "$work/agent" --http-listen "127.0.0.1:$http_port" --set upstream.max_inflight="$inflight" \
-    --set upstream.reconnect_max=500ms >"$work/agent.log" 2>&1 &
+    --set upstream.reconnect_max=500ms ${AGENT_ARGS:-} >"$work/agent.log" 2>&1 &
 agent=$!; pids+=("$agent")
 until grep -q "Edge agent ready" "$work/agent.log"; do sleep 0.1; done
 sleep 1
 echo "binary: $bin"
 echo "idle RSS (no devices, upstream down): $(rss $agent)"
-devices=10
+devices=${DEVICES:-10}
 per_device=$((count / devices))
 "$python" "$root/bench/agent-devices.py" --port "$device_port" --devices $devices --messages $per_device --qos 1 \
     --payload-bytes "$size" --inflight 100 | sed 's/^/ingest: /'
