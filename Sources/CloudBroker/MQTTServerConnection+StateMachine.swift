@@ -333,6 +333,7 @@ extension MQTTServerConnection {
                 return disconnect(.receiveMaximumExceeded)
             }
             nextToken += 1
+            releaseConnectedState()
             guard allowed else {
                 // Acknowledged in turn, after the publishes before it.
                 c.pending.append(PendingPublish(token: nextToken, packetId: packetId, qos: publish.qos, outcome: .denied))
@@ -354,6 +355,7 @@ extension MQTTServerConnection {
             guard case .connected(var c) = state,
                 let index = c.pending.firstIndex(where: { $0.token == token })
             else { return [] }
+            releaseConnectedState()
             c.pending[index].outcome = outcome
             var actions: [Action] = []
             while let first = c.pending.first, let done = first.outcome {
@@ -442,6 +444,7 @@ extension MQTTServerConnection {
         /// A message for this client (from Kafka, a retained lookup or a session queue).
         mutating func deliver(_ message: OutboundMessage, now: Date) -> [Action] {
             guard case .connected(var c) = state else { return [] }
+            releaseConnectedState()
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let result = c.session.outbound.offer(
                 message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now)
@@ -469,6 +472,7 @@ extension MQTTServerConnection {
 
         private mutating func drainOutbound(now: Date) -> [Action] {
             guard case .connected(var c) = state, c.writable else { return [] }
+            releaseConnectedState()
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let (packets, expired) = c.session.outbound.drain(window: window, version: c.version, now: now)
             state = .connected(c)
@@ -574,8 +578,18 @@ extension MQTTServerConnection {
 
         private mutating func modifyConnected(_ body: (inout Connected) -> Void) {
             guard case .connected(var c) = state else { return }
+            releaseConnectedState()
             body(&c)
             state = .connected(c)
+        }
+
+        /// Drops `state`'s reference to the connected state a caller has just copied out with
+        /// `guard case .connected(var c) = state`, so that `c`'s arrays, sets and dictionaries are uniquely
+        /// referenced and mutate in place: otherwise every publish and acknowledgement copied the whole
+        /// in-flight list (and for QoS 2 the set of ids awaiting PUBREL). The caller must store `c` back
+        /// (`state = .connected(c)`) on every path before it returns or reads `state` again.
+        private mutating func releaseConnectedState() {
+            state = .awaitingConnect
         }
 
         private mutating func modify(_ body: (inout Connected) -> Void) -> [Action] {
