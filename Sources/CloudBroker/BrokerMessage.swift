@@ -81,17 +81,17 @@ enum KafkaRecordMapping {
     static func record(
         for publish: MQTTPublish, clientId: String, destination: TopicMapping.Destination
     ) -> KafkaOutgoingMessage {
-        var headers: [KafkaHeader] = [
-            KafkaHeader(Header.topic, Array(publish.topic.utf8)),
-            KafkaHeader(Header.clientId, Array(clientId.utf8)),
-            KafkaHeader(Header.qos, [UInt8(ascii: "0") + publish.qos.rawValue]),
-            KafkaHeader(Header.retain, [publish.retain ? UInt8(ascii: "1") : UInt8(ascii: "0")]),
-        ]
+        let properties = publish.properties
+        var headers: [KafkaHeader] = []
+        headers.reserveCapacity(10 + properties.userProperties.count)  // one allocation, however many optional headers follow
+        headers.append(KafkaHeader(Header.topic, Array(publish.topic.utf8)))
+        headers.append(KafkaHeader(Header.clientId, Array(clientId.utf8)))
+        headers.append(KafkaHeader(Header.qos, [UInt8(ascii: "0") + publish.qos.rawValue]))
+        headers.append(KafkaHeader(Header.retain, [publish.retain ? UInt8(ascii: "1") : UInt8(ascii: "0")]))
         if publish.qos == .exactlyOnce, let packetId = publish.packetId {
             // Lets any node recognise this publish if the client resends it after a node loss (`PublishDeduplicator`).
             headers.append(KafkaHeader(PublishDeduplicator.Header.packetId, Array(String(packetId).utf8)))
         }
-        let properties = publish.properties
         if let contentType = properties.contentType { headers.append(KafkaHeader(Header.contentType, Array(contentType.utf8))) }
         if let responseTopic = properties.responseTopic { headers.append(KafkaHeader(Header.responseTopic, Array(responseTopic.utf8))) }
         if let correlation = properties.correlationData { headers.append(KafkaHeader(Header.correlationData, Array(correlation.readableBytesView))) }
