@@ -80,7 +80,9 @@ final class Publisher: Sendable {
         let job = PublishJob(
             publisher: self, records: records, retainedMessage: publish.retain ? retainedMessage(publish, clientId: clientId) : nil,
             qos: publish.qos, inbox: inbox ?? DeliveryInbox.on(eventLoop), deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
-        guard let deduplicator, publish.qos != .atMostOnce, let key = PublishDeduplicator.key(for: publish, clientId: clientId) else {
+        // A first attempt (DUP clear) is new by definition and never checked (see below): no key is computed
+        // for it (the QoS 2 fingerprint hashes the whole payload).
+        guard let deduplicator, publish.qos != .atMostOnce, publish.dup, let key = PublishDeduplicator.key(for: publish, clientId: clientId) else {
             eventLoop.execute { job.start() }
             return
         }
@@ -97,7 +99,7 @@ final class Publisher: Sendable {
         // new by definition and never checked: an agent whose buffer was wiped starts its sequences again,
         // and its new records must not be taken for old ones.
         switch key {
-        case _ where !publish.dup, .will:
+        case .will:
             eventLoop.execute { job.start() }
         case .packet, .agentSequence:
             guard let messagesCatchUp else {
