@@ -17,7 +17,7 @@
 #   --no-static       link the Swift runtime dynamically (then the host needs the Swift runtime libraries)
 #   --no-start        install and enable, but do not start (or restart) the units
 #   --strip           strip debug information from the installed binaries (keeps symbol names, so crash
-#                     backtraces stay readable): 124 MB -> 90 MB for edge-agent on x86_64
+#                     backtraces stay readable): 121 MB -> 86 MB for edge-agent on x86_64
 #   --dry-run         print what would be done and exit
 #   --uninstall       stop and disable the units, remove binaries, units and the sysusers entry; keep
 #                     /etc/tributary and the agent's buffer in /var/lib/tributary-edge-agent (it may hold
