@@ -389,7 +389,8 @@ extension MQTTServerConnection {
     final class Handle: ConnectionEndpoint {
         private let connection: NIOLoopBound<MQTTServerConnection>
         let eventLoop: any EventLoop
-        /// Messages routed from the Kafka consumer arrive in batches, like delivery reports.
+        /// Messages routed from the Kafka consumer arrive in batches, like delivery reports; every call
+        /// goes through it, so they reach the connection in the order they were made.
         private let inbox: DeliveryInbox
 
         init(connection: MQTTServerConnection, eventLoop: any EventLoop) {
@@ -406,13 +407,14 @@ extension MQTTServerConnection {
         func takeOver() -> EventLoopFuture<SessionState?> {
             let promise = eventLoop.makePromise(of: SessionState?.self)
             let connection = self.connection
-            eventLoop.execute { connection.value.takeOver(promise) }
+            // Through the inbox too, so that the messages routed before it reach the connection before it.
+            inbox.post { connection.value.takeOver(promise) }
             return promise.futureResult
         }
 
         func shutdown() {
             let connection = self.connection
-            eventLoop.execute { connection.value.shutdown() }
+            inbox.post { connection.value.shutdown() }
         }
     }
 }
