@@ -17,11 +17,15 @@ struct ReconnectBackoff {
 
     mutating func connected() { delay = initial }
 
-    /// Logs `message` with the chosen delay under `key`, waits it (unless shutdown begins), then doubles it.
-    mutating func wait(logger: Logger, _ message: Logger.Message, key: String) async {
+    /// Logs `message` with the chosen delay under `key`, waits it (unless shutdown begins; `sleep` may also
+    /// end it early), then doubles it.
+    mutating func wait(
+        logger: Logger, _ message: Logger.Message, key: String,
+        sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
+    ) async {
         let chosen = Self.jittered(delay)
         logger.info(message, metadata: [key: "\(chosen.milliseconds)"])
-        try? await cancelWhenGracefulShutdown { try await Task.sleep(for: chosen) }
+        try? await cancelWhenGracefulShutdown { try await sleep(chosen) }
         delay = min(delay * 2, maximum)
     }
 

@@ -132,10 +132,16 @@ final class RecordLanes: Sendable {
 /// Records already in flight finish. When a busy lane stops being busy, the lanes waiting on it are woken.
 /// A higher lane that only carries live traffic is never busy for long, so lower lanes go on between its
 /// records; a higher lane whose traffic alone fills the link starves the lower ones (that is strict priority).
+///
+/// The gate also ends the lanes' reconnect backoffs together: when one lane has connected, the upstream is
+/// reachable again, and the lanes waiting out a backoff retry at once (`sleepBeforeReconnect`). Otherwise a
+/// lower lane whose backoff happened to end first would send its backlog until the higher lane's own
+/// backoff ended (its attempt only then makes it busy).
 final class LaneGate: Sendable {
     private struct State {
         var busy: Set<Int> = []
         var waiting: [Int: @Sendable () -> Void] = [:]
+        var reconnecting: [Int: CheckedContinuation<Void, Never>] = [:]
     }
 
     private let state = Mutex(State())
@@ -149,6 +155,44 @@ final class LaneGate: Sendable {
             }
             state.waiting[priority] = wake
             return false
+        }
+    }
+
+    /// Waits `duration` before the lane of `priority` reconnects, or less if another lane connects meanwhile
+    /// (`connected`). Returns at once when the task is cancelled.
+    func sleepBeforeReconnect(_ priority: Int, for duration: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: duration) }
+            group.addTask { await self.waitForAnotherLane(priority) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// The lane of `priority` has connected: the lanes waiting to reconnect retry now.
+    func connected(_ priority: Int) {
+        let waiters = state.withLock { state in
+            let waiters = state.reconnecting.filter { $0.key != priority }
+            for key in waiters.keys { state.reconnecting[key] = nil }
+            return Array(waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func waitForAnotherLane(_ priority: Int) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let cancelled = state.withLock { state -> Bool in
+                    if Task.isCancelled { return true }
+                    state.reconnecting[priority]?.resume()  // never two waits of one lane; end a stale one
+                    state.reconnecting[priority] = continuation
+                    return false
+                }
+                if cancelled { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.reconnecting.removeValue(forKey: priority) }
+            waiter?.resume()
         }
     }
 

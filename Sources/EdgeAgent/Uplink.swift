@@ -116,7 +116,10 @@ final class Uplink: Service, Sendable {
                 if connected { backoff.connected() }
                 if current.withLock({ $0.shuttingDown }) || Task.isCancelled { break }
                 AgentMetrics.uplinkReconnects.increment()
-                await backoff.wait(logger: logger, "Uplink reconnecting after a delay", key: "uplink.delay_ms")
+                let gate = self.gate, priority = settings.priority
+                await backoff.wait(logger: logger, "Uplink reconnecting after a delay", key: "uplink.delay_ms") { delay in
+                    if let gate { await gate.sleepBeforeReconnect(priority, for: delay) } else { try await Task.sleep(for: delay) }
+                }
             }
         } onGracefulShutdown: {
             let (continuation, connecting) = self.current.withLock { state in
@@ -266,6 +269,7 @@ final class Uplink: Service, Sendable {
             case .client(.connected(let connack, let window)):
                 wasConnected = true
                 setState(2)
+                gate?.connected(settings.priority)
                 logger.info("Uplink connected", metadata: [
                     "uplink.host": "\(settings.host)", "uplink.priority": "\(settings.priority)", "uplink.session_present": "\(connack.sessionPresent)",
                     "uplink.window": "\(window)", "uplink.resending": "\(session.inflightCount)",

@@ -123,6 +123,32 @@ extension AgentConfigurationTests {
     }
 }
 
+extension AgentConfigurationTests {
+    @Test("lane gate: a lane that connects ends the other lanes' reconnect backoffs, not its own; cancellation ends one too")
+    func laneGateEndsBackoffsWhenALaneConnects() async throws {
+        let gate = LaneGate()
+        let started = ContinuousClock.now
+        async let low: Void = gate.sleepBeforeReconnect(0, for: .seconds(60))
+        async let high: Void = gate.sleepBeforeReconnect(5, for: .milliseconds(200))
+        await high  // its own 200 ms
+        gate.connected(5)
+        await low  // woken by lane 5's connection, not after 60 s
+        #expect(ContinuousClock.now - started < .seconds(30))
+
+        // A lane's own connection does not end its own wait.
+        let own = Task { await gate.sleepBeforeReconnect(3, for: .milliseconds(300)) }
+        gate.connected(3)
+        let ownStart = ContinuousClock.now
+        await own.value
+        #expect(ContinuousClock.now - ownStart >= .milliseconds(200), "ended by its own connection")
+
+        let cancelled = Task { await gate.sleepBeforeReconnect(1, for: .seconds(60)) }
+        cancelled.cancel()
+        await cancelled.value  // returns at once when cancelled
+        #expect(ContinuousClock.now - started < .seconds(30))
+    }
+}
+
 /// A sink that is never written to (lane selection only).
 struct DiskBufferSinkStub: RecordSink {
     init() throws {}

@@ -85,7 +85,7 @@ struct PriorityRoutesTests {
         }
     }
 
-    @Test("routes, strict priority: when both lanes have a backlog after an outage, the higher lane's backlog is sent first (at most two windows of the lower lane before its last record)")
+    @Test("routes, strict priority: when both lanes have a backlog after an outage, the higher lane's backlog is sent first (at most three windows of the lower lane before its last record)")
     func higherBacklogFirst() async throws {
         try await withProcesses { scope in
             let devices = 10, messages = 200, window = 20
@@ -113,7 +113,11 @@ struct PriorityRoutesTests {
             let lastHigh = tally.lines.lastIndex { $0.device == "dev-0" } ?? 0
             let lowBefore = tally.lines[..<lastHigh].filter { $0.device != "dev-0" }.count
             print("e2e priority backlogs: last of \(messages) high records at \(lastHigh); \(lowBefore) low records before it")
-            #expect(lowBefore <= 2 * window, "\(lowBefore) low-priority records went before the high backlog was done")
+            // Allowed: the lower lane's window in flight when the upstream stopped, one window it fills when it
+            // reconnects before the higher lane (the higher lane's attempt, started by that connection, then
+            // makes it busy), and one more window read between acknowledgements in the meantime. Without
+            // strict priority about 200 go first (the lanes alternate).
+            #expect(lowBefore <= 3 * window, "\(lowBefore) low-priority records went before the high backlog was done")
         }
     }
 
