@@ -10,8 +10,11 @@
 #            utime+stime over those SECONDS s, as % of one core.
 #
 #   bench/agent-footprint.sh [SECONDS] [SIZE] [RATES]     (defaults 30 1024 "100 1000")
-# Environment: DEVICES (10), QOS (1), WARMUP (5), IDLE_WAIT (5), EDGE_AGENT (default .build-release/release/
-# edge-agent, then .build/release/edge-agent), DEVICE_SIM, AGENT_ARGS (extra edge-agent arguments, e.g.
+# Environment: DEVICES (10), QOS (1), WARMUP (5), IDLE_WAIT (5), EDGE_AGENT (default .build-static/release/
+# edge-agent, the agent as systemd/install.sh links it: swift build -c release --product edge-agent
+# --static-swift-stdlib -Xlinker --no-export-dynamic -Xswiftc -use-ld=lld -Xlinker -z -Xlinker
+# pack-relative-relocs --scratch-path .build-static; then .build-release/release/edge-agent and
+# .build/release/edge-agent), DEVICE_SIM, AGENT_ARGS (extra edge-agent arguments, e.g.
 # "--set upstream.max_inflight=100"), AGENT_ENV (extra environment for edge-agent, e.g. "MALLOC_ARENA_MAX=2").
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
@@ -26,7 +29,7 @@ idle_wait=${IDLE_WAIT:-5}
 sim=$(device_sim)
 agent_bin="${EDGE_AGENT:-}"
 if [ -z "$agent_bin" ]; then
-    for candidate in "$root/.build-release/release/edge-agent" "$root/.build/release/edge-agent"; do
+    for candidate in "$root/.build-static/release/edge-agent" "$root/.build-release/release/edge-agent" "$root/.build/release/edge-agent"; do
         if [ -x "$candidate" ]; then agent_bin=$candidate; break; fi
     done
 fi
