@@ -169,6 +169,11 @@ final class LaneGate: Sendable {
         }
     }
 
+    /// Whether the lane of `priority` is in `sleepBeforeReconnect` now (tests wait for it before `connected`).
+    func isWaitingToReconnect(_ priority: Int) -> Bool {
+        state.withLock { $0.reconnecting[priority] != nil }
+    }
+
     /// The lane of `priority` has connected: the lanes waiting to reconnect retry now.
     func connected(_ priority: Int) {
         let waiters = state.withLock { state in

@@ -128,23 +128,17 @@ extension AgentConfigurationTests {
     func laneGateEndsBackoffsWhenALaneConnects() async throws {
         let gate = LaneGate()
         let started = ContinuousClock.now
-        async let low: Void = gate.sleepBeforeReconnect(0, for: .seconds(60))
-        async let high: Void = gate.sleepBeforeReconnect(5, for: .milliseconds(200))
-        await high  // its own 200 ms
-        gate.connected(5)
-        await low  // woken by lane 5's connection, not after 60 s
-        #expect(ContinuousClock.now - started < .seconds(30))
-
-        // A lane's own connection does not end its own wait.
-        let own = Task { await gate.sleepBeforeReconnect(3, for: .milliseconds(300)) }
+        let low = Task { await gate.sleepBeforeReconnect(0, for: .seconds(60)) }
+        let own = Task { await gate.sleepBeforeReconnect(3, for: .seconds(60)) }
+        while !gate.isWaitingToReconnect(0) || !gate.isWaitingToReconnect(3) { await Task.yield() }  // both registered
         gate.connected(3)
-        let ownStart = ContinuousClock.now
-        await own.value
-        #expect(ContinuousClock.now - ownStart >= .milliseconds(200), "ended by its own connection")
-
-        let cancelled = Task { await gate.sleepBeforeReconnect(1, for: .seconds(60)) }
-        cancelled.cancel()
-        await cancelled.value  // returns at once when cancelled
+        #expect(gate.isWaitingToReconnect(3), "a lane's own connection ended its own wait")
+        #expect(!gate.isWaitingToReconnect(0), "lane 3's connection did not end lane 0's wait")
+        await low.value  // returns now, not after 60 s
+        #expect(ContinuousClock.now - started < .seconds(30))
+        own.cancel()
+        await own.value  // cancellation ends a wait at once
+        #expect(!gate.isWaitingToReconnect(3))
         #expect(ContinuousClock.now - started < .seconds(30))
     }
 }
