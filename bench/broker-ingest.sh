@@ -7,18 +7,34 @@
 # part of the ratio the broker's own code decides.
 #
 #   bench/broker-ingest.sh [CLIENTS=4] [COUNT=10000] [SIZE=1024] [INFLIGHT=100]
-# Environment: DEVICE_SIM, CLOUD_BROKER (release builds), TRIBUTARY_KAFKA_LINGER etc. reach the broker.
+# Nothing subscribes on either broker: cloud-broker pauses its delivery consumer (which otherwise reads every
+# record back from Kafka) after kafka.delivery_idle_pause; the script waits for that before measuring.
+# DELIVERY=running keeps the consumer reading (TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=0s): the cost on a node that
+# has subscribers.
+# Environment: DEVICE_SIM, CLOUD_BROKER (release builds), DELIVERY (paused | running), TRIBUTARY_KAFKA_LINGER
+# etc. reach the broker.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 clients=${1:-4}
 count=${2:-10000}
 size=${3:-1024}
 inflight=${4:-100}
+delivery=${DELIVERY:-paused}
+case "$delivery" in
+    paused) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=${TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE:-2s} ;;
+    running) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=0s ;;
+    *) echo "broker-ingest: DELIVERY must be paused or running, got '$delivery'" >&2; exit 2 ;;
+esac
 start_mosquitto mosquitto
 start_cloud_broker
 [ -n "$peer_url" ] || { echo "broker-ingest: cloud-broker did not start: $peer_note" >&2; exit 1; }
 sim=$(device_sim)
 echo "broker-ingest: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
+if [ "$delivery" = paused ]; then
+    echo "broker-ingest: cloud-broker's delivery consumer: $(wait_delivery_paused 30) (no subscribers; kafka.delivery_idle_pause $TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE)"
+else
+    echo "broker-ingest: cloud-broker's delivery consumer: running (kafka.delivery_idle_pause 0s)"
+fi
 machine_line
 for qos in 1 2; do
     args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)

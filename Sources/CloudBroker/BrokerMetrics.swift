@@ -43,6 +43,9 @@ enum BrokerMetrics {
         static let kafkaBrokersUp = "tributary_broker_kafka_brokers_up"
         static let kafkaRequests = "tributary_broker_kafka_requests_total"
         static let kafkaTransmittedBytes = "tributary_broker_kafka_transmitted_bytes_total"
+        static let deliveryConsumerPaused = "tributary_broker_delivery_consumer_paused"
+        static let deliveryConsumerPauses = "tributary_broker_delivery_consumer_pauses_total"
+        static let deliveryConsumerResumes = "tributary_broker_delivery_consumer_resumes_total"
 
         /// Every name above (a test checks that a fresh node exports each of them).
         static let all = [
@@ -51,7 +54,7 @@ enum BrokerMetrics {
             sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
             sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed,
             authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
-            kafkaRequests, kafkaTransmittedBytes,
+            kafkaRequests, kafkaTransmittedBytes, deliveryConsumerPaused, deliveryConsumerPauses, deliveryConsumerResumes,
         ]
     }
 
@@ -103,11 +106,19 @@ enum BrokerMetrics {
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
 
+    /// 1 while the delivery consumer is paused because no session on this node subscribes (`DeliveryDemand`).
+    static let deliveryConsumerPaused = Gauge(label: Name.deliveryConsumerPaused)
+    /// How often it paused, and how often it resumed (a subscription, a duplicate check, a moved session).
+    static let deliveryConsumerPauses = Counter(label: Name.deliveryConsumerPauses)
+    static let deliveryConsumerResumes = Counter(label: Name.deliveryConsumerResumes)
+
     /// The failover metrics, created (static lets are lazy) so that /metrics shows them at zero before a
     /// node is ever lost.
     static func registerFailoverMetrics() {
         _ = (duplicatesSuppressedBySequence, duplicatesSuppressedByPacketId, catchUp, takeoversRemote, takeoversLocal)
         _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished)
+        deliveryConsumerPaused.record(0)
+        _ = (deliveryConsumerPauses, deliveryConsumerResumes)
     }
 
     /// CONNECTs let in, by how (`certificate`, `password`, `jwt`, `anonymous`).

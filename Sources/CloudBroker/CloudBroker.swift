@@ -41,7 +41,8 @@ enum CloudBroker {
         let retained = RetainedStore(defaultQoS: configuration.defaultQoS)
         BrokerMetrics.registerFailoverMetrics()
         let deduplicator = PublishDeduplicator(clientWindow: configuration.limits.receiveMaximum)
-        let messagesCatchUp = KafkaCatchUp(name: "messages", positions: ConsumerPositions(), logger: logger)
+        let deliveryDemand = DeliveryDemand(idleBeforePause: configuration.deliveryIdlePause, logger: logger)
+        let messagesCatchUp = KafkaCatchUp(name: "messages", positions: ConsumerPositions(), demand: deliveryDemand, logger: logger)
         let publisher = Publisher(
             producer: producer,
             mapping: TopicMapping(rules: configuration.topicRules, defaultTopic: configuration.messagesTopic),
@@ -64,7 +65,8 @@ enum CloudBroker {
         let registry = SessionRegistry(
             store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger, nodeId: configuration.nodeId,
             incarnation: incarnation,
-            announcer: { clientId, announcement in announce(announcement.record(topic: connectionsTopic, clientId: clientId)) }
+            announcer: { clientId, announcement in announce(announcement.record(topic: connectionsTopic, clientId: clientId)) },
+            deliveryDemand: deliveryDemand
         ) { will, clientId, willId, done in
             let publish = MQTTPublish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties.forwardedToSubscribers(keepingExpiry: true))
             let headers = willId.map { [KafkaHeader(PublishDeduplicator.Header.willOf, Array($0.utf8))] } ?? []
@@ -74,7 +76,7 @@ enum CloudBroker {
         }
         let broker = BrokerContext(
             registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger,
-            authenticator: configuration.authenticator)
+            authenticator: configuration.authenticator, deliveryDemand: deliveryDemand)
         let replication = Int16(configuration.replicationFactor)
         var topics = configuration.messagesTopics.map {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)
@@ -93,7 +95,7 @@ enum CloudBroker {
                 sessionsTopic: sessions?.topic, connectionsTopic: connectionsTopic, topics: topics, defaultQoS: configuration.defaultQoS,
                 dedupeLookback: Int64(configuration.dedupeLookback), heartbeatInterval: configuration.heartbeatInterval),
             registry: registry, retained: retained, sessions: sessions, deduplicator: deduplicator,
-            messagesCatchUp: messagesCatchUp, wills: wills, publisher: publisher, announce: announce, logger: logger)
+            messagesCatchUp: messagesCatchUp, deliveryDemand: deliveryDemand, wills: wills, publisher: publisher, announce: announce, logger: logger)
         let listener = MQTTListener(address: configuration.mqttListen, broker: broker)
         var tlsListener: MQTTListener?
         if let tls = configuration.tls {

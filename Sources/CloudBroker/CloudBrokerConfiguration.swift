@@ -45,6 +45,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("cluster.node_lease", default: "5s", help: "A node with no heartbeat on the connections topic for this long is lost: the live node with the smallest id publishes the wills of its clients."),
         ConfigKey("cluster.heartbeat_interval", default: "1s", help: "How often a node writes its heartbeat to the connections topic (well below cluster.node_lease)."),
         ConfigKey("kafka.dedupe_lookback", default: "5000", help: "Records per messages partition read back at start-up into the index that recognises publishes resent after a node loss (0 = none)."),
+        ConfigKey("kafka.delivery_idle_pause", default: "10s", help: "Pause the delivery consumer (it reads every record of the messages topics back) after this long without any subscription on the node and without a duplicate check; a subscription or a resent publish resumes it. 0s = never pause."),
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
         ConfigKey("kafka.linger", default: "1ms", help: "librdkafka linger.ms: how long the producer waits to batch publishes."),
@@ -67,6 +68,8 @@ struct CloudBrokerConfiguration: Sendable {
     var sessionsTopic: String
     var sessionsPartitions: Int
     var dedupeLookback: Int
+    /// nil: the delivery consumer never pauses.
+    var deliveryIdlePause: Duration?
     var connectionsTopic: String
     var nodeLease: Duration
     var heartbeatInterval: Duration
@@ -106,6 +109,8 @@ struct CloudBrokerConfiguration: Sendable {
         sessionsTopic = try values.string("kafka.sessions_topic")
         sessionsPartitions = try values.int("kafka.sessions_partitions", range: 1...10_000)
         dedupeLookback = try values.int("kafka.dedupe_lookback", range: 0...10_000_000)
+        let idlePause = try values.duration("kafka.delivery_idle_pause")
+        deliveryIdlePause = idlePause > .zero ? idlePause : nil
         connectionsTopic = try values.string("kafka.connections_topic")
         nodeLease = try values.duration("cluster.node_lease")
         heartbeatInterval = try values.duration("cluster.heartbeat_interval")

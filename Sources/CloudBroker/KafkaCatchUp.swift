@@ -24,12 +24,15 @@ final class KafkaCatchUp: Sendable {
 
     let name: String
     let positions: ConsumerPositions
+    /// For the delivery consumer: resumes it if paused, and keeps it from pausing during a probe.
+    private let demand: DeliveryDemand?
     private let timeout: Duration
     private let logger: Logger
     private let state = Mutex(State())
 
-    init(name: String, positions: ConsumerPositions, timeout: Duration = .seconds(10), logger: Logger) {
+    init(name: String, positions: ConsumerPositions, demand: DeliveryDemand? = nil, timeout: Duration = .seconds(10), logger: Logger) {
         self.name = name
+        self.demand = demand
         self.positions = positions
         self.timeout = timeout
         self.logger = logger
@@ -74,7 +77,11 @@ final class KafkaCatchUp: Sendable {
             let started = ContinuousClock.now
             let result: Result<Void, any Error>
             do {
-                try await self.probe(admin: admin)
+                if let demand = self.demand {
+                    try await demand.whileChecking { try await self.probe(admin: admin) }
+                } else {
+                    try await self.probe(admin: admin)
+                }
                 result = .success(())
             } catch {
                 logger.warning("cannot catch up with Kafka", metadata: ["tributary.catch_up": "\(name)", "kafka.error": "\(error)"])

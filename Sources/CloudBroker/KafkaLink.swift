@@ -57,6 +57,8 @@ final class KafkaLink: Service, Sendable {
     private let retained: RetainedStore
     private let sessions: KafkaSessionStore?
     private let deduplicator: PublishDeduplicator?
+    /// When the delivery consumer may pause (nothing here subscribes) and what resumes it.
+    let deliveryDemand: DeliveryDemand
     /// Read-your-writes for the messages consumer (used before a resent publish is checked).
     let messagesCatchUp: KafkaCatchUp
     /// Read-your-writes for the sessions consumer (used before a CONNECT finds no session locally).
@@ -73,7 +75,7 @@ final class KafkaLink: Service, Sendable {
 
     init(
         settings: Settings, registry: SessionRegistry, retained: RetainedStore, sessions: KafkaSessionStore? = nil,
-        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp, wills: NodeLossWills? = nil, publisher: Publisher? = nil,
+        deduplicator: PublishDeduplicator? = nil, messagesCatchUp: KafkaCatchUp, deliveryDemand: DeliveryDemand, wills: NodeLossWills? = nil, publisher: Publisher? = nil,
         announce: (@Sendable (KafkaOutgoingMessage) -> Void)? = nil, logger: Logger
     ) {
         self.wills = wills
@@ -85,6 +87,7 @@ final class KafkaLink: Service, Sendable {
         self.sessions = sessions
         self.deduplicator = deduplicator
         self.messagesCatchUp = messagesCatchUp
+        self.deliveryDemand = deliveryDemand
         self.sessionsCatchUp = sessions?.catchUp
         self.logger = logger
     }
@@ -183,8 +186,17 @@ final class KafkaLink: Service, Sendable {
             case .offsets(let offsets):
                 starts = offsets
             }
-            let ends = state.withLock { $0.routed }
-            replay.enqueue(.init(clientId: clientId, subscriptions: subscriptions, starts: starts, ends: ends))
+            guard deliveryDemand.phase != .delivering else {
+                let ends = state.withLock { $0.routed }
+                replay.enqueue(.init(clientId: clientId, subscriptions: subscriptions, starts: starts, ends: ends))
+                return
+            }
+            // The delivery consumer is paused: the replay ends where it resumes (its `routed` then).
+            Task {
+                await self.deliveryDemand.delivering(reason: "session moved here")
+                let ends = self.state.withLock { $0.routed }
+                replay.enqueue(.init(clientId: clientId, subscriptions: subscriptions, starts: starts, ends: ends))
+            }
         }
         defer { registry.setSessionMovedHandler(nil) }
         let connectionsPositions = ConsumerPositions()
@@ -198,7 +210,10 @@ final class KafkaLink: Service, Sendable {
                 connectionsPositions.processed(records)
             }
         }
+        deliveryDemand.setResume { [self] reason in await self.resumeDelivery(messages: messages, admin: admin, reason: reason) }
         defer {
+            deliveryDemand.setResume(nil)
+            deliveryDemand.close()
             messages.close()
             retainedConsumer.close()
             sessionsConsumer?.close()
@@ -309,6 +324,16 @@ final class KafkaLink: Service, Sendable {
                 BrokerMetrics.sessionQueuedMessages.record(stats.queuedMessages)
                 // Periodic health check; faster until the consumers are positioned.
                 let positioned = self.state.withLock { $0.positioned }
+                if positioned {
+                    let paused = deliveryDemand.pauseIfIdle(hasSubscriptions: { registry.hasSubscriptions }) {
+                        try messages.pause()
+                        timeline.reset()
+                    }
+                    if paused {
+                        BrokerMetrics.deliveryConsumerPauses.increment()
+                        logger.info("delivery consumer paused: no session on this node subscribes to anything")
+                    }
+                }
                 try await Task.sleep(for: positioned ? self.settings.checkInterval : .milliseconds(100))
             }
         } catch {
@@ -456,6 +481,42 @@ final class KafkaLink: Service, Sendable {
 
     /// Whether a consumed record goes to subscribers (not one read back for the deduplication index only,
     /// nor one older than the node's start).
+    /// Positions the paused delivery consumer at the partitions' high watermarks as observed now, less the
+    /// deduplication look-back (read into the index only, as at start-up), and lets it fetch again
+    /// (`DeliveryDemand`). Records before the high watermarks count as routed: nothing here subscribed when
+    /// they were published. If the high watermarks cannot be read, the consumer goes on from where it
+    /// paused (delivering what was published during the pause rather than risking a gap).
+    private func resumeDelivery(messages: KafkaConsumer, admin: KafkaAdmin, reason: String) async {
+        let positions = messagesCatchUp.positions
+        let partitions = positions.partitions
+        let lookback = deduplicator == nil ? 0 : max(0, settings.dedupeLookback)
+        do {
+            let ends = try await admin.highWatermarks(for: partitions, timeout: .seconds(5))
+            let next = positions.next
+            var assignments: [KafkaPartitionAssignment] = []
+            for partition in partitions {
+                let from = max(next[partition] ?? 0, (ends[partition] ?? 0) - lookback)
+                positions.start(partition, at: from)
+                assignments.append(KafkaPartitionAssignment(topic: partition.topic, partition: partition.partition, offset: .offset(from)))
+            }
+            state.withLock { state in
+                for (partition, end) in ends {
+                    state.deliverFrom[partition] = max(state.deliverFrom[partition] ?? 0, end)
+                    state.routed[partition] = max(state.routed[partition] ?? 0, end)
+                }
+            }
+            try messages.assign(assignments)
+            try messages.resume()
+            logger.info("delivery consumer resumed", metadata: ["tributary.reason": "\(reason)"])
+        } catch {
+            logger.warning(
+                "cannot read the partitions' ends; the delivery consumer resumes where it paused",
+                metadata: ["tributary.reason": "\(reason)", "kafka.error": "\(error)"])
+            do { try messages.resume() } catch { logger.error("cannot resume the delivery consumer", metadata: ["kafka.error": "\(error)"]) }
+        }
+        BrokerMetrics.deliveryConsumerResumes.increment()
+    }
+
     private func isDelivered(_ record: KafkaRecord) -> Bool {
         let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
         return state.withLock { state in
@@ -554,6 +615,7 @@ final class KafkaLink: Service, Sendable {
             }
             positions.assigned(partitions)
             try messages.assign(assignments)
+            deliveryDemand.assignedAnew()
             try retainedConsumer.assign(topic: settings.retainedTopic, partitionCount: counts[settings.retainedTopic] ?? 0, from: .beginning)
             logger.info("assigned Kafka partitions", metadata: ["kafka.topic": "\(changed.map(\.0))"])
         } catch {

@@ -13,6 +13,8 @@ struct BrokerContext: Sendable {
     var logger: Logger
     /// Who a connecting client is, when `limits.authentication` is `.checked`.
     var authenticator = Authenticator()
+    /// A SUBSCRIBE waits for the delivery consumer when it is paused (nil: it never pauses).
+    var deliveryDemand: DeliveryDemand? = nil
 }
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
@@ -39,6 +41,10 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var machinePausedReading = false
     private var blockedPublishes = 0
     private var readPending = false
+    /// A SUBSCRIBE waits for the paused delivery consumer (`DeliveryDemand`): the machine's actions from
+    /// there on (its SUBACK first) are held in order, and nothing more is read, until it delivers.
+    private var awaitingDelivery = false
+    private var heldActions: [StateMachine.Action] = []
     /// Registered with the loop's `KeepAliveSweeper` (no timer of its own).
     private var keepAliveRegistered = false
     private var connectTimeoutTask: Scheduled<Void>?
@@ -147,7 +153,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if machinePausedReading || blockedPublishes > 0 {
+        if machinePausedReading || blockedPublishes > 0 || awaitingDelivery {
             readPending = true
         } else {
             context.read()
@@ -185,7 +191,11 @@ final class MQTTServerConnection: ChannelDuplexHandler {
 
     private func perform(_ actions: [StateMachine.Action]) {
         guard let context else { return }
-        for action in actions {
+        if awaitingDelivery {
+            heldActions.append(contentsOf: actions)
+            return
+        }
+        actions: for (index, action) in actions.enumerated() {
             switch action {
             case .send(let packet):
                 send(packet, context: context)
@@ -198,6 +208,13 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             case .registerSubscriptions(let subscriptions):
                 if let clientId = machine.clientId { broker.registry.register(clientId: clientId, subscriptions) }
                 if let session = machine.attachedSession { broker.registry.sessionChanged(session) }
+                if let delivering = broker.deliveryDemand?.whenDelivering(on: context.eventLoop, reason: "subscribe") {
+                    awaitingDelivery = true
+                    heldActions = Array(actions[(index + 1)...])
+                    let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                    delivering.whenComplete { _ in loopBound.value.deliveryResumed() }
+                    break actions
+                }
             case .sendRetained(let options):
                 let filter = options.subscription.topicFilter
                 for message in broker.retained.matching(filter) {
@@ -234,6 +251,15 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             }
         }
         if machine.version != nil && !closing { flushSoon(context: context) }
+    }
+
+    /// The delivery consumer reads again: the held actions (the SUBACK first) are performed in order.
+    private func deliveryResumed() {
+        awaitingDelivery = false
+        let held = heldActions
+        heldActions = []
+        perform(held)
+        if let context { resumeReadingIfPossible(context: context) }
     }
 
     /// Flushes now, or at the end of the running batch of delivery reports (one `write` for all the
@@ -367,7 +393,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
-        guard readPending, !machinePausedReading, blockedPublishes == 0 else { return }
+        guard readPending, !machinePausedReading, blockedPublishes == 0, !awaitingDelivery else { return }
         readPending = false
         context.read()
     }

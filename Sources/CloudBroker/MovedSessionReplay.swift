@@ -145,6 +145,12 @@ final class OffsetTimeline: Sendable {
         }
     }
 
+    /// Forgets every sample (the delivery consumer paused: what it reaches after resuming says nothing
+    /// about the time of the pause; as after a restart, the lost node's own positions bound a replay).
+    func reset() {
+        samples.withLock { $0 = [:] }
+    }
+
     /// Per partition, an offset at or before the first record with a timestamp at or after
     /// `milliseconds` (the earliest sample when the timeline does not reach back that far).
     func offsets(atOrBefore milliseconds: Int64) -> [KafkaTopicPartition: Int64] {

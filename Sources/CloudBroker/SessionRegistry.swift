@@ -74,8 +74,10 @@ final class SessionRegistry: Sendable {
     init(
         store: any SessionStore, limits: BrokerLimits, logger: Logger, nodeId: String = "", incarnation: String = "",
         announcer: (@Sendable (_ clientId: String, _ announcement: ConnectionAnnouncement) -> Void)? = nil,
+        deliveryDemand: DeliveryDemand? = nil,
         willPublisher: @escaping WillPublisher
     ) {
+        self.deliveryDemand = deliveryDemand
         self.store = store
         self.limits = limits
         self.logger = logger
@@ -84,6 +86,10 @@ final class SessionRegistry: Sendable {
         self.announcer = announcer
         self.willPublisher = willPublisher
     }
+
+    /// A resumed session with subscriptions gets its CONNACK once the delivery consumer reads (it may be
+    /// paused while nothing here subscribes).
+    private let deliveryDemand: DeliveryDemand?
 
     var onlineCount: Int { state.withLock { $0.online.count } }
 
@@ -153,6 +159,11 @@ final class SessionRegistry: Sendable {
                 self.state.withLock { _ = $0.subscriptions.removeAll(key: request.clientId) }
             }
             return (SessionState(clientId: request.clientId, expiryInterval: request.expiryInterval), false)
+        }.flatMap { attached in
+            guard !attached.0.subscriptions.isEmpty,
+                let delivering = self.deliveryDemand?.whenDelivering(on: eventLoop, reason: "session with subscriptions resumed")
+            else { return eventLoop.makeSucceededFuture(attached) }
+            return delivering.map { attached }
         }
     }
 

@@ -97,12 +97,26 @@ start_cloud_broker() {
     pids+=("$tansu_pid")
     wait_port "$kafka_port" "$tansu_pid" || true
     mqtt_port=$(free_port)
+    broker_http_port=$(free_port)
     LD_LIBRARY_PATH="$root/.tools/lib" "$bin" --node-id bench --mqtt-listen "127.0.0.1:$mqtt_port" \
-        --kafka-bootstrap "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$(free_port)" >"$work/broker.log" 2>&1 &
+        --kafka-bootstrap "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$broker_http_port" >"$work/broker.log" 2>&1 &
     peer_pid=$!
     pids+=("$peer_pid")
     if wait_port "$mqtt_port" "$peer_pid"; then peer_url="mqtt://127.0.0.1:$mqtt_port"; fi
     peer_note="$(tail -1 "$work/broker.log" 2>/dev/null)"
+}
+
+# wait_delivery_paused [SECONDS]: waits (default 30 s) until the cloud-broker started by start_cloud_broker has
+# paused its delivery consumer (no subscriber on it: kafka.delivery_idle_pause); prints the state it ends in.
+wait_delivery_paused() {
+    local limit=${1:-30} waited=0 state
+    while :; do
+        state=$(curl -s "127.0.0.1:$broker_http_port/metrics" | awk '$1 == "tributary_broker_delivery_consumer_paused" {print $2 + 0}' || true)
+        if [ "$state" = "1" ]; then echo "paused after ${waited}s"; return 0; fi
+        if [ "$waited" -ge "$limit" ]; then echo "running"; return 0; fi
+        sleep 1  # polls the broker's metrics until it has paused
+        waited=$((waited + 1))
+    done
 }
 
 # start_edge_agent: starts edge-agent with a second mosquitto as its upstream; sets peer_url and peer_pid.
