@@ -19,22 +19,13 @@ clients=${1:-4}
 count=${2:-10000}
 size=${3:-1024}
 inflight=${4:-100}
-delivery=${DELIVERY:-paused}
-case "$delivery" in
-    paused) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=${TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE:-2s} ;;
-    running) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=0s ;;
-    *) echo "broker-ingest: DELIVERY must be paused or running, got '$delivery'" >&2; exit 2 ;;
-esac
+choose_delivery broker-ingest
 start_mosquitto mosquitto
 start_cloud_broker
 [ -n "$peer_url" ] || { echo "broker-ingest: cloud-broker did not start: $peer_note" >&2; exit 1; }
 sim=$(device_sim)
 echo "broker-ingest: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
-if [ "$delivery" = paused ]; then
-    echo "broker-ingest: cloud-broker's delivery consumer: $(wait_delivery_paused 30) (no subscribers; kafka.delivery_idle_pause $TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE)"
-else
-    echo "broker-ingest: cloud-broker's delivery consumer: running (kafka.delivery_idle_pause 0s)"
-fi
+report_delivery broker-ingest
 machine_line
 for qos in 1 2; do
     args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)

@@ -106,6 +106,28 @@ start_cloud_broker() {
     peer_note="$(tail -1 "$work/broker.log" 2>/dev/null)"
 }
 
+# choose_delivery NAME: before start_cloud_broker. DELIVERY=paused (default): nothing subscribes in these
+# benchmarks, so the broker pauses its delivery consumer (kafka.delivery_idle_pause, 2s here) and
+# report_delivery waits for that; DELIVERY=running keeps it reading every record back (a node with subscribers).
+choose_delivery() {
+    delivery=${DELIVERY:-paused}
+    case "$delivery" in
+        paused) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=${TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE:-2s} ;;
+        running) export TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=0s ;;
+        *) echo "$1: DELIVERY must be paused or running, got '$delivery'" >&2; exit 2 ;;
+    esac
+}
+
+# report_delivery NAME: after start_cloud_broker; waits for the pause (DELIVERY=paused) and prints the state.
+report_delivery() {
+    [ -n "$peer_url" ] || return 0
+    if [ "$delivery" = paused ]; then
+        echo "$1: cloud-broker's delivery consumer: $(wait_delivery_paused 30) (no subscribers; kafka.delivery_idle_pause $TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE)"
+    else
+        echo "$1: cloud-broker's delivery consumer: running (kafka.delivery_idle_pause 0s)"
+    fi
+}
+
 # wait_delivery_paused [SECONDS]: waits (default 30 s) until the cloud-broker started by start_cloud_broker has
 # paused its delivery consumer (no subscriber on it: kafka.delivery_idle_pause); prints the state it ends in.
 wait_delivery_paused() {
