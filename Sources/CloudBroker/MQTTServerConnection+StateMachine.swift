@@ -68,9 +68,12 @@ extension MQTTServerConnection {
             case denied
         }
 
-        struct Connected {
-            var version: MQTTProtocolVersion
-            var clientId: String
+        /// A class, not a struct: the state enum holds one reference, so reading or updating it per packet
+        /// retains one object instead of copying (retaining and releasing) each of its dozen fields. Owned by
+        /// one state machine only (never shared), so it behaves as a value would.
+        final class Connected {
+            let version: MQTTProtocolVersion
+            let clientId: String
             var keepAlive: UInt16
             var will: MQTTWill?
             var session: SessionState
@@ -85,6 +88,19 @@ extension MQTTServerConnection {
             var writable = true
             var readingPaused = false
             var lastPacket: NIODeadline
+
+            init(
+                version: MQTTProtocolVersion, clientId: String, keepAlive: UInt16, will: MQTTWill?, session: SessionState,
+                clientReceiveMaximum: Int, lastPacket: NIODeadline
+            ) {
+                self.version = version
+                self.clientId = clientId
+                self.keepAlive = keepAlive
+                self.will = will
+                self.session = session
+                self.clientReceiveMaximum = clientReceiveMaximum
+                self.lastPacket = lastPacket
+            }
         }
 
         enum State {
@@ -164,7 +180,7 @@ extension MQTTServerConnection {
             if version == .v5, limits.maxKeepAlive > 0, keepAlive == 0 || Int(keepAlive) > limits.maxKeepAlive {
                 keepAlive = UInt16(limits.maxKeepAlive)
             }
-            var connected = Connected(
+            let connected = Connected(
                 version: version, clientId: clientId, keepAlive: keepAlive, will: connect.will,
                 session: SessionState(clientId: clientId, expiryInterval: expiry),
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
@@ -181,7 +197,7 @@ extension MQTTServerConnection {
 
         /// Authentication finished: refused, or accepted under an identity (the user name the ACL sees).
         mutating func authenticated(_ outcome: AuthenticationOutcome) -> [Action] {
-            guard case .authenticating(var connected, let assigned, let request) = state else { return [] }
+            guard case .authenticating(let connected, let assigned, let request) = state else { return [] }
             switch outcome {
             case .refused(let failure):
                 state = .closed(nil)
@@ -197,7 +213,7 @@ extension MQTTServerConnection {
 
         /// The broker found (`present`) or created the session.
         mutating func sessionAttached(_ session: SessionState, present: Bool, requestedKeepAlive: UInt16, now: Date) -> [Action] {
-            guard case .connecting(var connected, let assigned) = state else { return [] }
+            guard case .connecting(let connected, let assigned) = state else { return [] }
             var session = session
             session.expiryInterval = connected.session.expiryInterval
             connected.session = session
@@ -243,9 +259,8 @@ extension MQTTServerConnection {
                 return protocolError("packet before CONNACK")
             case .closed:
                 return []
-            case .connected(var connected):
+            case .connected(let connected):
                 connected.lastPacket = now
-                state = .connected(connected)
             }
             switch packet {
             case .connect:
@@ -294,7 +309,7 @@ extension MQTTServerConnection {
         }
 
         private mutating func publishReceived(_ incoming: MQTTPublish) -> [Action] {
-            guard case .connected(var c) = state else { return [] }
+            guard case .connected(let c) = state else { return [] }
             var publish = incoming
             if let alias = publish.properties.topicAlias {
                 guard alias != 0, Int(alias) <= limits.topicAliasMaximum else {
@@ -333,7 +348,6 @@ extension MQTTServerConnection {
                 return disconnect(.receiveMaximumExceeded)
             }
             nextToken += 1
-            releaseConnectedState()
             guard allowed else {
                 // Acknowledged in turn, after the publishes before it.
                 c.pending.append(PendingPublish(token: nextToken, packetId: packetId, qos: publish.qos, outcome: .denied))
@@ -352,10 +366,9 @@ extension MQTTServerConnection {
 
         /// Kafka's answer for the publish `token` (QoS 0 tokens are ignored).
         mutating func deliveryCompleted(token: UInt64, outcome: DeliveryOutcome) -> [Action] {
-            guard case .connected(var c) = state,
+            guard case .connected(let c) = state,
                 let index = c.pending.firstIndex(where: { $0.token == token })
             else { return [] }
-            releaseConnectedState()
             c.pending[index].outcome = outcome
             var actions: [Action] = []
             while let first = c.pending.first, let done = first.outcome {
@@ -395,7 +408,7 @@ extension MQTTServerConnection {
         }
 
         private mutating func subscribeReceived(_ subscribe: MQTTSubscribe) -> [Action] {
-            guard case .connected(var c) = state else { return [] }
+            guard case .connected(let c) = state else { return [] }
             var codes: [MQTTReasonCode] = []
             var added: [SubscriptionOptions] = []
             var retained: [Action] = []
@@ -425,7 +438,7 @@ extension MQTTServerConnection {
         }
 
         private mutating func disconnectReceived(_ disconnect: MQTTDisconnect) -> [Action] {
-            guard case .connected(var c) = state else { return [] }
+            guard case .connected(let c) = state else { return [] }
             if c.version == .v5, let expiry = disconnect.properties.sessionExpiryInterval {
                 if c.session.expiryInterval == 0 && expiry != 0 {
                     return protocolError("session expiry changed from 0 in DISCONNECT")
@@ -443,8 +456,7 @@ extension MQTTServerConnection {
 
         /// A message for this client (from Kafka, a retained lookup or a session queue).
         mutating func deliver(_ message: OutboundMessage, now: Date) -> [Action] {
-            guard case .connected(var c) = state else { return [] }
-            releaseConnectedState()
+            guard case .connected(let c) = state else { return [] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let result = c.session.outbound.offer(
                 message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now)
@@ -463,7 +475,7 @@ extension MQTTServerConnection {
         }
 
         mutating func writabilityChanged(_ writable: Bool, now: Date) -> [Action] {
-            guard case .connected(var c) = state else { return [] }
+            guard case .connected(let c) = state else { return [] }
             c.writable = writable
             state = .connected(c)
             // A client that does not read what we send is not read either (G5).
@@ -471,8 +483,7 @@ extension MQTTServerConnection {
         }
 
         private mutating func drainOutbound(now: Date) -> [Action] {
-            guard case .connected(var c) = state, c.writable else { return [] }
-            releaseConnectedState()
+            guard case .connected(let c) = state, c.writable else { return [] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let (packets, expired) = c.session.outbound.drain(window: window, version: c.version, now: now)
             state = .connected(c)
@@ -578,18 +589,8 @@ extension MQTTServerConnection {
 
         private mutating func modifyConnected(_ body: (inout Connected) -> Void) {
             guard case .connected(var c) = state else { return }
-            releaseConnectedState()
             body(&c)
             state = .connected(c)
-        }
-
-        /// Drops `state`'s reference to the connected state a caller has just copied out with
-        /// `guard case .connected(var c) = state`, so that `c`'s arrays, sets and dictionaries are uniquely
-        /// referenced and mutate in place: otherwise every publish and acknowledgement copied the whole
-        /// in-flight list (and for QoS 2 the set of ids awaiting PUBREL). The caller must store `c` back
-        /// (`state = .connected(c)`) on every path before it returns or reads `state` again.
-        private mutating func releaseConnectedState() {
-            state = .awaitingConnect
         }
 
         private mutating func modify(_ body: (inout Connected) -> Void) -> [Action] {
