@@ -48,7 +48,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.delivery_idle_pause", default: "10s", help: "Pause the delivery consumer (it reads every record of the messages topics back) after this long without any subscription on the node and without a duplicate check; a subscription or a resent publish resumes it. 0s = never pause."),
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
-        ConfigKey("kafka.linger", default: "1ms", help: "librdkafka linger.ms: how long the producer waits to batch publishes."),
+        ConfigKey("kafka.linger", default: "500us", help: "librdkafka linger.ms: how long the producer waits to batch publishes (fractions of a millisecond allowed, e.g. 500us)."),
         ConfigKey("kafka.delivery_timeout", default: "30s", help: "A publish not acknowledged by Kafka within this time fails (MQTT 5 clients get reason 0x80, 3.1.1 clients are disconnected)."),
         ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
         ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),

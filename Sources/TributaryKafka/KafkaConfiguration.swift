@@ -113,7 +113,7 @@ public struct KafkaConfiguration: Sendable {
                 result.append(("enable.idempotence", "true"))
                 result.append(("acks", "all"))
             }
-            result.append(("linger.ms", String(linger.milliseconds)))
+            result.append(("linger.ms", linger.fractionalMilliseconds))
             result.append(("queue.buffering.max.messages", String(maxQueuedMessages)))
             result.append(("message.timeout.ms", String(deliveryTimeout.milliseconds)))
         case .consumer:
@@ -136,6 +136,23 @@ public struct KafkaConfiguration: Sendable {
 }
 
 extension Duration {
+    /// Milliseconds with up to three decimals (`linger.ms` is a floating-point property): 1 ms → "1",
+    /// 500 µs → "0.5", 1,250 µs → "1.25"; never negative.
+    var fractionalMilliseconds: String {
+        let (seconds, attoseconds) = components
+        let micros = max(0, seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
+        let whole = micros / 1000
+        var fraction = micros % 1000
+        guard fraction > 0 else { return String(whole) }
+        var digits = 3
+        while fraction % 10 == 0 {
+            fraction /= 10
+            digits -= 1
+        }
+        let text = String(fraction)
+        return "\(whole)." + String(repeating: "0", count: digits - text.count) + text
+    }
+
     /// Whole milliseconds, clamped to `Int32` (librdkafka takes `int` timeouts), never negative.
     var milliseconds: Int32 {
         let (seconds, attoseconds) = components

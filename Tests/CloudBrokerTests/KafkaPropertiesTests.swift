@@ -4,6 +4,7 @@ import Testing
 import TestSupport
 
 @testable import CloudBroker
+@testable import TributaryKafka
 
 /// `kafka.librdkafka`: extra librdkafka properties (security, sockets, ...) for every Kafka client of a node.
 @Suite("cloud-broker: librdkafka properties")
@@ -14,6 +15,16 @@ struct KafkaPropertiesTests {
         #expect(parsed == ["security.protocol": "SASL_SSL", "sasl.password": "a=b", "socket.nagle.disable": "true"])
         for bad in ["no-equals-sign", "=value", "acks=1", "enable.idempotence=false", "enable.auto.commit=true", "group.id=g"] {
             #expect(throws: ConfigError.self, "\(bad)") { try CloudBrokerConfiguration.librdkafkaProperties([bad], origin: "test") }
+        }
+    }
+
+    /// `linger.ms` is a floating-point property: a sub-millisecond `kafka.linger` reaches librdkafka as such.
+    @Test func lingerKeepsFractionsOfAMillisecond() throws {
+        for (linger, expected) in [(Duration.microseconds(500), "0.5"), (.milliseconds(1), "1"), (.microseconds(1_250), "1.25"), (.microseconds(5), "0.005"), (.zero, "0")] {
+            var configuration = KafkaConfiguration(bootstrapServers: "127.0.0.1:9092", clientId: "t")
+            configuration.linger = linger
+            let properties = Dictionary(configuration.librdkafkaProperties(for: .producer), uniquingKeysWith: { _, last in last })
+            #expect(properties["linger.ms"] == expected, "\(linger)")
         }
     }
 

@@ -61,6 +61,8 @@ struct ConfigValuesTests {
         #expect(ConfigValues.parseDuration("250ms") == .milliseconds(250))
         #expect(ConfigValues.parseDuration("2m") == .seconds(120))
         #expect(ConfigValues.parseDuration("40") == .milliseconds(40))
+        #expect(ConfigValues.parseDuration("500us") == .microseconds(500))
+        #expect(ConfigValues.parseDuration("5xs") == nil)
         var values = ConfigValues(keys: Self.keys)
         try values.merge(yaml: "routes:\n  command_topics: [cmd/a, cmd/b]\n", origin: "x")
         #expect(values.list("routes.command_topics") == ["cmd/a", "cmd/b"])

@@ -152,7 +152,7 @@ public struct ConfigValues: Sendable {
         return value
     }
 
-    /// Durations: `250ms`, `10s`, `5m`, `1h`; a bare number is milliseconds.
+    /// Durations: `500us`, `250ms`, `10s`, `5m`, `1h`; a bare number is milliseconds.
     public func duration(_ key: String) throws(ConfigError) -> Duration {
         let entry = try requireEntry(key)
         guard let value = Self.parseDuration(entry.value) else {
@@ -211,7 +211,7 @@ public struct ConfigValues: Sendable {
     static func parseDuration(_ text: String) -> Duration? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         let units: [(String, (Int) -> Duration)] = [
-            ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }),
+            ("us", { .microseconds($0) }), ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }),
             ("m", { .seconds($0 * 60) }), ("h", { .seconds($0 * 3600) }),
         ]
         for (suffix, make) in units where trimmed.hasSuffix(suffix) {
