@@ -7,10 +7,9 @@
 # part of the ratio the broker's own code decides.
 #
 #   bench/broker-ingest.sh [CLIENTS=4] [COUNT=10000] [SIZE=1024] [INFLIGHT=100]
-# Nothing subscribes on either broker: cloud-broker pauses its delivery consumer (which otherwise reads every
-# record back from Kafka) after kafka.delivery_idle_pause; the script waits for that before measuring.
-# DELIVERY=running keeps the consumer reading (TRIBUTARY_KAFKA_DELIVERY_IDLE_PAUSE=0s): the cost on a node that
-# has subscribers.
+# Nothing subscribes on either broker. DELIVERY=running (default, the broker's default configuration):
+# cloud-broker's delivery consumer reads every record back from Kafka; DELIVERY=paused: the opt-in
+# kafka.delivery_idle_pause lets it pause that consumer, and the script waits for the pause before measuring.
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds), DELIVERY (paused | running), TRIBUTARY_KAFKA_LINGER
 # etc. reach the broker.
 set -euo pipefail

@@ -5,8 +5,8 @@
 # While cloud-broker does not accept MQTT yet, only the mosquitto baseline is measured.
 #
 #   bench/ingest-broker.sh [CLIENTS] [COUNT_PER_CLIENT] [SIZE]     (defaults 8 20000 256)
-# Environment: INFLIGHT (default 20), DEVICE_SIM, CLOUD_BROKER (default .build/release/...), DELIVERY (paused |
-# running: see choose_delivery in loadgen/common.sh).
+# Environment: INFLIGHT (default 20), DEVICE_SIM, CLOUD_BROKER (default .build/release/...), DELIVERY (running |
+# paused: see choose_delivery in loadgen/common.sh).
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 choose_delivery ingest-broker
