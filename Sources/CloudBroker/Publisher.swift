@@ -23,7 +23,11 @@ extension KafkaProducer: KafkaPublishing {}
 ///   the publish waits (the connection is told it is blocked, so it stops reading its socket) and is
 ///   retried until `deliveryTimeout` has passed since it arrived.
 /// - A record lost in a producer recreation ("may or may not be in Kafka") is produced again within
-///   the same deadline: the client is acknowledged once, after a successful delivery, never falsely.
+///   the same deadline: the client is acknowledged once, after a successful delivery, never falsely. If the
+///   record can be recognised (a QoS 2 publish by client and packet id, or an edge agent's resent publish by
+///   sequence) and the messages consumer, once caught up, has seen it, it is not produced again: Kafka
+///   holds it once. Others (QoS 1 without an agent sequence, an agent's first attempt) are produced again
+///   and may be in Kafka twice.
 /// - Any other failure, or the deadline, fails the publish: the connection sends a failure reason code
 ///   (MQTT 5) or closes (3.1.1).
 final class Publisher: Sendable {
@@ -79,7 +83,8 @@ final class Publisher: Sendable {
         }
         let job = PublishJob(
             publisher: self, records: records, retainedMessage: publish.retain ? retainedMessage(publish, clientId: clientId) : nil,
-            qos: publish.qos, inbox: inbox ?? DeliveryInbox.on(eventLoop), deadline: .now() + TimeAmount(deliveryTimeout), blocked: blocked, completion: completion)
+            qos: publish.qos, dup: publish.dup, inbox: inbox ?? DeliveryInbox.on(eventLoop), deadline: .now() + TimeAmount(deliveryTimeout),
+            blocked: blocked, completion: completion)
         // A first attempt (DUP clear) is new by definition and never checked (see below): no key is computed
         // for it (the QoS 2 fingerprint hashes the whole payload).
         guard let deduplicator, publish.qos != .atMostOnce, publish.dup, let key = PublishDeduplicator.key(for: publish, clientId: clientId) else {
@@ -119,7 +124,7 @@ final class Publisher: Sendable {
         }
     }
 
-    private static func countSuppressed(_ key: PublishDeduplicator.Key) {
+    fileprivate static func countSuppressed(_ key: PublishDeduplicator.Key) {
         switch key {
         case .agentSequence: BrokerMetrics.duplicatesSuppressedBySequence.increment()
         case .packet, .will: BrokerMetrics.duplicatesSuppressedByPacketId.increment()
@@ -151,6 +156,8 @@ private final class PublishJob: @unchecked Sendable {
     let records: [KafkaOutgoingMessage]
     let retainedMessage: BrokerMessage?
     let qos: MQTTQoS
+    /// The publish was a resend (DUP): its agent sequence may be matched (a first attempt's never is).
+    let dup: Bool
     let eventLoop: any EventLoop
     /// Where the poll thread hands delivery reports to `eventLoop` (batched, see `DeliveryInbox`).
     let inbox: DeliveryInbox
@@ -164,7 +171,7 @@ private final class PublishJob: @unchecked Sendable {
     var isBlocked = false
 
     init(
-        publisher: Publisher, records: [KafkaOutgoingMessage], retainedMessage: BrokerMessage?, qos: MQTTQoS,
+        publisher: Publisher, records: [KafkaOutgoingMessage], retainedMessage: BrokerMessage?, qos: MQTTQoS, dup: Bool,
         inbox: DeliveryInbox, deadline: NIODeadline, blocked: @escaping @Sendable (Bool) -> Void,
         completion: @escaping @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
     ) {
@@ -172,6 +179,7 @@ private final class PublishJob: @unchecked Sendable {
         self.records = records
         self.retainedMessage = retainedMessage
         self.qos = qos
+        self.dup = dup
         self.eventLoop = inbox.eventLoop
         self.inbox = inbox
         self.deadline = deadline
@@ -230,13 +238,48 @@ private final class PublishJob: @unchecked Sendable {
         case .failure(let error):
             publisher.log(error, topic: records[index].topic)
             if error.isFatal && error.isRetriable && NIODeadline.now() < deadline {
-                // Lost in a producer recreation: it may or may not be in Kafka; send it again.
-                toSend.append(index)
-                sendPending()
+                // Lost in a producer recreation: it may or may not be in Kafka.
+                resendUnlessStored(index)
                 return
             }
             finish(.failed(reason: "Kafka: \(error.name)"))
         }
+    }
+
+    /// Produces record `index` again, unless the messages consumer (caught up with Kafka's end) has seen
+    /// it: then it counts as delivered. Only a record whose key cannot be a new message's is looked up (a
+    /// QoS 2 client's packet id and content; an agent sequence only on a resend).
+    private func resendUnlessStored(_ index: Int) {
+        let record = records[index]
+        guard index == 0, let deduplicator = publisher.deduplicator,
+            let key = PublishDeduplicator.key(
+                for: KafkaRecord(topic: record.topic, partition: 0, offset: 0, key: record.key, value: record.value, headers: record.headers, timestampMilliseconds: nil))
+        else { return resend(index) }
+        switch key {
+        case .packet: break
+        case .agentSequence where dup: break
+        case .agentSequence, .will: return resend(index)
+        }
+        guard let catchUp = publisher.messagesCatchUp else { return resendUnless(key, in: deduplicator, index: index) }
+        catchUp.wait(on: eventLoop).whenComplete { result in
+            switch result {
+            case .success: self.resendUnless(key, in: deduplicator, index: index)
+            case .failure: self.resend(index)  // cannot look: produce again (it may then be in Kafka twice)
+            }
+        }
+    }
+
+    private func resendUnless(_ key: PublishDeduplicator.Key, in deduplicator: PublishDeduplicator, index: Int) {
+        guard !finished else { return }
+        guard deduplicator.contains(key) else { return resend(index) }
+        Publisher.countSuppressed(key)
+        outstanding -= 1
+        if outstanding == 0 { finish(.delivered) }
+    }
+
+    private func resend(_ index: Int) {
+        toSend.append(index)
+        sendPending()
     }
 
     private func setBlocked(_ value: Bool) {
