@@ -27,6 +27,8 @@ struct PendingAppend {
     enum Continuation {
         case one(UnsafeContinuation<Result<UInt64, DiskBufferError>, Never>)
         case many(UnsafeContinuation<Result<Range<UInt64>, DiskBufferError>, Never>)
+        /// `append(contentsOf:completion:)`: called on the writer thread, no task to resume.
+        case callback(@Sendable (Result<Range<UInt64>, DiskBufferError>) -> Void)
     }
 
     var bodies: Bodies
@@ -52,6 +54,7 @@ struct PendingAppend {
         switch continuation {
         case .one(let continuation): continuation.resume(returning: .success(first))
         case .many(let continuation): continuation.resume(returning: .success(first..<(first + UInt64(count))))
+        case .callback(let completion): completion(.success(first..<(first + UInt64(count))))
         }
     }
 
@@ -59,13 +62,27 @@ struct PendingAppend {
         switch continuation {
         case .one(let continuation): continuation.resume(returning: .failure(error))
         case .many(let continuation): continuation.resume(returning: .failure(error))
+        case .callback(let completion): completion(.failure(error))
         }
     }
 }
 
 struct Waiter {
+    enum Wake {
+        case continuation(CheckedContinuation<Void, Never>)
+        /// `whenRecords(after:_:)`: called on the thread that made the records readable.
+        case callback(@Sendable () -> Void)
+    }
+
     var after: UInt64
-    var continuation: CheckedContinuation<Void, Never>
+    var wake: Wake
+
+    func resume() {
+        switch wake {
+        case .continuation(let continuation): continuation.resume()
+        case .callback(let callback): callback()
+        }
+    }
 }
 
 enum Lifecycle: Sendable {

@@ -77,6 +77,6 @@ final class Syncer: @unchecked Sendable {
             state.readableThrough = max(state.readableThrough, target.through)
             return state.takeReadyWaiters()
         }
-        for waiter in waiters { waiter.continuation.resume() }
+        for waiter in waiters { waiter.resume() }
     }
 }

@@ -176,7 +176,7 @@ final class Writer: @unchecked Sendable {
                 pending.succeed(first: sequence)
                 sequence += UInt64(pending.count)
             }
-            for waiter in waiters { waiter.continuation.resume() }
+            for waiter in waiters { waiter.resume() }
         }
     }
 
@@ -232,7 +232,7 @@ final class Writer: @unchecked Sendable {
             state.readableThrough = state.writtenThrough
             return state.takeReadyWaiters()
         }
-        for waiter in waiters { waiter.continuation.resume() }
+        for waiter in waiters { waiter.resume() }
     }
 
     /// The final sync on close. A failure is logged.
@@ -293,7 +293,7 @@ final class Writer: @unchecked Sendable {
         core.logger.debug(crash ? "buffer writer stopped (simulated crash)" : "buffer closed")
         let closed = DiskBufferError(.closed, "the buffer is closed")
         for append in pending { append.fail(closed) }
-        for waiter in waiters { waiter.continuation.resume() }
+        for waiter in waiters { waiter.resume() }
         for stopper in stoppers { stopper.resume() }
     }
 }

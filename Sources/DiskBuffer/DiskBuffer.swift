@@ -137,6 +137,30 @@ public final class DiskBuffer: Sendable {
     /// that plus one header, i.e. would not fit in one segment; otherwise like `append(_:)`.
     public func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64> {
         guard !bodies.isEmpty else { return 0..<0 }
+        let (pending, size) = try batch(bodies)
+        let count = bodies.count
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Range<UInt64>, DiskBufferError>, Never>) in
+            core.enqueue(PendingAppend(bodies: pending, count: count, size: size, continuation: .many(continuation)))
+        }
+        return try result.get()
+    }
+
+    /// `append(contentsOf:)` without a task: `completion` runs exactly once, on the buffer's writer thread
+    /// once the records are durable under the fsync policy (or the append failed), or at once on the
+    /// caller's thread for a batch refused before it was queued (`recordTooLarge`) or an empty one. For
+    /// callers on an event loop: one hop to the writer and one back (`EventLoop.execute`), where a task
+    /// costs a hop to the task pool and one more back. Keep `completion` short: it delays the next write.
+    public func append(
+        contentsOf bodies: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DiskBufferError>) -> Void
+    ) {
+        guard !bodies.isEmpty else { return completion(.success(0..<0)) }
+        let pending: PendingAppend.Bodies, size: Int64
+        do { (pending, size) = try batch(bodies) } catch { return completion(.failure(error)) }
+        core.enqueue(PendingAppend(bodies: pending, count: bodies.count, size: size, continuation: .callback(completion)))
+    }
+
+    /// Checks a batch against the record and segment limits and computes its CRC states and size on disk.
+    private func batch(_ bodies: [[UInt8]]) throws(DiskBufferError) -> (PendingAppend.Bodies, Int64) {
         let maxBody = core.configuration.maxRecordBodyBytes
         var size: Int64 = 0
         var states: [UInt32] = []
@@ -158,12 +182,7 @@ public final class DiskBuffer: Sendable {
             core.metrics.rejected(error, records: bodies.count)
             throw error
         }
-        let pending = PendingAppend.Bodies.many(bodies, states: states)
-        let count = bodies.count
-        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Range<UInt64>, DiskBufferError>, Never>) in
-            core.enqueue(PendingAppend(bodies: pending, count: count, size: size, continuation: .many(continuation)))
-        }
-        return try result.get()
+        return (.many(bodies, states: states), size)
     }
 
     /// Records from `sequence` on (or from the oldest stored record, if that is later), in order, up to
@@ -210,15 +229,36 @@ public final class DiskBuffer: Sendable {
                     if state.readableThrough > sequence || state.lifecycle != .open || Task.isCancelled {
                         return true
                     }
-                    state.waiters[id] = Waiter(after: sequence, continuation: continuation)
+                    state.waiters[id] = Waiter(after: sequence, wake: .continuation(continuation))
                     return false
                 }
                 if resumeNow { continuation.resume() }
             }
         } onCancel: {
-            let continuation = lock.withLock { $0.waiters.removeValue(forKey: id)?.continuation }
-            continuation?.resume()
+            let waiter = lock.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
         }
+    }
+
+    /// `waitForRecords(after:)` without a task: `wake` runs once, when a record with a sequence greater
+    /// than `sequence` is readable or the buffer closes: at once on the caller's thread if that is so
+    /// now, else on the thread that made it so (the syncer or the writer). Returns an id for
+    /// `cancelWait(_:)`, nil if `wake` already ran. Keep `wake` short (e.g. `EventLoop.execute`).
+    @discardableResult
+    public func whenRecords(after sequence: UInt64, _ wake: @escaping @Sendable () -> Void) -> Int? {
+        let id = core.lock.withLock { state -> Int? in
+            if state.readableThrough > sequence || state.lifecycle != .open { return nil }
+            defer { state.nextWaiterID += 1 }
+            state.waiters[state.nextWaiterID] = Waiter(after: sequence, wake: .callback(wake))
+            return state.nextWaiterID
+        }
+        if id == nil { wake() }
+        return id
+    }
+
+    /// Forgets a `whenRecords` wake-up that has not run (it will not run); nothing if it has.
+    public func cancelWait(_ id: Int) {
+        _ = core.lock.withLock { $0.waiters.removeValue(forKey: id) }
     }
 
     /// Marks every record up to and including `sequence` as delivered upstream. Segments made wholly
@@ -226,16 +266,22 @@ public final class DiskBuffer: Sendable {
     /// at most every `ledgerIntervalMilliseconds` otherwise, so after a crash recently acknowledged
     /// records may be read again. Acknowledging an already acknowledged sequence does nothing.
     public func acknowledge(through sequence: UInt64) throws(DiskBufferError) {
-        try core.lock.withLock { (state: inout State) throws(DiskBufferError) in
+        let wake = try core.lock.withLock { (state: inout State) throws(DiskBufferError) -> Bool in
             guard state.lifecycle == .open else { throw DiskBufferError(.closed, "the buffer is closed") }
             guard sequence <= state.writtenThrough else {
                 throw DiskBufferError(.invalidSequence, "cannot acknowledge sequence \(sequence): the last appended is \(state.writtenThrough)")
             }
-            guard sequence > state.acknowledgedThrough else { return }
+            guard sequence > state.acknowledgedThrough else { return false }
+            let previous = state.acknowledgedThrough
             state.acknowledgedThrough = sequence
             state.pruneSamples()
+            // The housekeeper needs waking only if it may be waiting without a deadline (everything it saw
+            // was in the ledger) or a segment just became deletable; otherwise its ledger deadline covers
+            // this acknowledgement. It re-reads the state after each pass, so no change is missed.
+            return previous <= state.persistedAcknowledgedThrough
+                || (state.segments.count > 1 && state.segments[0].last <= sequence)
         }
-        core.lock.signal(.housekeeper)
+        if wake { core.lock.signal(.housekeeper) }
     }
 
     /// The acknowledged position (in memory; the ledger may lag by up to the ledger interval).

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 import Testing
 @testable import DiskBuffer
 
@@ -151,4 +152,77 @@ import Testing
         }
         await buffer.close()
     }
+}
+
+/// The callback forms for callers on an event loop: `append(contentsOf:completion:)` and `whenRecords`.
+@Suite struct CallbackTests {
+    @Test func callbackAppendsGetTheSameSequencesAndRefusalsComeAtOnce() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(.init(directory: directory.path, segmentMaxBytes: 64 << 10, fsync: .interval(milliseconds: 5)), logger: testLogger)
+        #expect(try await buffer.append(body(for: 1)) == 1)
+        let range = await withCheckedContinuation { continuation in
+            buffer.append(contentsOf: (2...4).map { body(for: $0) }) { continuation.resume(returning: $0) }
+        }
+        #expect(try range.get() == 2..<5)
+        let empty = await withCheckedContinuation { continuation in buffer.append(contentsOf: []) { continuation.resume(returning: $0) } }
+        #expect(try empty.get() == 0..<0)
+        // Too large for a segment: refused before it is queued, on the caller's thread.
+        let refused = Box<Result<Range<UInt64>, DiskBufferError>?>(nil)
+        buffer.append(contentsOf: [[UInt8](repeating: 1, count: 64 << 10)]) { refused.value = $0 }
+        guard case .failure(let error) = refused.value else {
+            Issue.record("a record larger than a segment was not refused at once")
+            return
+        }
+        #expect(error.code == .recordTooLarge)
+        await buffer.close()
+        let (reopened, _) = try DiskBuffer.open(.init(directory: directory.path), logger: testLogger)
+        #expect(try readAll(reopened).map(\.sequence) == [1, 2, 3, 4])
+        await reopened.close()
+    }
+
+    @Test func whenRecordsWakesOnceReadableAtOnceIfAlreadyAndNotAfterCancel() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(.init(directory: directory.path, fsync: .interval(milliseconds: 5)), logger: testLogger)
+        // Nothing readable yet: the wake-up waits for the sync of the first record.
+        let woken = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let id = buffer.whenRecords(after: 0) { continuation.resume(returning: true) }
+            #expect(id != nil)
+            Task { _ = try await buffer.append(body(for: 1)) }
+        }
+        #expect(woken)
+        #expect(try buffer.read(from: 1).map(\.sequence) == [1])
+        // Already readable: at once, on this thread, no id.
+        let ranAtOnce = Box(false)
+        let none = buffer.whenRecords(after: 0) { ranAtOnce.value = true }
+        #expect(none == nil)
+        #expect(ranAtOnce.value)
+        // Cancelled: never runs, also when records come (a later wait is woken by the same records).
+        let cancelled = Counter()
+        let id = try #require(buffer.whenRecords(after: 1) { cancelled.add() })
+        buffer.cancelWait(id)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            _ = buffer.whenRecords(after: 1) { continuation.resume() }
+            Task { _ = try await buffer.append(body(for: 2)) }
+        }
+        #expect(cancelled.value == 0)
+        // Closing wakes a waiter too.
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            _ = buffer.whenRecords(after: 2) { continuation.resume() }
+            Task { await buffer.close() }
+        }
+    }
+}
+
+private final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add() { count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+/// A value set by a callback that runs on the test's own thread (checked right after the call).
+private final class Box<Value>: @unchecked Sendable {
+    var value: Value
+    init(_ value: Value) { self.value = value }
 }
