@@ -78,6 +78,33 @@ struct MQTTClientConnectionHandlerTests {
         log.persistPromises[3].succeed(())
     }
 
+    @Test("a group commit's packets leave with one flush: the PUBLISHes of several publishes, and the PUBRELs of one read's PUBRECs")
+    func groupCommitFlushesOnce() throws {
+        let (channel, log) = try makeChannel(withPersistence: true)
+        let flushes = FlushCounter()
+        try channel.pipeline.syncOperations.addHandler(flushes, position: .first)
+        try channel.writeInbound(connack())
+        _ = try readAll(channel)
+        try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: 1)).wait()
+        // While the first persist runs, three more publishes queue up: they share the next persist.
+        for tag: UInt64 in 2...4 { try channel.writeAndFlush(MQTTClientConnection.Command.publish(message(), tag: tag)).wait() }
+        log.persistPromises[0].succeed(())
+        #expect(try readAll(channel).compactMap(published).map(\.packetId) == [1])
+        #expect(log.persistCalls.count == 2 && log.persistCalls[1].count == 3)
+        flushes.count = 0
+        log.persistPromises[1].succeed(())
+        #expect(try readAll(channel).compactMap(published).map(\.packetId) == [2, 3, 4])
+        #expect(flushes.count == 1)
+
+        flushes.count = 0
+        for id: UInt16 in 1...4 { channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: id)))) }
+        channel.pipeline.fireChannelReadComplete()
+        log.persistPromises[2].succeed(())
+        #expect(try readAll(channel) == (1...4).map { MQTTPacket.pubrel(MQTTPublishAck(packetId: $0)) })
+        #expect(flushes.count == 1)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     @Test("manual acknowledgement: PUBACK / PUBREC only when the owner writes .acknowledge; PUBCOMP only after the release is persisted")
     func manualAcknowledgement() throws {
         let (channel, log) = try makeChannel(manualAcknowledgement: true, withPersistence: true)
@@ -202,5 +229,16 @@ struct MQTTClientConnectionHandlerTests {
             Issue.record("expected a normal close, got \(log.events)")
             return
         }
+    }
+}
+
+/// Counts the flushes that reach the wire (placed first in the pipeline).
+final class FlushCounter: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = Any
+    var count = 0
+
+    func flush(context: ChannelHandlerContext) {
+        count += 1
+        context.flush()
     }
 }

@@ -177,13 +177,20 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
         pump()
     }
 
-    private func pump() {
-        guard let context, !persisting else { return }
+    /// Writes the waiting batches that need no persist, up to the next that does, and starts that persist.
+    /// `written`: the caller wrote batches and left their flush to this one.
+    private func pump(written: Bool = false) {
+        guard let context else { return }
+        // Batches written here and in a persist's completion share one flush (one write(2) for all their
+        // packets: a group commit's PUBLISHes or PUBRELs leave together, not one syscall each).
+        var wrote = written
+        defer { if wrote { context.flush() } }
+        guard !persisting else { return }
         while !waiting.isEmpty {
             if waiting[0].changes.isEmpty {
                 let batch = waiting.removeFirst()
-                write(batch, context: context)
-                if batch.close != nil { return }
+                wrote = true
+                if write(batch, context: context) { return }
                 continue
             }
             // Group commit: every change waiting now, in order, in one persist. Deferred removals first: each
@@ -219,13 +226,14 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
             guard let context = handler.context else { return }
             switch result {
             case .success:
+                var written = false
                 for _ in 0..<count {
                     guard !handler.waiting.isEmpty else { break }
                     let batch = handler.waiting.removeFirst()
-                    handler.write(batch, context: context)
-                    if batch.close != nil { return }
+                    if handler.write(batch, context: context) { return }
+                    written = true
                 }
-                handler.pump()
+                handler.pump(written: written)  // flushes what was written here and there
             case .failure(let error):
                 handler.waiting.removeAll()
                 handler.closeError = MQTTClientError(.connectionClosed, "persisting the in-flight state failed: \(error)")
@@ -234,16 +242,18 @@ public final class MQTTClientConnectionHandler: ChannelDuplexHandler, RemovableC
         }
     }
 
-    private func write(_ batch: Batch, context: ChannelHandlerContext) {
+    /// Writes the batch's packets without flushing (the caller flushes); returns true if it closed the
+    /// connection (flushed first).
+    private func write(_ batch: Batch, context: ChannelHandlerContext) -> Bool {
         for packet in batch.packets {
             context.write(wrapOutboundOut(packet), promise: nil)
         }
+        guard let close = batch.close else { return false }
         context.flush()
-        if let close = batch.close {
-            if let close { closeError = close } else { closedNormally = true }
-            waiting.removeAll()
-            context.close(promise: nil)
-        }
+        if let close { closeError = close } else { closedNormally = true }
+        waiting.removeAll()
+        context.close(promise: nil)
+        return true
     }
 
     private func reportClosed(_ error: MQTTClientError?) {
