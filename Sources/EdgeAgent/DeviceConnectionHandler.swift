@@ -10,6 +10,8 @@ protocol RecordSink: Sendable {
     func append(_ body: [UInt8]) async throws(DiskBufferError) -> UInt64
     /// Stores the bodies as consecutive records, all or none; returns once they are durable.
     func append(contentsOf bodies: [[UInt8]]) async throws(DiskBufferError) -> Range<UInt64>
+    /// The same without a task: `completion` runs once, on any thread, when they are durable or failed.
+    func append(contentsOf bodies: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DiskBufferError>) -> Void)
     /// The last sequence appended so far.
     var lastSequence: UInt64 { get }
 }
@@ -21,6 +23,17 @@ extension RecordSink {
         for body in bodies { sequences.append(try await append(body)) }
         guard let first = sequences.first, let last = sequences.last else { return 0..<0 }
         return first..<last + 1
+    }
+
+    /// Through a task (sinks without a callback append: test fakes).
+    func append(contentsOf bodies: [[UInt8]], completion: @escaping @Sendable (Result<Range<UInt64>, DiskBufferError>) -> Void) {
+        Task {
+            do throws(DiskBufferError) {
+                completion(.success(try await append(contentsOf: bodies)))
+            } catch {
+                completion(.failure(error))
+            }
+        }
     }
 }
 
@@ -150,22 +163,34 @@ final class StoreBatch: @unchecked Sendable {
 
     func close() { isOpen = false }
 
-    func store() async {
-        do {
-            _ = try await sink.append(contentsOf: bodies)
-            results = Array(repeating: .success(()), count: bodies.count)
-        } catch where error.code == .recordTooLarge && bodies.count > 1 {
-            // One body too large (or a batch over a small buffer's segment) must not refuse the others.
-            for body in bodies {
-                do {
-                    _ = try await sink.append(body)
-                    results.append(.success(()))
-                } catch {
-                    results.append(.failure(error))
-                }
+    /// Appends the batch; the future succeeds on `eventLoop` once `results` are set. No task: the buffer's
+    /// writer thread completes the promise, so a store costs one hop to the writer and one back.
+    func store(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        sink.append(contentsOf: bodies) { result in
+            switch result {
+            case .success:
+                self.results = Array(repeating: .success(()), count: self.bodies.count)
+                promise.succeed(())
+            case .failure(let error) where error.code == .recordTooLarge && self.bodies.count > 1:
+                // One body too large (or a batch over a small buffer's segment) must not refuse the others.
+                promise.completeWithTask { await self.storeOneByOne() }
+            case .failure(let error):
+                self.results = Array(repeating: .failure(error), count: self.bodies.count)
+                promise.succeed(())
             }
-        } catch {
-            results = Array(repeating: .failure(error), count: bodies.count)
+        }
+        return promise.futureResult
+    }
+
+    private func storeOneByOne() async {
+        for body in bodies {
+            do {
+                _ = try await sink.append(body)
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+            }
         }
     }
 }
@@ -408,13 +433,12 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
     /// for the batch) and acknowledges them in order.
     private func enqueueBatch(_ batch: StoreBatch, context: ChannelHandlerContext) {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        enqueue(context: context) {
-            await batch.store()
-        } starting: {
+        let eventLoop = context.eventLoop
+        enqueue(context: context, future: { batch.store(on: eventLoop) }, starting: {
             let handler = loopBound.value
             if handler.openBatch === batch { handler.openBatch = nil }
             batch.close()
-        } then: { handler, _ in
+        }) { handler, _ in
             // The batch's acks go out with one flush (one write(2)), not one each.
             handler.holdingFlush = true
             for (completion, result) in zip(batch.completions, batch.results) { handler.stored(completion, result) }
@@ -436,6 +460,21 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         starting: @escaping () -> Void = {},
         then: @escaping (DeviceConnectionHandler, Result<Void, any Error>) -> Void
     ) {
+        let eventLoop = context.eventLoop
+        enqueue(context: context, future: {
+            let promise = eventLoop.makePromise(of: Void.self)
+            promise.completeWithTask { try await work() }
+            return promise.futureResult
+        }, starting: starting, then: then)
+    }
+
+    /// `enqueue` for work that is a future (started on the event loop) rather than a task.
+    private func enqueue(
+        context: ChannelHandlerContext,
+        future work: @escaping () -> EventLoopFuture<Void>,
+        starting: @escaping () -> Void = {},
+        then: @escaping (DeviceConnectionHandler, Result<Void, any Error>) -> Void
+    ) {
         // Stores that come after this must not join a batch queued before it.
         openBatch = nil
         let eventLoop = context.eventLoop
@@ -443,9 +482,7 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         let previous = chain ?? eventLoop.makeSucceededVoidFuture()
         chain = previous.flatMap {
             starting()
-            let promise = eventLoop.makePromise(of: Void.self)
-            promise.completeWithTask { try await work() }
-            return promise.futureResult.always { result in then(loopBound.value, result) }
+            return work().always { result in then(loopBound.value, result) }
                 .flatMapError { _ in eventLoop.makeSucceededVoidFuture() }
         }
     }

@@ -5,31 +5,42 @@ import NIOCore
 
 extension Uplink {
     /// The forwarding loop's state for one connection: which buffer sequences are outstanding (given to the
-    /// client, not finished), where reading continues, and the window. Runs on the uplink's event task only.
-    struct Forwarder {
+    /// client, not finished), where reading continues, and the window.
+    ///
+    /// Confined to the connection's event loop: the client handler's `connected` and `acknowledged` events
+    /// reach it there directly (`EventLoop.execute` from the loop itself: no wake-up), and the buffer's
+    /// `whenRecords` wake-up, the pacing timer and the lane gate hop to that loop. So a forwarded record
+    /// costs no task switch: the records become readable on the syncer thread, one hop brings the fill to
+    /// the loop, which writes the PUBLISHes itself; PUBCOMP acknowledges the buffer on the loop too.
+    final class Forwarder: @unchecked Sendable {
         let uplink: Uplink
-        let channel: any Channel
-        let continuation: AsyncStream<Event>.Continuation
+        let eventLoop: any EventLoop
+        /// The session the connection started from (its outgoing entries are resent first).
+        let session: MQTTClientSession
+        /// Set by the channel initializer, on the loop, before any event.
+        var channel: (any Channel)?
         /// Outstanding sequences in increasing order (restored ones first, then new ones).
         var outstanding: [UInt64] = []
         var nextToRead: UInt64 = 1
         var window = 0
-        var waiter: Task<Void, Never>?
+        /// The pending `whenRecords` wake-up, if any.
+        var waiter: Int?
         var stopped = false
         var acknowledgedSinceTick = 0
         var lastTick = ContinuousClock.now
         /// Replay pacing (`upstream.max_bytes_per_second`): a token bucket of payload bytes, one second deep.
         var tokens: Double = 0
         var lastRefill = ContinuousClock.now
-        var pacingWake: Task<Void, Never>?
+        var pacingWake: Scheduled<Void>?
 
-        init(uplink: Uplink, channel: any Channel, continuation: AsyncStream<Event>.Continuation) {
+        init(uplink: Uplink, eventLoop: any EventLoop, session: MQTTClientSession) {
             self.uplink = uplink
-            self.channel = channel
-            self.continuation = continuation
+            self.eventLoop = eventLoop
+            self.session = session
         }
 
-        mutating func connected(window: Int, session: MQTTClientSession) {
+        func connected(window: Int) {
+            eventLoop.assertInEventLoop()
             self.window = window
             outstanding = session.outgoing.map(\.tag).sorted()
             let snapshot = uplink.store.snapshot
@@ -38,7 +49,8 @@ extension Uplink {
             fill()
         }
 
-        mutating func acknowledged(_ tag: UInt64, reasonCode: MQTTReasonCode) {
+        func acknowledged(_ tag: UInt64, reasonCode: MQTTReasonCode) {
+            eventLoop.assertInEventLoop()
             guard let index = outstanding.firstIndex(of: tag) else { return }
             outstanding.remove(at: index)
             if reasonCode.isFailure {
@@ -61,23 +73,26 @@ extension Uplink {
             if outstanding.count <= window - max(1, window / 4) { fill() }
         }
 
-        mutating func recordsAvailable() {
+        /// The buffer has records after the sequence waited for by `waiter` `id`.
+        func recordsAvailable(waiter id: Int) {
+            eventLoop.assertInEventLoop()
+            guard waiter == id else { return }  // stale: cancelled, or a newer wait is pending
             waiter = nil
-            pacingWake = nil
             fill()
         }
 
-        mutating func stop() {
+        func stop() {
+            eventLoop.assertInEventLoop()
             stopped = true
             uplink.gate?.setBusy(uplink.settings.priority, false)
-            waiter?.cancel()
+            if let waiter { uplink.buffer.cancelWait(waiter) }
             waiter = nil
             pacingWake?.cancel()
             pacingWake = nil
         }
 
         /// Whether `bytes` may go now under the bytes/s cap; if not, a wake-up is scheduled.
-        mutating func admit(_ bytes: Int) -> Bool {
+        func admit(_ bytes: Int) -> Bool {
             guard let rate = uplink.settings.maxBytesPerSecond, rate > 0 else { return true }
             let now = ContinuousClock.now
             tokens = min(Double(rate), tokens + Double((now - lastRefill).nanoseconds) / 1e9 * Double(rate))
@@ -89,22 +104,20 @@ extension Uplink {
                 return true
             }
             if pacingWake == nil {
-                let delay = Duration.nanoseconds(Int64((needed - tokens) / Double(rate) * 1e9) + 1_000_000)
-                let continuation = self.continuation
-                pacingWake = Task {
-                    try? await Task.sleep(for: delay)  // the pacing timer itself
-                    if !Task.isCancelled { continuation.yield(.recordsAvailable) }
+                let delay = TimeAmount.nanoseconds(Int64((needed - tokens) / Double(rate) * 1e9) + 1_000_000)
+                pacingWake = eventLoop.scheduleTask(in: delay) { [self] in  // the pacing timer itself
+                    pacingWake = nil
+                    fill()
                 }
             }
             return false
         }
 
         /// Hands records to the client while the window has room; waits for the buffer otherwise.
-        mutating func fill() {
-            guard !stopped, window > 0 else { return }
+        func fill() {
+            guard !stopped, window > 0, let channel else { return }
             if let gate = uplink.gate {
-                let continuation = self.continuation
-                guard gate.mayRead(uplink.settings.priority, wake: { continuation.yield(.recordsAvailable) }) else { return }
+                guard gate.mayRead(uplink.settings.priority, wake: { [self] in eventLoop.execute { self.fill() } }) else { return }
             }
             defer { updateBusy() }
             var wrote = false
@@ -120,13 +133,16 @@ extension Uplink {
                 }
                 guard !records.isEmpty else {
                     if waiter == nil {
-                        let buffer = uplink.buffer
-                        let after = nextToRead - 1
-                        let continuation = self.continuation
-                        waiter = Task {
-                            await buffer.waitForRecords(after: after)
-                            if !Task.isCancelled { continuation.yield(.recordsAvailable) }
+                        // The wake-up may run at once (records became readable meanwhile): it goes through
+                        // the loop's queue, after this fill has set `waiter`.
+                        let registered = WaiterID()
+                        let id = uplink.buffer.whenRecords(after: nextToRead - 1) { [self, eventLoop] in
+                            eventLoop.execute {
+                                if let id = registered.value { self.recordsAvailable(waiter: id) } else { self.fill() }
+                            }
                         }
+                        registered.value = id
+                        waiter = id
                     }
                     break
                 }
@@ -169,7 +185,8 @@ extension Uplink {
         }
 
         /// The periodic progress line: records left, rate, ETA.
-        mutating func reportProgress() {
+        func reportProgress() {
+            eventLoop.assertInEventLoop()
             let now = ContinuousClock.now
             let seconds = max(0.001, Double((now - lastTick).milliseconds) / 1000)
             let rate = Double(acknowledgedSinceTick) / seconds
@@ -186,4 +203,10 @@ extension Uplink {
             ])
         }
     }
+}
+
+/// The id of a `whenRecords` wait, set and read on the forwarder's event loop only (the wake-up closure
+/// only carries it there).
+private final class WaiterID: @unchecked Sendable {
+    var value: Int?
 }

@@ -48,7 +48,6 @@ final class Uplink: Service, Sendable {
 
     enum Event: Sendable {
         case client(MQTTClientConnection.Event)
-        case recordsAvailable
         case progressTick
         case shutdown
     }
@@ -240,8 +239,10 @@ final class Uplink: Service, Sendable {
         // lower lane connecting a moment earlier does not send its backlog first; a failed attempt clears it.
         gate?.setBusy(settings.priority, buffer.stats.records > 0)
         let channel: any Channel
+        let eventLoop = group.next()
+        let forwarder = Forwarder(uplink: self, eventLoop: eventLoop, session: session)
         do {
-            channel = try await connect(session: session, events: continuation)
+            channel = try await connect(session: session, eventLoop: eventLoop, forwarder: forwarder, events: continuation)
         } catch {
             gate?.setBusy(settings.priority, false)
             logger.warning("Uplink connection failed", metadata: [
@@ -249,7 +250,6 @@ final class Uplink: Service, Sendable {
             ])
             return (session, false)
         }
-        var forwarder = Forwarder(uplink: self, channel: channel, continuation: continuation)
         let progress = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: settings.progressInterval)  // a periodic timer, not synchronisation
@@ -261,7 +261,7 @@ final class Uplink: Service, Sendable {
         for await event in stream {
             switch event {
             case .client(.closed(let error, let endedSession)):
-                forwarder.stop()
+                // The forwarder was stopped on the loop already (see `connect`).
                 if let error {
                     logger.warning("Uplink connection closed", metadata: ["error.message": "\(error)", "uplink.inflight": "\(endedSession.inflightCount)"])
                 }
@@ -274,26 +274,23 @@ final class Uplink: Service, Sendable {
                     "uplink.host": "\(settings.host)", "uplink.priority": "\(settings.priority)", "uplink.session_present": "\(connack.sessionPresent)",
                     "uplink.window": "\(window)", "uplink.resending": "\(session.inflightCount)",
                 ])
-                forwarder.connected(window: window, session: session)
                 if !settings.commandTopics.isEmpty {
                     let subscriptions = settings.commandTopics.map { MQTTSubscription(topicFilter: $0, qos: .atLeastOnce) }
                     channel.writeAndFlush(MQTTClientConnection.Command.subscribe(subscriptions), promise: nil)
                 }
-            case .client(.acknowledged(let tag, let reasonCode)):
-                forwarder.acknowledged(tag, reasonCode: reasonCode)
+            case .client(.acknowledged):
+                break  // handled by the forwarder on the loop (see `connect`)
             case .client(.message(let publish)):
                 onCommand(publish)
             case .client(.subscribed(_, let codes)):
                 logger.info("Uplink subscribed to command topics", metadata: ["mqtt.reason_codes": "\(codes)"])
-            case .recordsAvailable:
-                forwarder.recordsAvailable()
             case .progressTick:
-                forwarder.reportProgress()
+                eventLoop.execute { forwarder.reportProgress() }
             case .shutdown:
                 // Stop sending new records; DISCONNECT so the broker keeps the session cleanly. A broker that
                 // does not let the connection close (stopped, or a write stuck) is cut off after a grace period;
                 // the session state is persisted, so this is no worse than a crash.
-                forwarder.stop()
+                eventLoop.execute { forwarder.stop() }
                 channel.writeAndFlush(MQTTClientConnection.Command.disconnect, promise: nil)
                 channel.eventLoop.scheduleTask(in: disconnectGrace) { channel.close(promise: nil) }
             }
@@ -301,7 +298,9 @@ final class Uplink: Service, Sendable {
         return (session, wasConnected)
     }
 
-    private func connect(session: MQTTClientSession, events: AsyncStream<Event>.Continuation) async throws -> any Channel {
+    private func connect(
+        session: MQTTClientSession, eventLoop: any EventLoop, forwarder: Forwarder, events: AsyncStream<Event>.Continuation
+    ) async throws -> any Channel {
         let settings = self.settings
         let store = self.store
         let uplink = self
@@ -310,7 +309,6 @@ final class Uplink: Service, Sendable {
             try await UplinkResolver.resolve(host: settings.host, port: settings.port)
         }
         logger.debug("Uplink host resolved", metadata: ["uplink.host": "\(settings.host)", "uplink.addresses": "\(addresses.count)"])
-        let eventLoop = group.next()
         var bootstrap = ClientBootstrap(group: eventLoop)
             .resolver(UplinkResolver.Resolved(addresses: addresses, eventLoop: eventLoop))
             .connectTimeout(TimeAmount.nanoseconds(Int64(settings.connectTimeout.milliseconds) * 1_000_000))
@@ -327,6 +325,7 @@ final class Uplink: Service, Sendable {
             }
             if abandon { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
             return channel.eventLoop.makeCompletedFuture {
+                forwarder.channel = channel
                 let operations = channel.pipeline.syncOperations
                 if let tls = settings.tls {
                     // SNI cannot be an IP address: for mqtts://<IP> the certificate is verified against the
@@ -348,7 +347,19 @@ final class Uplink: Service, Sendable {
                             AgentMetrics.persistSeconds.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
                         }
                     },
-                    onEvent: { events.yield(.client($0)) }))
+                    onEvent: { event in
+                        // The forwarder's events run on the loop, after the handler's current work (in
+                        // order, no wake-up); acknowledgements, the per-record event, go nowhere else.
+                        switch event {
+                        case .connected(_, let window): eventLoop.execute { forwarder.connected(window: window) }
+                        case .acknowledged(let tag, let reasonCode):
+                            eventLoop.execute { forwarder.acknowledged(tag, reasonCode: reasonCode) }
+                            return
+                        case .closed: eventLoop.execute { forwarder.stop() }
+                        case .message, .subscribed: break
+                        }
+                        events.yield(.client(event))
+                    }))
             }
         }.connect(host: settings.host, port: settings.port).get()
     }
