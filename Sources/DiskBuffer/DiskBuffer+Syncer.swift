@@ -10,10 +10,15 @@ import Logging
 struct SyncTarget {
     var handle: FileHandle
     var through: UInt64
+    /// When the first write this target covers was handed over (monotonic): the oldest unsynced write.
+    var since: UInt64
 }
 
 /// The interval sync thread (policy `interval` only): every `interval` it fdatasyncs the active
 /// segment if the writer wrote to it since the last sync, then lets readers see what that sync covered.
+/// A write after a quiet spell waits half an interval for the writes that follow it (a burst of device
+/// publishes shares one sync, and the uplink one read and one group commit for them); no write waits
+/// longer than `interval` plus a sync.
 /// It runs beside the writer so that appends never wait for a sync: the writer keeps writing new
 /// records while the disk flushes older ones. It holds its own reference to the segment's file, so a
 /// segment the writer has moved on from stays open until its sync returns. The writer stops this thread
@@ -27,7 +32,7 @@ final class Syncer: @unchecked Sendable {
     init(core: Core, intervalNanoseconds: UInt64) {
         self.core = core
         self.intervalNanoseconds = intervalNanoseconds
-        lastSync = Clock.monotonicNanoseconds()
+        lastSync = 0  // the first write after opening comes after a quiet spell
     }
 
     func run() {
@@ -45,7 +50,7 @@ final class Syncer: @unchecked Sendable {
                 return .done(nil)
             }
             guard let target = state.syncTarget else { return .wait(until: nil) }
-            let due = lastSync + intervalNanoseconds
+            let due = max(lastSync + intervalNanoseconds, target.since + intervalNanoseconds / 2)
             guard Clock.monotonicNanoseconds() >= due else { return .wait(until: due) }
             state.syncTarget = nil
             return .done(target)

@@ -152,7 +152,8 @@ final class Writer: @unchecked Sendable {
                     // Readers wait for the syncer; a syncer already holding a target picks up the
                     // newer one when its interval ends.
                     wakeSyncer = state.syncTarget == nil
-                    state.syncTarget = SyncTarget(handle: active, through: state.writtenThrough)
+                    let since = state.syncTarget?.since ?? Clock.monotonicNanoseconds()
+                    state.syncTarget = SyncTarget(handle: active, through: state.writtenThrough, since: since)
                 } else {
                     state.readableThrough = state.writtenThrough
                 }

@@ -45,6 +45,27 @@ import Testing
 
     /// Rolling to a new segment syncs the old one on the writer thread, even while the syncer is stuck:
     /// the old segment's records become readable, the new one's wait for the syncer.
+    /// A burst after a quiet spell shares one sync: the first write waits half an interval for the others
+    /// (it used to be synced at once, alone, and the rest of the burst an interval later). Opening counts
+    /// as the end of a quiet spell. The interval is long so that a loaded machine (tests run in parallel)
+    /// cannot stretch the gap between the two appends past half of it.
+    @Test func aBurstAfterAQuietSpellSharesOneSync() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let (buffer, _) = try DiskBuffer.open(
+            .init(directory: directory.path, fsync: .interval(milliseconds: 6000)), logger: testLogger)
+        let start = ContinuousClock.now
+        #expect(try await buffer.append(body(for: 1)) == 1)
+        #expect(try await buffer.append(contentsOf: (2...5).map { body(for: $0) }) == 2..<6)
+        let gap = ContinuousClock.now - start
+        await buffer.waitForRecords(after: 4)
+        let waited = ContinuousClock.now - start
+        if gap < .seconds(3) { #expect(buffer.stats.syncs == 1) }
+        #expect(try buffer.read(from: 1).map(\.sequence) == [1, 2, 3, 4, 5])
+        #expect(waited >= .seconds(3) && waited < .seconds(30))
+        await buffer.close()
+    }
+
     @Test func segmentRollSyncsTheOldSegmentWithoutTheSyncer() async throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
