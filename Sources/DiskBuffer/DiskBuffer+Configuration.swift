@@ -10,7 +10,8 @@ extension DiskBuffer {
         case always
         /// `fdatasync` every `milliseconds`: power loss can lose records that `append` returned during the
         /// last interval (plus the time one sync takes). Readers see a record only once it is synced,
-        /// so a lost record was never forwarded and its sequence number is never seen upstream.
+        /// so a lost record was never forwarded and its sequence number is never seen upstream. A write
+        /// after a quiet spell waits half an interval for its sync, so that a burst shares one.
         case interval(milliseconds: Int)
         /// Never sync (except at `close`). Unsafe: power loss can lose any amount of recent data, and a
         /// record forwarded before the loss may have its sequence number reused afterwards.
