@@ -11,9 +11,10 @@
 #
 #   bench/agent-footprint.sh [SECONDS] [SIZE] [RATES]     (defaults 30 1024 "100 1000")
 # Environment: DEVICES (10), QOS (1), WARMUP (5), IDLE_WAIT (5), EDGE_AGENT (default .build-static/release/
-# edge-agent, the agent as systemd/install.sh links it: swift build -c release --product edge-agent
-# --static-swift-stdlib -Xlinker --no-export-dynamic -Xswiftc -use-ld=lld -Xlinker -z -Xlinker
-# pack-relative-relocs --scratch-path .build-static; then .build-release/release/edge-agent and
+# edge-agent, the agent as systemd/install.sh builds it: swift build $(systemd/install.sh --print-build-flags
+# edge-agent) --scratch-path .build-static, i.e. static Swift stdlib, lld, --no-export-dynamic,
+# pack-relative-relocs, -function-sections and the start-up/idle/forwarding functions placed first by
+# systemd/edge-agent.order and systemd/edge-agent.ld; then .build-release/release/edge-agent and
 # .build/release/edge-agent), DEVICE_SIM, AGENT_ARGS (extra edge-agent arguments, e.g.
 # "--set upstream.max_inflight=100"), AGENT_ENV (extra environment for edge-agent, e.g. "MALLOC_ARENA_MAX=2").
 set -euo pipefail

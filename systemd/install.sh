@@ -19,6 +19,8 @@
 #   --strip           strip debug information from the installed binaries (keeps symbol names, so crash
 #                     backtraces stay readable): 121 MB -> 86 MB for edge-agent on x86_64
 #   --dry-run         print what would be done and exit
+#   --print-build-flags  print the swift build arguments of each component and exit (used by bench/ and
+#                     scripts/footprint/ to build the agent exactly as installed)
 #   --uninstall       stop and disable the units, remove binaries, units and the sysusers entry; keep
 #                     /etc/tributary and the agent's buffer in /var/lib/tributary-edge-agent (it may hold
 #                     records not yet delivered upstream)
@@ -41,6 +43,7 @@ static=1
 start=1
 strip_binaries=0
 dry_run=0
+print_build_flags=0
 uninstall=0
 purge=0
 components=()
@@ -54,11 +57,12 @@ while [ $# -gt 0 ]; do
         --no-start) start=0; shift ;;
         --strip) strip_binaries=1; shift ;;
         --dry-run) dry_run=1; shift ;;
+        --print-build-flags) print_build_flags=1; shift ;;
         --uninstall) uninstall=1; shift ;;
         --purge) purge=1; shift ;;
         edge-agent|cloud-broker) components+=("$1"); shift ;;
         all) components+=(edge-agent cloud-broker); shift ;;
-        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -71,6 +75,7 @@ fi
 live=1  # a real installation on this host (users, systemctl)
 [ -z "$destdir" ] || live=0
 [ "$dry_run" -eq 0 ] || live=0
+[ "$print_build_flags" -eq 0 ] || live=0
 if [ "$live" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
     die "run as root (or use --destdir DIR / --dry-run)"
 fi
@@ -167,27 +172,42 @@ if [ "$uninstall" -eq 1 ]; then
 fi
 
 # --- binaries -------------------------------------------------------------------------------------------------
-# Link flags that keep a static edge-agent small in memory (BENCHMARKS.md, "Edge agent footprint"): no dynamic
-# symbol table for its ~20,000 symbols (nothing looks them up), and, with the toolchain's lld and glibc 2.36
-# or newer (Debian 12, Ubuntu 24.04), relative relocations packed (DT_RELR: 2.4 MB of .rela.dyn become 20 KB,
-# all of which the loader reads at every start). The binary then needs glibc 2.36 on the gateway too.
-agent_link_flags() {
-    echo -Xlinker --no-export-dynamic
+# Build flags that keep a static edge-agent small in memory (BENCHMARKS.md, "Edge agent footprint"): no dynamic
+# symbol table for its ~20,000 symbols (nothing looks them up), every function in a section of its own
+# (-function-sections), and, with the toolchain's lld and glibc 2.36 or newer (Debian 12, Ubuntu 24.04),
+# relative relocations packed (DT_RELR: 2.4 MB of .rela.dyn become 20 KB, all of which the loader reads at
+# every start) and the functions the agent runs at start, when idle and when forwarding placed together at the
+# start of .text (systemd/edge-agent.order by symbol, systemd/edge-agent.ld the few without a symbol of their
+# own; both made by scripts/footprint/order-file.sh; a stale list only costs memory, never correctness). The binary then needs glibc 2.36 on the gateway too.
+agent_build_flags() {
+    echo -Xlinker --no-export-dynamic -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections
     local glibc lld
     glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
     lld="$(dirname "$(command -v swift)")/ld.lld"
     if [ -x "$lld" ] && [ -n "$glibc" ] && [ "$(printf '%s\n2.36\n' "$glibc" | sort -V | head -1)" = 2.36 ]; then
         echo -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs
+        [ ! -f "$root/systemd/edge-agent.order" ] ||
+            echo -Xlinker "--symbol-ordering-file=$root/systemd/edge-agent.order" -Xlinker --no-warn-symbol-ordering
+        [ ! -f "$root/systemd/edge-agent.ld" ] || echo -Xlinker -T -Xlinker "$root/systemd/edge-agent.ld"
     fi
 }
+# The swift build arguments of a component (release; static unless --no-static).
+build_flags() {
+    local flags=(-c release --product "$1")
+    [ "$static" -eq 0 ] || flags+=(--static-swift-stdlib)
+    [ "$1" != edge-agent ] || [ "$static" -eq 0 ] || flags+=($(agent_build_flags))
+    echo "${flags[@]}"
+}
+if [ "$print_build_flags" -eq 1 ]; then
+    for component in "${components[@]}"; do build_flags "$component"; done
+    exit 0
+fi
 if [ -z "$binary_dir" ]; then
     binary_dir="$root/.build/release"
     if [ "$build" -eq 1 ]; then
         command -v swift >/dev/null || die "swift not found on PATH (or pass --binary-dir DIR with built binaries)"
         for component in "${components[@]}"; do
-            flags=(-c release --product "$component")
-            [ "$static" -eq 0 ] || flags+=(--static-swift-stdlib)
-            [ "$component" != edge-agent ] || [ "$static" -eq 0 ] || flags+=($(agent_link_flags))
+            read -r -a flags <<<"$(build_flags "$component")"
             say "building $component (swift build ${flags[*]}); this takes minutes"
             run swift build --package-path "$root" "${flags[@]}"
         done
