@@ -178,7 +178,10 @@ fi
 # relative relocations packed (DT_RELR: 2.4 MB of .rela.dyn become 20 KB, all of which the loader reads at
 # every start) and the functions the agent runs at start, when idle and when forwarding placed together at the
 # start of .text (systemd/edge-agent.order by symbol, systemd/edge-agent.ld the few without a symbol of their
-# own; both made by scripts/footprint/order-file.sh; a stale list only costs memory, never correctness). The binary then needs glibc 2.36 on the gateway too.
+# own; both made by scripts/footprint/order-file.sh; a stale list only costs memory, never correctness), and
+# libstdc++ linked statically. The binary then needs glibc 2.36 on the gateway too. (SwiftPM does not notice
+# that the lists changed, and the Swift driver may keep objects compiled without -function-sections: after
+# changing these flags, build into a fresh --scratch-path.)
 agent_build_flags() {
     echo -Xlinker --no-export-dynamic -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections
     local glibc lld
@@ -190,6 +193,22 @@ agent_build_flags() {
             echo -Xlinker "--symbol-ordering-file=$root/systemd/edge-agent.order" -Xlinker --no-warn-symbol-ordering
         [ ! -f "$root/systemd/edge-agent.ld" ] || echo -Xlinker -T -Xlinker "$root/systemd/edge-agent.ld"
     fi
+    # libstdc++ (used by the Swift runtime, libdispatch and BoringSSL) linked statically as well: its shared
+    # library is 1.4 MB resident, the few functions the agent calls sit with the others at the start of .text.
+    # The toolchain adds a plain -lstdc++; a search directory holding only the archive makes that the archive.
+    local archive cxx
+    for cxx in "${CXX:-}" g++ "$(dirname "$(command -v swift)")/clang++"; do
+        [ -n "$cxx" ] && command -v "$cxx" >/dev/null || continue
+        archive=$("$cxx" -print-file-name=libstdc++.a 2>/dev/null) || continue
+        if [ -f "$archive" ] && [ "${archive#/}" != "$archive" ]; then
+            if [ "$dry_run" -eq 0 ]; then
+                mkdir -p "$root/.build/static-libstdc++"
+                ln -sf "$archive" "$root/.build/static-libstdc++/libstdc++.a"
+            fi
+            echo -Xlinker "-L$root/.build/static-libstdc++"
+            break
+        fi
+    done
 }
 # The swift build arguments of a component (release; static unless --no-static).
 build_flags() {

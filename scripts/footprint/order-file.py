@@ -35,7 +35,7 @@ for line in open(map_path):
     address, size, indent, rest = int(m.group(1), 16), int(m.group(2), 16), len(m.group(3)), m.group(4)
     if indent == 0:
         output_section = rest
-    elif output_section != ".text":
+    elif output_section not in (".text", ".text.hot"):  # .text.hot: the sections of a previous edge-agent.ld
         continue
     elif indent == 8:
         sections.append([address, size, rest, []])

@@ -9,7 +9,7 @@
 #
 #   scripts/footprint/order-file.sh            (about 2 minutes after the build; needs valgrind, mosquitto)
 # Environment: SCRATCH (build directory, default .build-static, the one bench/agent-footprint.sh uses),
-# DEVICE_SIM (default: a release device-sim as in bench/).
+# DEVICE_SIM (default: a release device-sim as in bench/), KEEP (a directory to keep the profiles and the map in).
 set -euo pipefail
 source "$(dirname "$0")/../../bench/loadgen/common.sh"
 scratch=${SCRATCH:-$root/.build-static}
@@ -17,8 +17,19 @@ sim=$(device_sim)
 command -v valgrind >/dev/null || { echo "order-file: valgrind is needed" >&2; exit 1; }
 
 read -r -a flags <<<"$("$root/systemd/install.sh" --print-build-flags edge-agent)"
-echo "order-file: swift build ${flags[*]} -Xlinker -Map=... --scratch-path $scratch"
-swift build --package-path "$root" "${flags[@]}" -Xlinker "-Map=$work/edge-agent.map" -Xlinker --no-demangle --scratch-path "$scratch"
+# The profile is taken of the agent linked without the current lists (the default layout: every function in
+# its own section, in link order), so that what ran is read the same way each time.
+profile_flags=()
+for ((i = 0; i < ${#flags[@]}; i++)); do
+    case "${flags[i]}:${flags[i + 1]:-}" in
+        -Xlinker:--symbol-ordering-file=*|-Xlinker:--no-warn-symbol-ordering) i=$((i + 1)) ;;
+        -Xlinker:-T) i=$((i + 3)) ;;
+        *) profile_flags+=("${flags[i]}") ;;
+    esac
+done
+echo "order-file: swift build ${profile_flags[*]} -Xlinker -Map=... --scratch-path $scratch"
+swift build --package-path "$root" "${profile_flags[@]}" -Xlinker "-Map=$work/edge-agent.map" -Xlinker --no-demangle \
+    --scratch-path "$scratch"
 # valgrind 3.19 cannot read the toolchain's DWARF 5; the symbol table is enough, and the code is the same.
 objcopy --strip-debug "$scratch/release/edge-agent" "$work/edge-agent"
 
@@ -59,6 +70,7 @@ done
 callgrind_control --dump=forwarding "$agent_pid" >/dev/null
 kill "$agent_pid"
 wait "$agent_pid" || true
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/callgrind.* "$work/edge-agent.map" "$KEEP"/; fi
 profiles=("$work"/callgrind.*.1 "$work"/callgrind.*.2)
 profiles+=("$(ls "$work"/callgrind.* | grep -v '\.[12]$')")
 python3 "$root/scripts/footprint/order-file.py" --script "$root/systemd/edge-agent.ld" "$work/edge-agent.map" \
