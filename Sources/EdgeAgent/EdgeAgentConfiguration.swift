@@ -185,7 +185,7 @@ struct EdgeAgentConfiguration: Sendable {
 
     /// Durations with a `d` (days) unit as well; whole seconds.
     static func seconds(_ values: ConfigValues, _ key: String) throws(ConfigError) -> UInt32 {
-        if let raw = values.raw(key)?.value.trimmingCharacters(in: .whitespaces), raw.hasSuffix("d"),
+        if let raw = values.raw(key)?.value.trimmingBlanks(), raw.hasSuffix("d"),
             let days = UInt32(raw.dropLast())
         {
             return days * 86_400
@@ -289,7 +289,11 @@ struct UpstreamURL: Sendable, Hashable, CustomStringConvertible {
         var rest = String(text.dropFirst(prefix.count))
         if rest.hasSuffix("/") { rest.removeLast() }
         useTLS = tls
-        let hasPort = rest.hasPrefix("[") ? rest.contains("]:") : rest.contains(":")
+        // "]:" somewhere after "[", else any ":" (Character and split: the standard library's, not Foundation's).
+        let hasPort =
+            rest.hasPrefix("[")
+            ? rest.split(separator: "]" as Character, omittingEmptySubsequences: false).dropFirst().contains { $0.hasPrefix(":") }
+            : rest.contains(":" as Character)
         address = try HostPort(parsing: hasPort ? rest : "\(rest):\(defaultPort)")
     }
 

@@ -71,6 +71,22 @@ struct ConfigValuesTests {
         #expect(ConfigKey("kafka.bootstrap_servers", help: "").environmentVariable == "TRIBUTARY_KAFKA_BOOTSTRAP_SERVERS")
     }
 
+    /// Blanks around values are trimmed as Foundation's `.whitespaces` did (spaces, tabs, other Unicode space
+    /// separators; not line breaks), with the standard library alone.
+    @Test func blanksAroundValuesAreTrimmedLikeFoundationWhitespaces() throws {
+        #expect(ConfigValues.parseBytes("\t 64 MiB\u{00A0}") == 64 << 20)
+        #expect(ConfigValues.parseDuration("\u{2003}10s ") == .seconds(10))
+        #expect(ConfigValues.parseBytes("64MiB\n") == nil)
+        #expect(try HostPort(parsing: " \t127.0.0.1:1883\u{3000}") == HostPort(host: "127.0.0.1", port: 1883))
+        #expect(" \t ".trimmingBlanks() == "")
+        #expect("a b".trimmingBlanks() == "a b")
+        #expect("\u{205F}é\u{0301}\t".trimmingBlanks() == "é\u{0301}")
+        var values = ConfigValues(keys: Self.keys)
+        try values.merge(yaml: "routes:\n  command_topics: ' cmd/a ,\tcmd/b, '\n", origin: "x")
+        #expect(values.list("routes.command_topics") == ["cmd/a", "cmd/b"])
+        #expect(HostPort(host: "::1", port: 1).description == "[::1]:1")
+    }
+
     @Test func notAMappingIsRejected() {
         var values = ConfigValues(keys: Self.keys)
         #expect(throws: ConfigError.self) { try values.merge(yaml: "- a\n- b\n", origin: "list.yaml") }

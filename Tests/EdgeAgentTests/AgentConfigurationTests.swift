@@ -22,6 +22,18 @@ struct AgentConfigurationTests {
         }
     }
 
+    @Test("upstream URL: scheme sets TLS and the default port; an IPv6 host in brackets; a bad URL is named")
+    func upstreamURL() throws {
+        #expect(try UpstreamURL(parsing: "mqtt://cloud.example").description == "mqtt://cloud.example:1883")
+        #expect(try UpstreamURL(parsing: "mqtts://cloud.example/").description == "mqtts://cloud.example:8883")
+        #expect(try UpstreamURL(parsing: "ssl://10.0.0.1:9000").address == HostPort(host: "10.0.0.1", port: 9000))
+        #expect(try UpstreamURL(parsing: "mqtt://[::1]").address == HostPort(host: "::1", port: 1883))
+        #expect(try UpstreamURL(parsing: "mqtt://[::1]:1884").address == HostPort(host: "::1", port: 1884))
+        #expect(try UpstreamURL(parsing: "tcp://[fe80::1]:2000").useTLS == false)
+        #expect(throws: ConfigError.self) { try UpstreamURL(parsing: "http://cloud.example") }
+        #expect(throws: ConfigError.self) { try UpstreamURL(parsing: "mqtt://host:99999") }
+    }
+
     @Test("local broker source: keys parsed, environment overrides, every bad value named")
     func localBroker() throws {
         let plain = try Self.configuration([:])

@@ -20,6 +20,6 @@ public struct ConfigKey: Sendable, Hashable {
 
     /// `kafka.bootstrap_servers` → `TRIBUTARY_KAFKA_BOOTSTRAP_SERVERS`.
     public var environmentVariable: String {
-        "TRIBUTARY_" + name.uppercased().replacingOccurrences(of: ".", with: "_")
+        "TRIBUTARY_" + String(name.uppercased().map { $0 == "." ? "_" : $0 })
     }
 }

@@ -125,7 +125,7 @@ public struct ConfigValues: Sendable {
 
     public func int(_ key: String, range: ClosedRange<Int>? = nil) throws(ConfigError) -> Int {
         let entry = try requireEntry(key)
-        guard let value = Int(entry.value.trimmingCharacters(in: .whitespaces)) else {
+        guard let value = Int(entry.value.trimmingBlanks()) else {
             throw ConfigError(key: key, origin: entry.origin, "expected a whole number, got '\(entry.value)'")
         }
         if let range, !range.contains(value) {
@@ -172,7 +172,7 @@ public struct ConfigValues: Sendable {
 
     public func list(_ key: String) -> [String] {
         guard let value = entries[key]?.value else { return [] }
-        return value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return value.split(separator: ",").map { $0.trimmingBlanks() }.filter { !$0.isEmpty }
     }
 
     public func oneOf<T: RawRepresentable & CaseIterable>(_ key: String, _ type: T.Type) throws(ConfigError) -> T
@@ -193,13 +193,13 @@ public struct ConfigValues: Sendable {
     }
 
     static func parseBytes(_ text: String) -> Int? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let trimmed = text.trimmingBlanks()
         let units: [(String, Int)] = [
             ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
             ("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("B", 1),
         ]
         for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-            let number = trimmed.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)
+            let number = trimmed.dropLast(suffix.count).trimmingBlanks()
             guard let value = Int(number), value >= 0 else { return nil }
             let (product, overflow) = value.multipliedReportingOverflow(by: factor)
             return overflow ? nil : product
@@ -209,7 +209,7 @@ public struct ConfigValues: Sendable {
     }
 
     static func parseDuration(_ text: String) -> Duration? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let trimmed = text.trimmingBlanks()
         let units: [(String, (Int) -> Duration)] = [
             ("us", { .microseconds($0) }), ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }),
             ("m", { .seconds($0 * 60) }), ("h", { .seconds($0 * 3600) }),

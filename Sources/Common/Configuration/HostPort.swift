@@ -11,7 +11,7 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
     }
 
     public init(parsing text: String) throws(ConfigError) {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let trimmed = text.trimmingBlanks()
         let hostPart: Substring
         let portPart: Substring
         if trimmed.hasPrefix("["), let close = trimmed.firstIndex(of: "]") {
@@ -34,6 +34,6 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.contains(":" as Character) ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
