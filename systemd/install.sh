@@ -19,8 +19,8 @@
 #   --strip           strip debug information from the installed binaries (keeps symbol names, so crash
 #                     backtraces stay readable): 121 MB -> 86 MB for edge-agent on x86_64
 #   --dry-run         print what would be done and exit
-#   --print-build-flags  print the swift build arguments of each component and exit (used by bench/ and
-#                     scripts/footprint/ to build the agent exactly as installed)
+#   --print-build-flags  print the swift build arguments of each component and exit (to build the agent
+#                     exactly as installed: scripts/footprint/order-file.sh, bench/agent-footprint.sh)
 #   --uninstall       stop and disable the units, remove binaries, units and the sysusers entry; keep
 #                     /etc/tributary and the agent's buffer in /var/lib/tributary-edge-agent (it may hold
 #                     records not yet delivered upstream)
