@@ -127,8 +127,9 @@ final class RecordLanes: Sendable {
 }
 
 /// Strict priority between the lanes' uplinks: a lane reads no new record from its buffer while a higher
-/// lane is *busy*, i.e. connected with its window full and records still unread (a backlog of its own), or
-/// attempting to connect with records waiting (until the attempt fails).
+/// lane is *busy*, i.e. connected with its window full and records still unread (a backlog of its own) and
+/// then until that backlog's last records in flight are acknowledged, or attempting to connect with records
+/// waiting (until the attempt fails).
 /// Records already in flight finish. When a busy lane stops being busy, the lanes waiting on it are woken.
 /// A higher lane that only carries live traffic is never busy for long, so lower lanes go on between its
 /// records; a higher lane whose traffic alone fills the link starves the lower ones (that is strict priority).

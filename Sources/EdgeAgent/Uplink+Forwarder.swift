@@ -32,6 +32,10 @@ extension Uplink {
         var tokens: Double = 0
         var lastRefill = ContinuousClock.now
         var pacingWake: Scheduled<Void>?
+        /// This lane has had a backlog (window full, records unread) since its in-flight records last drained:
+        /// it stays busy for the lane gate until they are acknowledged, so the tail of a backlog is not
+        /// overtaken by a lower lane's.
+        var drainingBacklog = false
 
         init(uplink: Uplink, eventLoop: any EventLoop, session: MQTTClientSession) {
             self.uplink = uplink
@@ -84,6 +88,7 @@ extension Uplink {
         func stop() {
             eventLoop.assertInEventLoop()
             stopped = true
+            drainingBacklog = false
             uplink.gate?.setBusy(uplink.settings.priority, false)
             if let waiter { uplink.buffer.cancelWait(waiter) }
             waiter = nil
@@ -181,7 +186,13 @@ extension Uplink {
         func updateBusy() {
             guard let gate = uplink.gate else { return }
             let blocked = outstanding.count >= window || pacingWake != nil
-            gate.setBusy(uplink.settings.priority, blocked && uplink.buffer.stats.lastSequence >= nextToRead)
+            let backlog = blocked && uplink.buffer.stats.lastSequence >= nextToRead
+            if backlog {
+                drainingBacklog = true
+            } else if outstanding.isEmpty {
+                drainingBacklog = false
+            }
+            gate.setBusy(uplink.settings.priority, backlog || drainingBacklog)
         }
 
         /// The periodic progress line: records left, rate, ETA.
