@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Common
@@ -52,6 +53,28 @@ struct ConfigValuesTests {
             "\(error)".contains("expected one of always, interval, never, got 'sometimes'")
         }
         #expect(throws: ConfigError.self) { try values.string("node_id") }
+    }
+
+    @Test("a config file is read as UTF-8 text; a missing or non-UTF-8 file is a clear error naming it")
+    func configFiles() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("config-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let good = directory + "/good.yaml"
+        try Data("routes:\n  command_topics: [cmd/é, cmd/b]\n".utf8).write(to: URL(fileURLWithPath: good))
+        var values = ConfigValues(keys: Self.keys)
+        try values.merge(yamlFile: good)
+        #expect(values.list("routes.command_topics") == ["cmd/é", "cmd/b"])
+        #expect(values.raw("routes.command_topics")?.origin == good)
+        let bad = directory + "/bad.yaml"
+        try Data([0x61, 0x3A, 0x20, 0xFF, 0xFE, 0x0A]).write(to: URL(fileURLWithPath: bad))
+        #expect(throws: ConfigError.self) { try values.merge(yamlFile: bad) }
+        do {
+            try values.merge(yamlFile: directory + "/missing.yaml")
+            Issue.record("a missing file was accepted")
+        } catch {
+            #expect("\(error)".contains("missing.yaml") && "\(error)".contains("No such file"), "\(error)")
+        }
     }
 
     @Test func sizesDurationsListsAndAddresses() throws {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Remakes systemd/edge-agent.order and systemd/edge-agent.ld, the functions lld places at the start of the edge
 # agent's .text (see systemd/install.sh and BENCHMARKS.md, "Edge agent footprint"): builds the agent as
-# install.sh does, plus a link map, runs it under callgrind through start-up, 10 devices connecting, idle,
+# install.sh does, plus a link map, runs it under callgrind (with the example configuration file, as systemd
+# starts it with one) through start-up, 10 devices connecting, idle,
 # /metrics, then forwarding at QoS 0, 1 and 2 to a mosquitto upstream, and a clean SIGTERM shutdown, and writes
 # every .text section that ran, start-up and idle first (by symbol; the linker script takes the few without
 # one). Run it after changes that move much code; a stale list only costs memory (the functions it misses
@@ -37,7 +38,8 @@ start_mosquitto upstream
 agent_port=$(free_port)
 agent_http=$(free_port)
 valgrind --tool=callgrind --dump-instr=yes --compress-strings=no --compress-pos=no --demangle=no \
-    --callgrind-out-file="$work/callgrind.%p" "$work/edge-agent" --agent-id order --device-listen "127.0.0.1:$agent_port" \
+    --callgrind-out-file="$work/callgrind.%p" "$work/edge-agent" --config "$root/config/edge-agent.yaml" \
+    --agent-id order --device-listen "127.0.0.1:$agent_port" \
     --upstream "mqtt://127.0.0.1:$upstream_port" --data-dir "$work/agent" --http-listen "127.0.0.1:$agent_http" \
     >"$work/agent.log" 2>&1 &
 agent_pid=$!
