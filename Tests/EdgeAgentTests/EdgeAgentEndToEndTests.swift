@@ -11,10 +11,10 @@ import TestSupport
 /// writes (agent, seq, device, payload) per message. Scaled down for CI (see each test).
 @Suite("Edge agent end to end", .serialized)
 struct EdgeAgentEndToEndTests {
-    @Test("devices → agent → mosquitto: every message exactly once, in order per device (100 devices × 100, QoS 1)")
+    @Test("devices → agent → mosquitto: every message exactly once, in order per device (100 devices × 1,000 = 100k, QoS 1)")
     func exactlyOnceInOrder() async throws {
         try await withProcesses { scope in
-            let devices = 100, messages = 100
+            let devices = 100, messages = 1_000
             let data = try AgentHarness.temporaryDirectory("in-order")
             let broker = try await scope.startMosquitto()
             let output = data + "/upstream.txt"
