@@ -58,6 +58,7 @@ final class DeliveryDemand: Sendable {
     /// nil when the consumer is delivering now (the caller goes on at once); else a future that succeeds
     /// once it delivers again from the partitions' current ends.
     func whenDelivering(on eventLoop: any EventLoop, reason: String) -> EventLoopFuture<Void>? {
+        guard idleBeforePause != nil else { return nil }  // never pauses (the default): no lock per SUBSCRIBE
         let (start, promise) = state.withLock { state -> (Bool, EventLoopPromise<Void>?) in
             state.lastDemand = .now
             guard state.phase != .delivering, !state.closed else { return (false, nil) }
@@ -71,6 +72,7 @@ final class DeliveryDemand: Sendable {
 
     /// Returns once the consumer is delivering.
     func delivering(reason: String) async {
+        guard idleBeforePause != nil else { return }
         let mustWait = state.withLock { state -> Bool in
             state.lastDemand = .now
             return state.phase != .delivering && !state.closed

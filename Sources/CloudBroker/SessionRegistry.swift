@@ -126,7 +126,7 @@ final class SessionRegistry: Sendable {
                 request.cleanStart ? eventLoop.makeSucceededVoidFuture() : store.whenCurrent(clientId: clientId, on: eventLoop)
             }.map { store.take(clientId: clientId, now: .now) }
         }
-        return oldSession.map { old in
+        let attached = oldSession.map { old in
             defer { self.announce(request, endpoint: endpoint) }
             if let old, !request.cleanStart {
                 // A session read from Kafka after a restart is not in the subscription index yet.
@@ -159,9 +159,12 @@ final class SessionRegistry: Sendable {
                 self.state.withLock { _ = $0.subscriptions.removeAll(key: request.clientId) }
             }
             return (SessionState(clientId: request.clientId, expiryInterval: request.expiryInterval), false)
-        }.flatMap { attached in
+        }
+        // Only a node that may pause its delivery consumer adds a step to every CONNECT.
+        guard let deliveryDemand, deliveryDemand.idleBeforePause != nil else { return attached }
+        return attached.flatMap { attached in
             guard !attached.0.subscriptions.isEmpty,
-                let delivering = self.deliveryDemand?.whenDelivering(on: eventLoop, reason: "session with subscriptions resumed")
+                let delivering = deliveryDemand.whenDelivering(on: eventLoop, reason: "session with subscriptions resumed")
             else { return eventLoop.makeSucceededFuture(attached) }
             return delivering.map { attached }
         }
