@@ -51,11 +51,31 @@ final class PublishDeduplicator: Sendable {
         /// Insertion order, to forget the oldest beyond the window (ring buffer).
         var order: [UInt64] = []
         var next = 0
+
+        mutating func insert(_ sequence: UInt64, window: Int) {
+            guard sequences.insert(sequence).inserted else { return }
+            if order.count < window {
+                order.append(sequence)
+            } else {
+                sequences.remove(order[next])
+                order[next] = sequence
+                next = (next + 1) % window
+            }
+        }
     }
 
     private struct ClientTail {
         var ordinal: UInt64 = 0
         var byPacketId: [UInt16: (fingerprint: UInt64, ordinal: UInt64)] = [:]
+
+        mutating func record(packetId: UInt16, fingerprint: UInt64, window: Int) {
+            ordinal += 1
+            byPacketId[packetId] = (fingerprint, ordinal)
+            if byPacketId.count > 2 * min(window, 4096) {
+                let oldest = ordinal > UInt64(window) ? ordinal - UInt64(window) : 0
+                byPacketId = byPacketId.filter { $0.value.ordinal > oldest }
+            }
+        }
     }
 
     private struct State {
@@ -117,18 +137,18 @@ final class PublishDeduplicator: Sendable {
         return .packet(clientId: clientId, packetId: packetId, fingerprint: fingerprint(topic: topic, payload: record.value ?? []))
     }
 
-    /// FNV-1a (64 bit) over the topic, a separator and the payload: stable across processes, so a node
-    /// compares what it consumed with what a client resent.
+    /// A 64-bit hash of the topic's length, the topic and the payload, eight bytes per step (every node
+    /// hashes every QoS 2 record it consumes: FNV-1a a byte at a time cost ~1.4 µs per KiB). Deterministic
+    /// (no per-process seed), so equal content gives equal fingerprints in any process.
     static func fingerprint(topic: String, payload: some Sequence<UInt8>) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in topic.utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        var hash = FingerprintHasher()
+        hash.combine(word: UInt64(topic.utf8.count))
+        var topic = topic
+        topic.withUTF8 { hash.combine(UnsafeRawBufferPointer($0)) }
+        if payload.withContiguousStorageIfAvailable({ hash.combine(UnsafeRawBufferPointer($0)) }) == nil {
+            Array(payload).withUnsafeBytes { hash.combine($0) }
         }
-        hash = (hash ^ 0xFF) &* 0x0000_0100_0000_01b3
-        for byte in payload {
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-        }
-        return hash
+        return hash.finalize()
     }
 
     // MARK: Index
@@ -142,27 +162,12 @@ final class PublishDeduplicator: Sendable {
     func observe(_ key: Key) {
         state.withLock { state in
             switch key {
+            // Updated in place (`[key, default:]`): a copy of the tail taken out of the dictionary and
+            // stored back would copy its whole window (thousands of entries) on every record.
             case .agentSequence(let agent, let sequence):
-                var tail = state.agents[agent] ?? AgentTail()
-                if tail.sequences.insert(sequence).inserted {
-                    if tail.order.count < agentWindow {
-                        tail.order.append(sequence)
-                    } else {
-                        tail.sequences.remove(tail.order[tail.next])
-                        tail.order[tail.next] = sequence
-                        tail.next = (tail.next + 1) % agentWindow
-                    }
-                }
-                state.agents[agent] = tail
+                state.agents[agent, default: AgentTail()].insert(sequence, window: agentWindow)
             case .packet(let clientId, let packetId, let fingerprint):
-                var tail = state.clients[clientId] ?? ClientTail()
-                tail.ordinal += 1
-                tail.byPacketId[packetId] = (fingerprint, tail.ordinal)
-                if tail.byPacketId.count > 2 * min(clientWindow, 4096) {
-                    let oldest = tail.ordinal > UInt64(clientWindow) ? tail.ordinal - UInt64(clientWindow) : 0
-                    tail.byPacketId = tail.byPacketId.filter { $0.value.ordinal > oldest }
-                }
-                state.clients[clientId] = tail
+                state.clients[clientId, default: ClientTail()].record(packetId: packetId, fingerprint: fingerprint, window: clientWindow)
             case .will(let id):
                 guard state.wills.insert(id).inserted else { return }
                 if state.willOrder.count < willWindow {
@@ -194,5 +199,43 @@ final class PublishDeduplicator: Sendable {
     /// Index sizes (agents, clients), for metrics.
     func statistics() -> (agents: Int, clients: Int) {
         state.withLock { ($0.agents.count, $0.clients.count) }
+    }
+}
+
+/// The running state of `PublishDeduplicator.fingerprint`: 64-bit words xor-multiplied into the state, a
+/// short tail padded with its length, and MurmurHash3's 64-bit finaliser over the state and the total length.
+private struct FingerprintHasher {
+    private var state: UInt64 = 0xcbf2_9ce4_8422_2325
+    private var length: UInt64 = 0
+
+    mutating func combine(word: UInt64) {
+        state = (state ^ word) &* 0x9e37_79b9_7f4a_7c15
+        state ^= state >> 32
+    }
+
+    mutating func combine(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            combine(word: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
+            offset += 8
+        }
+        if offset < bytes.count {
+            var tail = UInt64(bytes.count - offset) << 56
+            for index in offset..<bytes.count {
+                tail |= UInt64(bytes[index]) << (8 * UInt64(index - offset))
+            }
+            combine(word: tail)
+        }
+        length &+= UInt64(bytes.count)
+    }
+
+    func finalize() -> UInt64 {
+        var hash = state ^ length
+        hash ^= hash >> 33
+        hash &*= 0xff51_afd7_ed55_8ccd
+        hash ^= hash >> 33
+        hash &*= 0xc4ce_b9fe_1a85_ec53
+        hash ^= hash >> 33
+        return hash
     }
 }

@@ -165,6 +165,25 @@ struct PublishDeduplicatorTests {
         #expect(PublishDeduplicator.fingerprint(topic: "ta", payload: Array("b".utf8)) != PublishDeduplicator.fingerprint(topic: "t", payload: Array("ab".utf8)))
     }
 
+    @Test("fingerprint: a change of any byte, of the length or of the topic/payload boundary changes it; the payload's container does not")
+    func fingerprintCoversEveryByte() {
+        // Lengths around the eight-byte steps and the tail.
+        for length in [0, 1, 7, 8, 9, 15, 16, 17, 1024] {
+            let payload = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let base = PublishDeduplicator.fingerprint(topic: "t/1", payload: payload)
+            // As the publish side computes it (a ByteBuffer's view) and as the consumer side does (an array).
+            #expect(PublishDeduplicator.fingerprint(topic: "t/1", payload: ByteBuffer(bytes: payload).readableBytesView) == base)
+            for index in payload.indices {
+                var changed = payload
+                changed[index] ^= 0x01
+                #expect(PublishDeduplicator.fingerprint(topic: "t/1", payload: changed) != base, "byte \(index) of \(length)")
+            }
+            #expect(PublishDeduplicator.fingerprint(topic: "t/1", payload: payload + [0]) != base, "a trailing zero byte after \(length)")
+        }
+        #expect(PublishDeduplicator.fingerprint(topic: "t/1", payload: [UInt8]()) != PublishDeduplicator.fingerprint(topic: "t/", payload: Array("1".utf8)))
+        #expect(PublishDeduplicator.fingerprint(topic: "t/2", payload: Array("x".utf8)) != PublishDeduplicator.fingerprint(topic: "t/1", payload: Array("x".utf8)))
+    }
+
     @Test("agent sequences: a set over a window, any order")
     func agentSequences() {
         let index = PublishDeduplicator(agentWindow: 4)

@@ -81,8 +81,8 @@ machine_line() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); date: $(date -u '+%Y-%m-%dT%H:%MZ'); mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
 }
 
-# start_cloud_broker: starts Tansu and cloud-broker; sets peer_url (empty if it does not accept MQTT), peer_pid
-# and tansu_pid.
+# start_cloud_broker: starts Tansu and cloud-broker; sets peer_url (empty if it does not accept MQTT), peer_pid,
+# tansu_pid, broker_kafka_port and broker_http_port.
 start_cloud_broker() {
     peer_url=""
     peer_pid=""
@@ -96,6 +96,7 @@ start_cloud_broker() {
     tansu_pid=$!
     pids+=("$tansu_pid")
     wait_port "$kafka_port" "$tansu_pid" || true
+    broker_kafka_port=$kafka_port
     mqtt_port=$(free_port)
     broker_http_port=$(free_port)
     LD_LIBRARY_PATH="$root/.tools/lib" "$bin" --node-id bench --mqtt-listen "127.0.0.1:$mqtt_port" \
