@@ -11,7 +11,8 @@
 # cloud-broker's delivery consumer reads every record back from Kafka; DELIVERY=paused: the opt-in
 # kafka.delivery_idle_pause lets it pause that consumer, and the script waits for the pause before measuring.
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds), DELIVERY (paused | running), TRIBUTARY_KAFKA_LINGER
-# etc. reach the broker.
+# etc. reach the broker. The CPU line gives microseconds of CPU per acknowledged message for each process,
+# the load generator included (it shares the two cores), so a run shows whether it was bound by CPU.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 clients=${1:-4}
@@ -23,20 +24,33 @@ start_mosquitto mosquitto
 start_cloud_broker
 [ -n "$peer_url" ] || { echo "broker-ingest: cloud-broker did not start: $peer_note" >&2; exit 1; }
 sim=$(device_sim)
+# timed_sim ARGS...: runs device-sim and prints its summary line; its own CPU time (user + system, seconds)
+# is left in $work/sim.cpu, so the load generator's share of the two cores is reported too.
+timed_sim() {
+    local TIMEFORMAT='%3U %3S'
+    { time "$sim" "$@" >"$work/sim.out" 2>"$work/sim.err"; } 2>"$work/sim.time" || true
+    awk '{print $1 + $2}' "$work/sim.time" >"$work/sim.cpu"
+    grep '^device-sim summary' "$work/sim.out" || true
+}
+sim_us_per_message() {  # sim_us_per_message MESSAGES: the last timed_sim's CPU microseconds per message
+    python3 -c "import sys; s,n=float(sys.argv[1]),float(sys.argv[2]); print(f'{s*1e6/n:.1f}' if n else 'n/a')" "$(cat "$work/sim.cpu")" "$1"
+}
 echo "broker-ingest: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
 report_delivery broker-ingest
 machine_line
 for qos in 1 2; do
     args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)
     m0=$(cpu_ticks "$mosquitto_pid")
-    m_line=$("$sim" --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}" | grep '^device-sim summary')
-    m1=$(cpu_ticks "$mosquitto_pid")
-    b0=$(cpu_ticks "$peer_pid"); t0=$(cpu_ticks "$tansu_pid")
-    p_line=$("$sim" --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}" | grep '^device-sim summary' || true)
-    b1=$(cpu_ticks "$peer_pid"); t1=$(cpu_ticks "$tansu_pid")
     total=$((clients * count))
+    m_line=$(timed_sim --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}")
+    m1=$(cpu_ticks "$mosquitto_pid")
+    m_sim=$(sim_us_per_message "$total")
+    b0=$(cpu_ticks "$peer_pid"); t0=$(cpu_ticks "$tansu_pid")
+    p_line=$(timed_sim --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}")
+    b1=$(cpu_ticks "$peer_pid"); t1=$(cpu_ticks "$tansu_pid")
+    p_sim=$(sim_us_per_message "$total")
     m_rate=$(field rate_msgs_per_s "$m_line")
     p_rate=$(field rate_msgs_per_s "$p_line")
     echo "RESULT broker-ingest qos=$qos inflight=$inflight mosquitto_msgs_per_s=$m_rate mosquitto_ack_p50_ms=$(field ack_p50_ms "$m_line") mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") broker_msgs_per_s=${p_rate:-n/a} broker_ack_p50_ms=$(field ack_p50_ms "$p_line") broker_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
-    echo "RESULT broker-ingest-cpu qos=$qos mosquitto_cpu_us_per_msg=$(cpu_us_per_message "$m0" "$m1" "$total") broker_cpu_us_per_msg=$(cpu_us_per_message "$b0" "$b1" "$total") tansu_cpu_us_per_msg=$(cpu_us_per_message "$t0" "$t1" "$total")"
+    echo "RESULT broker-ingest-cpu qos=$qos mosquitto_cpu_us_per_msg=$(cpu_us_per_message "$m0" "$m1" "$total") broker_cpu_us_per_msg=$(cpu_us_per_message "$b0" "$b1" "$total") tansu_cpu_us_per_msg=$(cpu_us_per_message "$t0" "$t1" "$total") loadgen_cpu_us_per_msg_mosquitto_run=$m_sim loadgen_cpu_us_per_msg_broker_run=$p_sim"
 done

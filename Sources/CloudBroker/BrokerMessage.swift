@@ -77,6 +77,11 @@ enum KafkaRecordMapping {
         static let messageExpiry = "mqtt.message_expiry"
     }
 
+    /// Header values shared by every record (a literal array per publish would be a heap allocation each).
+    private static let qosValues: [[UInt8]] = [[UInt8(ascii: "0")], [UInt8(ascii: "1")], [UInt8(ascii: "2")]]
+    private static let flagSet: [UInt8] = [UInt8(ascii: "1")]
+    private static let flagClear: [UInt8] = [UInt8(ascii: "0")]
+
     /// The record for `publish` (topic already resolved from any alias) from `clientId`.
     static func record(
         for publish: MQTTPublish, clientId: String, destination: TopicMapping.Destination
@@ -84,10 +89,11 @@ enum KafkaRecordMapping {
         let properties = publish.properties
         var headers: [KafkaHeader] = []
         headers.reserveCapacity(10 + properties.userProperties.count)  // one allocation, however many optional headers follow
-        headers.append(KafkaHeader(Header.topic, Array(publish.topic.utf8)))
+        let topicBytes = Array(publish.topic.utf8)
+        headers.append(KafkaHeader(Header.topic, topicBytes))
         headers.append(KafkaHeader(Header.clientId, Array(clientId.utf8)))
-        headers.append(KafkaHeader(Header.qos, [UInt8(ascii: "0") + publish.qos.rawValue]))
-        headers.append(KafkaHeader(Header.retain, [publish.retain ? UInt8(ascii: "1") : UInt8(ascii: "0")]))
+        headers.append(KafkaHeader(Header.qos, qosValues[Int(publish.qos.rawValue)]))
+        headers.append(KafkaHeader(Header.retain, publish.retain ? flagSet : flagClear))
         if publish.qos == .exactlyOnce, let packetId = publish.packetId {
             // Lets any node recognise this publish if the client resends it after a node loss (`PublishDeduplicator`).
             headers.append(KafkaHeader(PublishDeduplicator.Header.packetId, Array(String(packetId).utf8)))
@@ -101,7 +107,8 @@ enum KafkaRecordMapping {
             headers.append(KafkaHeader(property.name, Array(property.value.utf8)))
         }
         return KafkaOutgoingMessage(
-            topic: destination.kafkaTopic, key: Array(destination.key.utf8),
+            // The default key is the MQTT topic: share its bytes with the header (one array, not two).
+            topic: destination.kafkaTopic, key: destination.key == publish.topic ? topicBytes : Array(destination.key.utf8),
             value: Array(publish.payload.readableBytesView), headers: headers)
     }
 
@@ -130,7 +137,7 @@ enum KafkaRecordMapping {
             case Header.clientId: clientId = String(decoding: header.value, as: UTF8.self)
             case Header.qos:
                 if header.value.count == 1, let parsed = MQTTQoS(rawValue: header.value[0] &- UInt8(ascii: "0")) { qos = parsed }
-            case Header.retain: retain = header.value == [UInt8(ascii: "1")]
+            case Header.retain: retain = header.value.count == 1 && header.value[0] == UInt8(ascii: "1")
             case Header.contentType: properties.contentType = String(decoding: header.value, as: UTF8.self)
             case Header.responseTopic: properties.responseTopic = String(decoding: header.value, as: UTF8.self)
             case Header.correlationData: properties.correlationData = ByteBuffer(bytes: header.value)

@@ -164,8 +164,10 @@ private final class PublishJob: @unchecked Sendable {
     let deadline: NIODeadline
     let blocked: @Sendable (Bool) -> Void
     let completion: @Sendable (MQTTServerConnection.StateMachine.DeliveryOutcome) -> Void
-    /// Indexes of records still to send (not yet enqueued in the producer).
-    var toSend: [Int]
+    /// Records `firstSends...` have not been enqueued in the producer yet (in order); `resends` are records
+    /// lost in a producer recreation, to enqueue again after them. (No array per publish in the usual case.)
+    var firstSends = 0
+    var resends: [Int] = []
     var outstanding: Int
     var finished = false
     var isBlocked = false
@@ -185,7 +187,6 @@ private final class PublishJob: @unchecked Sendable {
         self.deadline = deadline
         self.blocked = blocked
         self.completion = completion
-        self.toSend = Array(records.indices)
         self.outstanding = records.count
     }
 
@@ -195,14 +196,14 @@ private final class PublishJob: @unchecked Sendable {
 
     private func sendPending() {
         guard !finished else { return }
-        while let index = toSend.first {
+        while let index = firstSends < records.count ? firstSends : resends.first {
             let started = ContinuousClock.now
             do throws(KafkaError) {
                 try publisher.producer.send(records[index]) { [self] result in
                     let elapsed = ContinuousClock.now - started
                     inbox.post { self.reported(index: index, result: result, elapsed: elapsed) }
                 }
-                toSend.removeFirst()
+                if index == firstSends && firstSends < records.count { firstSends += 1 } else { resends.removeFirst() }
                 publisher.trackInflight(1)
             } catch {
                 if error.isRetriable && NIODeadline.now() < deadline {
@@ -278,7 +279,7 @@ private final class PublishJob: @unchecked Sendable {
     }
 
     private func resend(_ index: Int) {
-        toSend.append(index)
+        resends.append(index)
         sendPending()
     }
 

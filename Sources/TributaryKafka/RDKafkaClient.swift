@@ -171,68 +171,80 @@ final class RDKafkaClient: @unchecked Sendable {
     /// local queue throws `_QUEUE_FULL`.
     func produce(_ message: KafkaOutgoingMessage, opaque: UnsafeMutableRawPointer) throws(KafkaError) {
         try withHandle { rk throws(KafkaError) in
-            // One scratch buffer for every C string and byte array of this call (librdkafka copies
-            // them: RD_KAFKA_MSG_F_COPY for key/value, headers are always copied).
-            var size = message.topic.utf8.count + 1 + (message.key?.count ?? 0) + (message.value?.count ?? 0)
+            // librdkafka copies everything during the call (RD_KAFKA_MSG_F_COPY for key and value; headers
+            // are always copied), so nothing here outlives it: the value is passed from its own storage,
+            // the C strings and the argument array live in temporary (usually stack) allocations. This
+            // runs once per publish on the event loops: no heap allocation of its own.
+            var size = message.topic.utf8.count + 1 + (message.key?.count ?? 0)
             for header in message.headers { size += header.name.utf8.count + 1 + header.value.count }
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 8)
-            defer { scratch.deallocate() }
-            var used = 0
-            func copy(_ bytes: some Collection<UInt8>, terminate: Bool) -> UnsafeMutableRawPointer {
-                let start = scratch.baseAddress! + used
-                let target = UnsafeMutableRawBufferPointer(rebasing: scratch[used...])
-                let count = bytes.count
-                target.copyBytes(from: bytes)
-                used += count
-                if terminate {
-                    scratch[used] = 0
-                    used += 1
+            let failure = withUnsafeTemporaryAllocation(byteCount: max(size, 1), alignment: 8) { scratch in
+                withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 6 + message.headers.count) { vus in
+                    var used = 0
+                    func copy(_ bytes: some Collection<UInt8>, terminate: Bool) -> UnsafeMutableRawPointer {
+                        let start = scratch.baseAddress! + used
+                        let target = UnsafeMutableRawBufferPointer(rebasing: scratch[used...])
+                        let count = bytes.count
+                        target.copyBytes(from: bytes)
+                        used += count
+                        if terminate {
+                            scratch[used] = 0
+                            used += 1
+                        }
+                        return start
+                    }
+                    var count = 0
+                    func append(_ configure: (inout rd_kafka_vu_t) -> Void) {
+                        var vu = rd_kafka_vu_t()
+                        configure(&vu)
+                        (vus.baseAddress! + count).initialize(to: vu)
+                        count += 1
+                    }
+                    append {
+                        $0.vtype = RD_KAFKA_VTYPE_TOPIC
+                        $0.u.cstr = UnsafePointer(copy(message.topic.utf8, terminate: true).assumingMemoryBound(to: CChar.self))
+                    }
+                    append {
+                        $0.vtype = RD_KAFKA_VTYPE_PARTITION
+                        $0.u.i32 = message.partition ?? Self.partitionUnassigned
+                    }
+                    append {
+                        $0.vtype = RD_KAFKA_VTYPE_MSGFLAGS
+                        $0.u.i = Self.messageFlagCopy
+                    }
+                    if let key = message.key {
+                        append {
+                            $0.vtype = RD_KAFKA_VTYPE_KEY
+                            $0.u.mem.ptr = copy(key, terminate: false)
+                            $0.u.mem.size = key.count
+                        }
+                    }
+                    for header in message.headers {
+                        append {
+                            $0.vtype = RD_KAFKA_VTYPE_HEADER
+                            $0.u.header.name = UnsafePointer(copy(header.name.utf8, terminate: true).assumingMemoryBound(to: CChar.self))
+                            $0.u.header.val = UnsafeRawPointer(copy(header.value, terminate: false))
+                            $0.u.header.size = header.value.count
+                        }
+                    }
+                    append {
+                        $0.vtype = RD_KAFKA_VTYPE_OPAQUE
+                        $0.u.ptr = opaque
+                    }
+                    defer { vus.baseAddress!.deinitialize(count: count) }
+                    guard let value = message.value else {  // no VALUE element = null value = tombstone
+                        return rd_kafka_produceva(rk, vus.baseAddress, count)
+                    }
+                    return value.withUnsafeBytes { bytes in
+                        // An empty value is not a null one: it still needs a non-null pointer.
+                        append {
+                            $0.vtype = RD_KAFKA_VTYPE_VALUE
+                            $0.u.mem.ptr = UnsafeMutableRawPointer(mutating: bytes.baseAddress ?? UnsafeRawPointer(scratch.baseAddress!))
+                            $0.u.mem.size = bytes.count
+                        }
+                        return rd_kafka_produceva(rk, vus.baseAddress, count)
+                    }
                 }
-                return start
             }
-
-            var vus: [rd_kafka_vu_t] = []
-            vus.reserveCapacity(6 + message.headers.count)
-            var vu = rd_kafka_vu_t()
-            vu.vtype = RD_KAFKA_VTYPE_TOPIC
-            vu.u.cstr = UnsafePointer(copy(message.topic.utf8, terminate: true).assumingMemoryBound(to: CChar.self))
-            vus.append(vu)
-            vu = rd_kafka_vu_t()
-            vu.vtype = RD_KAFKA_VTYPE_PARTITION
-            vu.u.i32 = message.partition ?? Self.partitionUnassigned
-            vus.append(vu)
-            vu = rd_kafka_vu_t()
-            vu.vtype = RD_KAFKA_VTYPE_MSGFLAGS
-            vu.u.i = Self.messageFlagCopy
-            vus.append(vu)
-            if let key = message.key {
-                vu = rd_kafka_vu_t()
-                vu.vtype = RD_KAFKA_VTYPE_KEY
-                vu.u.mem.ptr = copy(key, terminate: false)
-                vu.u.mem.size = key.count
-                vus.append(vu)
-            }
-            if let value = message.value {  // no VALUE element = null value = tombstone
-                vu = rd_kafka_vu_t()
-                vu.vtype = RD_KAFKA_VTYPE_VALUE
-                vu.u.mem.ptr = copy(value, terminate: false)
-                vu.u.mem.size = value.count
-                vus.append(vu)
-            }
-            for header in message.headers {
-                vu = rd_kafka_vu_t()
-                vu.vtype = RD_KAFKA_VTYPE_HEADER
-                vu.u.header.name = UnsafePointer(copy(header.name.utf8, terminate: true).assumingMemoryBound(to: CChar.self))
-                vu.u.header.val = UnsafeRawPointer(copy(header.value, terminate: false))
-                vu.u.header.size = header.value.count
-                vus.append(vu)
-            }
-            vu = rd_kafka_vu_t()
-            vu.vtype = RD_KAFKA_VTYPE_OPAQUE
-            vu.u.ptr = opaque
-            vus.append(vu)
-
-            let failure = vus.withUnsafeBufferPointer { rd_kafka_produceva(rk, $0.baseAddress, $0.count) }
             if let failure {
                 let error = Self.makeError(failure)
                 rd_kafka_error_destroy(failure)
@@ -555,6 +567,7 @@ final class RDKafkaClient: @unchecked Sendable {
         var headers: [KafkaHeader] = []
         var list: OpaquePointer?
         if rd_kafka_message_headers(message, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list {
+            headers.reserveCapacity(rd_kafka_header_cnt(list))  // one allocation, not one per doubling
             var index = 0
             var name: UnsafePointer<CChar>?
             var value: UnsafeRawPointer?
