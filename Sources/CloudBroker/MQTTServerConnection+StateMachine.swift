@@ -10,6 +10,8 @@ extension MQTTServerConnection {
     /// - A QoS 1/2 publish is acknowledged only after `deliveryCompleted(.success)` for it (G3), and
     ///   acknowledgements go out in the order the publishes arrived (MQTT 3.1.1 section 4.6).
     /// - At most `receiveMaximum` publishes wait for Kafka: reaching it emits `.pauseReading`.
+    /// - An MQTT 5 client's QoS 2 publish counts against Receive Maximum until its PUBCOMP, a QoS 1 one until
+    ///   its PUBACK (MQTT 5.0 section 4.9); one more than that is answered with DISCONNECT 0x93.
     /// - After `.close` no other packet is sent.
     struct StateMachine {
         enum Action {
@@ -84,6 +86,12 @@ extension MQTTServerConnection {
             var requestedExpiry: UInt32 = 0
             var topicAliases: [UInt16: String] = [:]
             var pending: [PendingPublish] = []
+            /// QoS 2 publishes received on this connection, acknowledged with PUBREC and not yet released by
+            /// PUBREL: with `pending` they are the client's publishes in flight (MQTT 5.0 section 4.9).
+            var unreleased = 0
+            /// Packet ids awaiting PUBREL that the session brought from an earlier connection: the client's send
+            /// quota starts afresh on each connection, so their PUBRELs do not lower `unreleased`.
+            var inheritedUnreleased: Set<UInt16> = []
             var attached = false
             var writable = true
             var readingPaused = false
@@ -217,6 +225,7 @@ extension MQTTServerConnection {
             var session = session
             session.expiryInterval = connected.session.expiryInterval
             connected.session = session
+            connected.inheritedUnreleased = session.inboundAwaitingRelease
             connected.attached = true
             var properties = MQTTProperties()
             if connected.version == .v5 {
@@ -283,7 +292,16 @@ extension MQTTServerConnection {
                 return modify { c in _ = c.session.outbound.pubcomp(ack.packetId) } + drainOutbound(now: wallClock)
             case .pubrel(let ack):
                 var known = false
-                modifyConnected { known = $0.session.inboundAwaitingRelease.remove(ack.packetId) != nil || $0.session.inboundReleaseUnknown }
+                modifyConnected { c in
+                    guard c.session.inboundAwaitingRelease.remove(ack.packetId) != nil else {
+                        known = c.session.inboundReleaseUnknown
+                        return
+                    }
+                    known = true
+                    if c.inheritedUnreleased.isEmpty || c.inheritedUnreleased.remove(ack.packetId) == nil {
+                        c.unreleased = max(0, c.unreleased - 1)
+                    }
+                }
                 let code: MQTTReasonCode = known || version != .v5 ? .success : .packetIdentifierNotFound
                 return [.send(.pubcomp(MQTTPublishAck(packetId: ack.packetId, reasonCode: code)))]
             case .subscribe(let subscribe):
@@ -343,7 +361,7 @@ extension MQTTServerConnection {
                 state = .connected(c)
                 return []
             }
-            if c.version == .v5 && c.pending.count >= limits.receiveMaximum {
+            if c.version == .v5 && c.pending.count + c.unreleased >= limits.receiveMaximum {
                 state = .connected(c)
                 return disconnect(.receiveMaximumExceeded)
             }
@@ -378,12 +396,14 @@ extension MQTTServerConnection {
                     if first.qos == .atLeastOnce {
                         actions.append(.send(.puback(MQTTPublishAck(packetId: first.packetId))))
                     } else {
-                        c.session.inboundAwaitingRelease.insert(first.packetId)
+                        if c.session.inboundAwaitingRelease.insert(first.packetId).inserted { c.unreleased += 1 }
                         actions.append(.send(.pubrec(MQTTPublishAck(packetId: first.packetId))))
                     }
                 case .denied:
                     let code: MQTTReasonCode = c.version == .v5 ? .notAuthorized : .success
-                    if first.qos == .exactlyOnce && code == .success { c.session.inboundAwaitingRelease.insert(first.packetId) }
+                    if first.qos == .exactlyOnce && code == .success, c.session.inboundAwaitingRelease.insert(first.packetId).inserted {
+                        c.unreleased += 1
+                    }
                     let ack = MQTTPublishAck(packetId: first.packetId, reasonCode: code)
                     actions.append(.send(first.qos == .atLeastOnce ? .puback(ack) : .pubrec(ack)))
                 case .failed(let reason):

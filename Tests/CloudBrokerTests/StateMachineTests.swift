@@ -145,6 +145,43 @@ struct StateMachineTests {
         #expect(Self.sent(exceeded) == [.disconnect(MQTTDisconnect(reasonCode: .receiveMaximumExceeded))])
     }
 
+    /// MQTT 5.0 section 4.9: the client's send quota is returned by PUBACK or PUBCOMP, so a QoS 2 publish
+    /// counts against the Receive Maximum (3 here) from its arrival until the PUBCOMP, not only while it
+    /// waits for Kafka; "If it receives more than Receive Maximum QoS 1 and QoS 2 PUBLISH packets where it
+    /// has not sent a PUBACK or PUBCOMP in response, the Server uses a DISCONNECT packet with Reason Code
+    /// 0x93" (3.3.4).
+    @Test func unreleasedQoS2PublishesCountAgainstReceiveMaximumUntilPubcomp() {
+        var (machine, _) = Self.connected(Self.v5())
+        for id in UInt16(1)...3 {
+            let token = Self.produced(machine.packetReceived(Self.publish("t", qos: .exactlyOnce, id: id), now: .now(), wallClock: Date()))[0].0
+            #expect(Self.sent(machine.deliveryCompleted(token: token, outcome: .delivered)) == [.pubrec(MQTTPublishAck(packetId: id))])
+        }
+        // Three PUBRECs sent, no PUBREL yet: three publishes in flight. PUBREL 1 -> PUBCOMP frees one.
+        #expect(Self.sent(machine.packetReceived(.pubrel(MQTTPublishAck(packetId: 1)), now: .now(), wallClock: Date())) == [.pubcomp(MQTTPublishAck(packetId: 1))])
+        #expect(Self.produced(machine.packetReceived(Self.publish("t", qos: .atLeastOnce, id: 4), now: .now(), wallClock: Date())).count == 1)
+        // Two unreleased + one waiting for Kafka: the fourth publish in flight exceeds the Receive Maximum.
+        let exceeded = machine.packetReceived(Self.publish("t", qos: .exactlyOnce, id: 5), now: .now(), wallClock: Date())
+        #expect(Self.sent(exceeded) == [.disconnect(MQTTDisconnect(reasonCode: .receiveMaximumExceeded))])
+    }
+
+    /// The send quota starts afresh on each connection (MQTT 5.0 section 4.9): QoS 2 publishes a resumed
+    /// session still waits to see released do not count against the new connection's Receive Maximum.
+    @Test func qos2PublishesOfAnEarlierConnectionDoNotCountAgainstReceiveMaximum() {
+        var session = SessionState(clientId: "c1", expiryInterval: 60)
+        session.inboundAwaitingRelease = [7, 8, 9]
+        var (machine, _) = Self.connected(Self.v5(), session: session)
+        var tokens: [UInt64] = []
+        for id in UInt16(1)...2 {
+            tokens += Self.produced(machine.packetReceived(Self.publish("t", qos: .exactlyOnce, id: id), now: .now(), wallClock: Date())).map(\.0)
+        }
+        for token in tokens { _ = machine.deliveryCompleted(token: token, outcome: .delivered) }
+        // The earlier connection's PUBREL is answered; it frees nothing on this one.
+        #expect(Self.sent(machine.packetReceived(.pubrel(MQTTPublishAck(packetId: 7)), now: .now(), wallClock: Date())) == [.pubcomp(MQTTPublishAck(packetId: 7))])
+        #expect(Self.produced(machine.packetReceived(Self.publish("t", qos: .atLeastOnce, id: 3), now: .now(), wallClock: Date())).count == 1)
+        let exceeded = machine.packetReceived(Self.publish("t", qos: .atLeastOnce, id: 4), now: .now(), wallClock: Date())
+        #expect(Self.sent(exceeded) == [.disconnect(MQTTDisconnect(reasonCode: .receiveMaximumExceeded))])
+    }
+
     @Test func topicAliasesAreResolvedAndInvalidOnesDisconnect() {
         var (machine, _) = Self.connected(Self.v5())
         var withAlias = MQTTProperties()
