@@ -194,7 +194,10 @@ extension MQTTServerConnection {
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? 65_535), lastPacket: now)
             connected.requestedExpiry = connect.properties.sessionExpiryInterval ?? 0
             connected.username = connect.username
-            let request = SessionRequest(clientId: clientId, cleanStart: connect.cleanStart, expiryInterval: expiry, will: connect.will)
+            // A freshly assigned identifier has no session anywhere: clean start 0 is then the same as 1 and
+            // needs no look-up in Kafka (MQTT 5.0 3.1.3-7: processed as if the client had sent that identifier).
+            let request = SessionRequest(
+                clientId: clientId, cleanStart: connect.cleanStart || assigned, expiryInterval: expiry, will: connect.will)
             if limits.authentication == .checked {
                 state = .authenticating(connected, assignedClientId: assigned, request: request)
                 return [.pauseReading, .authenticate(username: connect.username, password: connect.password.map { Array($0.readableBytesView) })]

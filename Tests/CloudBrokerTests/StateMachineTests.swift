@@ -63,6 +63,28 @@ struct StateMachineTests {
         #expect(actions.contains { if case .scheduleKeepAlive(.seconds(30)) = $0 { true } else { false } })
     }
 
+    /// MQTT 5.0 allows a zero-length client identifier with Clean Start 0: the server assigns one and
+    /// "MUST then process the CONNECT packet as if the Client had provided that unique ClientID" (3.1.3-7).
+    /// No session can exist for a fresh identifier, so the attach is a clean start (no wait for Kafka's
+    /// session topic) and Session Present is 0.
+    @Test func anAssignedClientIdentifierAttachesAsACleanStart() {
+        var machine = Machine(limits: Self.limits)
+        var connect = Self.v5("")
+        connect.cleanStart = false
+        let actions = machine.packetReceived(.connect(connect), now: .now(), wallClock: Date())
+        guard case .attachSession(let request) = actions.last else {
+            Issue.record("expected attachSession, got \(actions)")
+            return
+        }
+        #expect(request.clientId.hasPrefix("auto-"))
+        #expect(request.cleanStart)
+        var named = Machine(limits: Self.limits)
+        var resume = Self.v5("named")
+        resume.cleanStart = false
+        guard case .attachSession(let kept) = named.packetReceived(.connect(resume), now: .now(), wallClock: Date()).last else { return }
+        #expect(!kept.cleanStart)
+    }
+
     @Test func enhancedAuthenticationIsRefusedWithBadAuthenticationMethod() {
         var properties = MQTTProperties()
         properties.authenticationMethod = "SCRAM-SHA-1"
