@@ -38,6 +38,11 @@ extension MQTTServerConnection {
             case dropped(qos: MQTTQoS)
             /// Close the connection once what was sent is flushed.
             case close
+            /// Once what was sent (a DISCONNECT for what the client sent) is flushed, end the output (FIN) but
+            /// read and discard what the client still sends for a moment, then close. Closing at once would
+            /// answer those bytes with a TCP reset, and a client that is still writing then gets a write error
+            /// before it reads the DISCONNECT and its reason code.
+            case lingerAndClose
         }
 
         struct SessionRequest: Sendable, Equatable {
@@ -592,11 +597,14 @@ extension MQTTServerConnection {
             case .connected: attached = true
             default: attached = false
             }
-            var actions: [Action] = []
-            if v5 && attached && MQTTReasonCode.disconnectCodesSentByServer.contains(code) {
-                actions.append(.send(.disconnect(MQTTDisconnect(reasonCode: code))))
+            guard v5 && attached && MQTTReasonCode.disconnectCodesSentByServer.contains(code) else {
+                return close(ending: .abnormal)
             }
-            return actions + close(ending: .abnormal)
+            let ending = close(ending: .abnormal).map { action -> Action in
+                if case .close = action, MQTTReasonCode.disconnectCodesForClientInput.contains(code) { return .lingerAndClose }
+                return action
+            }
+            return [.send(.disconnect(MQTTDisconnect(reasonCode: code)))] + ending
         }
 
         private mutating func close(ending: Ending) -> [Action] {
@@ -624,6 +632,16 @@ extension MQTTServerConnection {
 }
 
 extension MQTTReasonCode {
+    /// DISCONNECT reasons that answer something the client sent (it may still be writing): the connection
+    /// lingers before it closes (`lingerAndClose`). Not a keep-alive timeout, a takeover, a shutdown or an
+    /// expired token: those close at once.
+    static let disconnectCodesForClientInput: Set<MQTTReasonCode> = [
+        .unspecifiedError, .malformedPacket, .protocolError, .implementationSpecificError, .notAuthorized,
+        .topicFilterInvalid, .topicNameInvalid, .receiveMaximumExceeded, .topicAliasInvalid, .packetTooLarge,
+        .messageRateTooHigh, .quotaExceeded, .payloadFormatInvalid, .retainNotSupported, .qosNotSupported,
+        .sharedSubscriptionsNotSupported, .subscriptionIdentifiersNotSupported, .wildcardSubscriptionsNotSupported,
+    ]
+
     /// Reason codes a server may put in DISCONNECT (MQTT 5.0 table 3-10, minus client-only ones).
     static let disconnectCodesSentByServer: Set<MQTTReasonCode> = [
         .normalDisconnection, .unspecifiedError, .malformedPacket, .protocolError, .implementationSpecificError,

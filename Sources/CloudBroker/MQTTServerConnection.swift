@@ -56,6 +56,10 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var outboundAliases = OutboundTopicAliases(maximum: 0)
     private var takeOverPromise: EventLoopPromise<SessionState?>?
     private var closing = false
+    /// After a DISCONNECT for what the client sent: input is read and discarded until the connection closes.
+    private var lingering = false
+    /// How long a connection that sent such a DISCONNECT keeps reading before it closes.
+    static let lingerBeforeClose = TimeAmount.seconds(1)
     private var lateMessages: [OutboundMessage] = []
     private var inactive = false
     private var handleClientId: String?
@@ -86,6 +90,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if lingering { return }  // after a DISCONNECT: discarded
         let packet = unwrapInboundIn(data)
         BrokerMetrics.packetsReceived[packet.type]?.increment()
         if case .connect(let connect) = packet {
@@ -153,7 +158,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if machinePausedReading || blockedPublishes > 0 || awaitingDelivery {
+        if lingering {
+            context.read()  // what the client still sends is read and discarded until the connection closes
+        } else if machinePausedReading || blockedPublishes > 0 || awaitingDelivery {
             readPending = true
         } else {
             context.read()
@@ -248,6 +255,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
             case .close:
                 closeAfterWrites(context: context)
+            case .lingerAndClose:
+                closeAfterWrites(context: context, linger: Self.lingerBeforeClose)
             }
         }
         if machine.version != nil && !closing { flushSoon(context: context) }
@@ -398,7 +407,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         context.read()
     }
 
-    private func closeAfterWrites(context: ChannelHandlerContext) {
+    private func closeAfterWrites(context: ChannelHandlerContext, linger: TimeAmount? = nil) {
         guard !closing else { return }
         closing = true
         // Writes complete in order: once this empty one is written, so is the last packet (CONNACK or
@@ -406,7 +415,23 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
         let channel = context.channel
-        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        guard let linger else {
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        lingering = true
+        if readPending {
+            readPending = false
+            context.read()
+        }
+        written.futureResult.whenComplete { _ in
+            // FIN now; the full close follows after `linger` (or when the client closes first). A channel
+            // that cannot half-close closes at once.
+            let outputClosed = channel.eventLoop.makePromise(of: Void.self)
+            outputClosed.futureResult.whenFailure { _ in channel.close(promise: nil) }
+            channel.close(mode: .output, promise: outputClosed)
+            channel.eventLoop.scheduleTask(in: linger) { channel.close(promise: nil) }
+        }
     }
 }
 

@@ -105,6 +105,36 @@ struct BrokerProtocolTests {
         }
     }
 
+    /// After a DISCONNECT answering what it sent (here 0x94, topic alias 0: MQTT 5.0 3.3.2-8), a client
+    /// that is still writing reads the DISCONNECT and the end of the stream, and its writes do not fail for
+    /// a moment: the broker ends its output and keeps reading instead of closing at once, which would answer
+    /// the client's bytes with a TCP reset (and a write error before the client has read the reason code).
+    @Test func aClientStillWritingAfterItsDisconnectIsNotReset() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu)
+            let socket = try BlockingSocket(port: broker.mqttPort)
+            defer { socket.close() }
+            try socket.send(.connect(Self.v5("still-writing")), version: .v5)
+            guard case .connack(let connack) = try socket.receive(version: .v5), connack.reasonCode == .success else {
+                Issue.record("no CONNACK")
+                return
+            }
+            // PUBLISH QoS 0, topic "a", properties: Topic Alias (0x23) = 0, payload "x" (our encoder refuses alias 0).
+            #expect(socket.sendRaw([0x30, 0x08, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00, 0x78]) == nil)
+            #expect(try socket.receive(version: .v5) == .disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid)))
+            #expect(try socket.receiveEndOfStream())
+            // The broker has sent everything and ended its output, and still reads (for 1 s): the client's
+            // next writes succeed. Closed at once, the first write would be answered with a reset and the
+            // following ones would fail (broken pipe).
+            var failures: [String] = []
+            for _ in 0..<20 {
+                if let error = socket.sendRaw([0xC0, 0x00]) { failures.append(error) }
+            }
+            #expect(failures.isEmpty, "writes after the DISCONNECT failed: \(failures)")
+        }
+    }
+
     @Test func badInputClosesOnlyItsOwnConnection() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()

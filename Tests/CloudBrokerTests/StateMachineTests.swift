@@ -219,6 +219,24 @@ struct StateMachineTests {
         #expect(Self.sent(actions) == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
     }
 
+    /// A DISCONNECT answering what the client sent lingers (the client may still be writing: closing at once
+    /// would answer its bytes with a reset before it reads the reason code); the others close at once.
+    @Test func disconnectsForWhatTheClientSentLingerOthersCloseAtOnce() {
+        var (machine, _) = Self.connected(Self.v5())
+        var aliasZero = MQTTProperties()
+        aliasZero.topicAlias = 0
+        let invalid = machine.packetReceived(Self.publish("a", qos: .atMostOnce, properties: aliasZero), now: .now(), wallClock: Date())
+        #expect(Self.sent(invalid) == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+        #expect(invalid.last.map { if case .lingerAndClose = $0 { true } else { false } } == true)
+        var (idle, _) = Self.connected(Self.v5(keepAlive: 10))
+        let start = NIODeadline.now()
+        _ = idle.packetReceived(.pingreq, now: start, wallClock: Date())
+        let expired = idle.keepAliveCheck(now: start + .seconds(16))
+        #expect(expired.last.map { if case .close = $0 { true } else { false } } == true)
+        var (taken, _) = Self.connected(Self.v5())
+        #expect(taken.takenOver().last.map { if case .close = $0 { true } else { false } } == true)
+    }
+
     @Test func keepAliveExpiresAfterOneAndAHalfIntervals() {
         var (machine, _) = Self.connected(Self.v5(keepAlive: 10))
         let start = NIODeadline.now()
