@@ -35,6 +35,7 @@ enum BrokerMetrics {
         static let takeovers = "tributary_broker_takeovers_total"
         static let announcements = "tributary_broker_connection_announcements_total"
         static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
+        static let readBacksStarted = "tributary_broker_subscriber_read_backs_total"
         static let authAccepted = "tributary_broker_auth_accepted_total"
         static let authFailures = "tributary_broker_auth_failures_total"
         static let kafkaProducerQueueMessages = "tributary_broker_kafka_producer_queue_messages"
@@ -52,7 +53,7 @@ enum BrokerMetrics {
             connections, connectionsTotal, packetsReceived, packetsSent, publishesReceived, messagesDelivered, messagesDropped,
             kafkaDelivery, kafkaErrors, kafkaInflight, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
             sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
-            sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed,
+            sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed, readBacksStarted,
             authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
             kafkaRequests, kafkaTransmittedBytes, deliveryConsumerPaused, deliveryConsumerPauses, deliveryConsumerResumes,
         ]
@@ -102,6 +103,8 @@ enum BrokerMetrics {
     static let takeoversLocal = Counter(label: Name.takeovers, dimensions: [("where", "local")])
     /// Messages read again from Kafka for sessions that moved here from another node.
     static let movedSessionMessagesReplayed = Counter(label: Name.movedSessionMessagesReplayed)
+    /// Connected sessions whose queue overflowed and that read their messages back from Kafka (`SubscriberReadBack`).
+    static let readBacksStarted = Counter(label: Name.readBacksStarted)
     /// Connection announcements written to `mqtt.connections`, by outcome.
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
@@ -116,7 +119,7 @@ enum BrokerMetrics {
     /// node is ever lost.
     static func registerFailoverMetrics() {
         _ = (duplicatesSuppressedBySequence, duplicatesSuppressedByPacketId, catchUp, takeoversRemote, takeoversLocal)
-        _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished)
+        _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished, readBacksStarted)
         deliveryConsumerPaused.record(0)
         _ = (deliveryConsumerPauses, deliveryConsumerResumes)
     }

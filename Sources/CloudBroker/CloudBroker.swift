@@ -74,9 +74,12 @@ enum CloudBroker {
                 if outcome == .delivered { done() }
             }
         }
+        var limits = configuration.limits
+        limits.readBack = true
         let broker = BrokerContext(
-            registry: registry, publisher: publisher, retained: retained, limits: configuration.limits, logger: logger,
-            authenticator: configuration.authenticator, deliveryDemand: deliveryDemand)
+            registry: registry, publisher: publisher, retained: retained, limits: limits, logger: logger,
+            authenticator: configuration.authenticator, deliveryDemand: deliveryDemand,
+            readBack: SubscriberReadBack.Source(configuration: kafka, defaultQoS: configuration.defaultQoS, logger: logger))
         let replication = Int16(configuration.replicationFactor)
         var topics = configuration.messagesTopics.map {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)

@@ -13,7 +13,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.max_packet_size", default: "1MiB", help: "Largest MQTT packet accepted from a client (announced to MQTT 5 clients); larger ones close the connection with 0x95."),
         ConfigKey("mqtt.receive_maximum", default: "256", help: "QoS 1/2 publishes of one client waiting for Kafka at once (MQTT 5 Receive Maximum; for 3.1.1 the socket is simply not read beyond it)."),
         ConfigKey("mqtt.max_inflight_outbound", default: "64", help: "QoS 1/2 messages sent to one client and not yet acknowledged (lowered to the client's Receive Maximum)."),
-        ConfigKey("mqtt.session_queue_limit", default: "1000", help: "Messages queued for one session beyond the in-flight window; beyond it messages are dropped and counted."),
+        ConfigKey("mqtt.session_queue_limit", default: "1000", help: "Messages queued for one session beyond the in-flight window; beyond it a connected session reads its QoS 1/2 messages back from Kafka, other messages are dropped and counted."),
         ConfigKey("mqtt.topic_alias_maximum", default: "64", help: "Topic aliases an MQTT 5 client may use towards the broker (0 disables them)."),
         ConfigKey("mqtt.outbound_topic_alias_maximum", default: "64", help: "Topic aliases the broker sets on messages to an MQTT 5 client that announces a Topic Alias Maximum (the smaller of the two; 0 disables them; least recently used replaced)."),
         ConfigKey("mqtt.max_keep_alive", default: "0", help: "Longest keep-alive accepted in seconds; a larger (or zero) one is replaced by this via Server Keep Alive for MQTT 5 clients. 0 = accept the client's."),
@@ -253,6 +253,9 @@ struct BrokerLimits: Sendable, Equatable {
     var receiveMaximum: Int = 256
     var maxInflightOutbound: Int = 64
     var sessionQueueLimit: Int = 1000
+    /// A connected session whose queue is full reads the overflowing messages back from Kafka instead of
+    /// dropping them (`SubscriberReadBack`; set by the node, which provides the reader: `BrokerContext.readBack`).
+    var readBack: Bool = false
     var topicAliasMaximum: Int = 64
     /// 0: accept the client's keep-alive.
     var maxKeepAlive: Int = 0

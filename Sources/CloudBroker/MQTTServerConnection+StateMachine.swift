@@ -1,6 +1,7 @@
 import Common
 import Foundation
 import NIOCore
+import TributaryKafka
 
 extension MQTTServerConnection {
     /// The protocol logic of one client connection (MQTT 3.1.1 and 5.0, server side), without IO.
@@ -36,6 +37,14 @@ extension MQTTServerConnection {
             case scheduleCredentialsExpiry(Date)
             /// A message for the client was dropped (queue full or expired).
             case dropped(qos: MQTTQoS)
+            /// Read these partitions back from Kafka from these offsets (replacing what is being read) and
+            /// hand what comes to `readBack(_:readUpTo:now:)`: the queue overflowed there.
+            case readBack(from: [KafkaTopicPartition: Int64])
+            /// The queue is full again / has room again: stop / go on reading back.
+            case pauseReadBack
+            case resumeReadBack
+            /// Every partition is live again: stop the read-back.
+            case stopReadBack
             /// Close the connection once what was sent is flushed.
             case close
             /// Once what was sent (a DISCONNECT for what the client sent) is flushed, end the output (FIN) but
@@ -100,6 +109,7 @@ extension MQTTServerConnection {
             var attached = false
             var writable = true
             var readingPaused = false
+            var readBackPaused = false
             var lastPacket: NIODeadline
 
             init(
@@ -259,6 +269,14 @@ extension MQTTServerConnection {
             }
             state = .connected(connected)
             actions += drainOutbound(now: now)
+            if !connected.session.outbound.readingBack.isEmpty {
+                // The session was reading messages back from Kafka when its last connection closed.
+                actions.append(.readBack(from: connected.session.outbound.readingBack))
+                if connected.session.outbound.queuedCount >= limits.sessionQueueLimit {
+                    connected.readBackPaused = true
+                    actions.append(.pauseReadBack)
+                }
+            }
             actions.append(.resumeReading)
             return actions
         }
@@ -487,11 +505,49 @@ extension MQTTServerConnection {
             guard case .connected(let c) = state else { return [] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let result = c.session.outbound.offer(
-                message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now)
-            state = .connected(c)
+                message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now,
+                readBackAllowed: readBackAllowed(c))
             var actions: [Action] = []
             if let packet = result.packet { actions.append(.send(packet)) }
             if result.dropped { actions.append(.dropped(qos: message.qos)) }
+            if result.readBackFrom != nil {
+                // The queue is full: the read-back starts paused and goes on as it drains.
+                c.readBackPaused = true
+                actions.append(.readBack(from: c.session.outbound.readingBack))
+                actions.append(.pauseReadBack)
+            }
+            return actions
+        }
+
+        /// Reading back from Kafka needs the records' offsets (`limits.readBack`) and a session whose
+        /// messages come from its own subscriptions: a shared subscription's member gets only some of its
+        /// filter's messages, which a read-back cannot tell apart, so its overflow is dropped and counted.
+        private func readBackAllowed(_ c: Connected) -> Bool {
+            limits.readBack && !c.session.subscriptions.keys.contains { $0.hasPrefix("$share/") }
+        }
+
+        /// Messages read back from Kafka for this session (`OutboundState.PartitionDelivery`), in offset order
+        /// per partition, with how far each partition was read.
+        mutating func readBack(_ messages: [BrokerMessage], readUpTo: [KafkaTopicPartition: Int64], now: Date) -> [Action] {
+            guard case .connected(let c) = state else { return [] }
+            guard !c.session.outbound.readingBack.isEmpty else { return [.stopReadBack] }
+            let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
+            let subscriptions = Array(c.session.subscriptions.values)
+            var actions: [Action] = []
+            for message in messages {
+                guard let outbound = SessionRegistry.outbound(for: message, clientId: c.clientId, subscriptions: subscriptions) else { continue }
+                if let packet = c.session.outbound.readBackOffer(outbound, window: window, canSendNow: c.writable, version: c.version, now: now) {
+                    actions.append(.send(packet))
+                }
+            }
+            for (partition, offset) in readUpTo { c.session.outbound.advance(partition, to: offset) }
+            if c.session.outbound.readingBack.isEmpty {
+                c.readBackPaused = false
+                actions.append(.stopReadBack)
+            } else if !c.readBackPaused && c.session.outbound.queuedCount >= limits.sessionQueueLimit {
+                c.readBackPaused = true
+                actions.append(.pauseReadBack)
+            }
             return actions
         }
 
@@ -514,8 +570,12 @@ extension MQTTServerConnection {
             guard case .connected(let c) = state, c.writable else { return [] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let (packets, expired) = c.session.outbound.drain(window: window, version: c.version, now: now)
-            state = .connected(c)
-            return packets.map { .send($0) } + Array(repeating: .dropped(qos: .atMostOnce), count: expired)
+            var actions = packets.map { Action.send($0) } + Array(repeating: .dropped(qos: .atMostOnce), count: expired)
+            if c.readBackPaused && c.session.outbound.queuedCount <= limits.sessionQueueLimit / 2 {
+                c.readBackPaused = false
+                actions.append(.resumeReadBack)
+            }
+            return actions
         }
 
         // MARK: Timers and endings

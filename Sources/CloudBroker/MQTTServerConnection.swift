@@ -2,6 +2,7 @@ import Common
 import Foundation
 import Logging
 import NIOCore
+import TributaryKafka
 import NIOPosix
 
 /// What every connection of a node shares.
@@ -15,6 +16,8 @@ struct BrokerContext: Sendable {
     var authenticator = Authenticator()
     /// A SUBSCRIBE waits for the delivery consumer when it is paused (nil: it never pauses).
     var deliveryDemand: DeliveryDemand? = nil
+    /// Where a session whose queue overflowed reads its messages back from (with `limits.readBack`).
+    var readBack: SubscriberReadBack.Source? = nil
 }
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
@@ -35,6 +38,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     /// Delivery reports reach this connection in batches; writes made during one are flushed at its end.
     private var deliveryInbox: DeliveryInbox?
     private var flushAfterBatch = false
+    /// Reading overflowed messages back from Kafka (`startReadBack`).
+    private var readBack: SubscriberReadBack?
     /// Between `channelRead` and `channelReadComplete`: answers to a burst of packets are flushed once, at its end.
     private var inReadBurst = false
     private var handle: Handle?
@@ -130,6 +135,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         BrokerMetrics.connectionClosed()
+        stopReadBack()
         if keepAliveRegistered {
             KeepAliveSweeper.on(context.eventLoop).unregister(self)
             keepAliveRegistered = false
@@ -253,6 +259,14 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                 }
             case .dropped(let qos):
                 BrokerMetrics.messagesDroppedQueueFull[Int(qos.rawValue)].increment()
+            case .readBack(let offsets):
+                startReadBack(from: offsets, context: context)
+            case .pauseReadBack:
+                readBack?.pause()
+            case .resumeReadBack:
+                readBack?.resume()
+            case .stopReadBack:
+                stopReadBack()
             case .close:
                 closeAfterWrites(context: context)
             case .lingerAndClose:
@@ -260,6 +274,39 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             }
         }
         if machine.version != nil && !closing { flushSoon(context: context) }
+    }
+
+    /// Reads the session's overflowed partitions back from Kafka (one consumer per such connection, rare:
+    /// a subscriber slower than its publishers); batches come back on this connection's event loop.
+    private func startReadBack(from offsets: [KafkaTopicPartition: Int64], context: ChannelHandlerContext) {
+        if let readBack {
+            readBack.read(from: offsets)
+            return
+        }
+        guard let source = broker.readBack else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        do {
+            let reader = try SubscriberReadBack(source: source) { messages, readUpTo in
+                eventLoop.execute {
+                    let connection = loopBound.value
+                    guard connection.readBack != nil else { return }
+                    connection.perform(connection.machine.readBack(messages, readUpTo: readUpTo, now: Date()))
+                }
+            }
+            reader.read(from: offsets)
+            readBack = reader
+            BrokerMetrics.readBacksStarted.increment()
+            broker.logger.info("subscriber slower than its messages: reading them back from Kafka", metadata: ["mqtt.client_id": "\(machine.clientId ?? "")"])
+        } catch {
+            broker.logger.warning("cannot read messages back for a subscriber", metadata: ["kafka.error": "\(error)"])
+        }
+    }
+
+    private func stopReadBack() {
+        guard let reader = readBack else { return }
+        readBack = nil
+        Task.detached { reader.close() }  // joins the consumer's thread: not on the event loop
     }
 
     /// The delivery consumer reads again: the held actions (the SUBACK first) are performed in order.

@@ -58,10 +58,26 @@ struct OutboundState: Sendable {
         var phase: Phase
     }
 
+    /// Where delivery from one messages-topic partition stands once the queue has overflowed there
+    /// ("Kafka is the queue" for a connected subscriber, G4/G5): instead of dropping a QoS 1/2 message the
+    /// queue has no room for, the session stops taking that partition's messages live and reads them back
+    /// from Kafka from that message on, as fast as the queue drains, then takes them live again.
+    enum PartitionDelivery: Sendable, Equatable {
+        /// Read back from Kafka: `next` is the first offset not yet queued; `liveSeen` the highest offset
+        /// routing has offered live (and this session skipped) meanwhile.
+        case readBack(next: Int64, liveSeen: Int64)
+        /// Live again: messages below `from` were queued by the read-back (a late live copy is skipped).
+        case live(from: Int64)
+    }
+
     private(set) var inflight: [Inflight] = []
     private(set) var queue: [OutboundMessage] = []
     private var queueHead = 0
     private var nextPacketId: UInt16 = 1
+    /// Only partitions that overflowed at least once (empty for almost every session: nothing per message).
+    private(set) var partitions: [KafkaTopicPartition: PartitionDelivery] = [:]
+    /// Partitions in `.readBack`.
+    private(set) var readingBack: [KafkaTopicPartition: Int64] = [:]
 
     var queuedCount: Int { queue.count - queueHead }
     var inflightCount: Int { inflight.count }
@@ -78,14 +94,32 @@ struct OutboundState: Sendable {
         }
         for entry in inflight where entry.phase != .awaitingPubComp { note(entry.message) }
         for message in queue[queueHead...] { note(message) }
+        for (partition, next) in readingBack { oldest[partition] = min(oldest[partition] ?? next, next) }
         return oldest
     }
 
-    /// Queues `message`; returns false (and does not queue) if the queue already holds `limit`.
+    /// Queues `message`; returns false (and does not queue) if the queue already holds `limit`. A message
+    /// of a partition being read back is not queued (it will be read back) and counts as queued.
     mutating func enqueue(_ message: OutboundMessage, limit: Int) -> Bool {
+        if !partitions.isEmpty && skipsForReadBack(message) { return true }
         guard queuedCount < limit else { return false }
         queue.append(message)
         return true
+    }
+
+    /// Whether routing's `message` is left to the read-back (its partition is read back, or it was already
+    /// queued by it); notes how far routing got.
+    private mutating func skipsForReadBack(_ message: OutboundMessage) -> Bool {
+        guard let partition = message.message.source, let offset = message.message.sourceOffset, let delivery = partitions[partition] else {
+            return false
+        }
+        switch delivery {
+        case .readBack(let next, let seen):
+            partitions[partition] = .readBack(next: next, liveSeen: max(seen, offset))
+            return true
+        case .live(let from):
+            return offset < from
+        }
     }
 
     /// Takes queued messages while the in-flight window has room, assigning packet ids to QoS 1/2.
@@ -110,17 +144,59 @@ struct OutboundState: Sendable {
         return (packets, expired)
     }
 
-    /// Sends `message` now if the window allows; else queues it. Returns the packet to send, if any,
-    /// and whether the message was dropped (queue full or expired).
+    /// Sends `message` (routed live) now if the window allows; else queues it. Returns the packet to send,
+    /// if any; whether the message was dropped (a QoS 0 one for a full queue, or expired); and, when a QoS
+    /// 1/2 message from Kafka found the queue full, its partition and offset: that partition is now read back
+    /// from there (`readBackOffer`), and its live messages are skipped until the read-back catches up.
     mutating func offer(
-        _ message: OutboundMessage, window: Int, limit: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
-    ) -> (packet: MQTTPacket?, dropped: Bool) {
+        _ message: OutboundMessage, window: Int, limit: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date,
+        readBackAllowed: Bool = false
+    ) -> (packet: MQTTPacket?, dropped: Bool, readBackFrom: (KafkaTopicPartition, Int64)?) {
+        if !partitions.isEmpty && skipsForReadBack(message) { return (nil, false, nil) }
+        let source = message.message.source.flatMap { partition in message.message.sourceOffset.map { (partition, $0) } }
         let fits = message.qos == .atMostOnce || inflight.count < window
         if canSendNow && fits && queuedCount == 0 {
-            guard let packet = start(message, version: version, now: now) else { return (nil, true) }
-            return (packet, false)
+            guard let packet = start(message, version: version, now: now) else { return (nil, true, nil) }
+            return (packet, false, nil)
         }
-        return (nil, !enqueue(message, limit: limit))
+        if queuedCount < limit {
+            queue.append(message)
+            return (nil, false, nil)
+        }
+        guard readBackAllowed, message.qos != .atMostOnce, let (partition, offset) = source else { return (nil, true, nil) }
+        partitions[partition] = .readBack(next: offset, liveSeen: offset)
+        readingBack[partition] = offset
+        return (nil, false, (partition, offset))
+    }
+
+    /// A message read back from Kafka for a partition in `.readBack` (in offset order, only those matching
+    /// the session's subscriptions): queued whatever the limit (the reader pauses at it), unless it is
+    /// older than what was already queued. Returns the packet to send now, if any.
+    mutating func readBackOffer(
+        _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
+    ) -> MQTTPacket? {
+        guard let partition = message.message.source, let offset = message.message.sourceOffset,
+            case .readBack(let next, _) = partitions[partition], offset >= next
+        else { return nil }
+        advance(partition, to: offset + 1)
+        let fits = message.qos == .atMostOnce || inflight.count < window
+        if canSendNow && fits && queuedCount == 0 { return start(message, version: version, now: now) }
+        queue.append(message)
+        return nil
+    }
+
+    /// The read-back has read `partition` up to `offset` (exclusive; matching messages below it were
+    /// offered): once that passes everything routing offered live meanwhile, the partition is live again
+    /// (routing's later messages follow in order; earlier ones still on their way are skipped).
+    mutating func advance(_ partition: KafkaTopicPartition, to offset: Int64) {
+        guard case .readBack(let next, let seen) = partitions[partition], offset > next else { return }
+        if offset > seen {
+            partitions[partition] = .live(from: offset)
+            readingBack[partition] = nil
+        } else {
+            partitions[partition] = .readBack(next: offset, liveSeen: seen)
+            readingBack[partition] = offset
+        }
     }
 
     private mutating func start(_ message: OutboundMessage, version: MQTTProtocolVersion, now: Date) -> MQTTPacket? {

@@ -1,0 +1,121 @@
+import Foundation
+import NIOCore
+import Testing
+import TestSupport
+import TributaryKafka
+
+@testable import CloudBroker
+@testable import Common
+
+/// A connected subscriber slower than its publishers: what its queue cannot hold is read back from Kafka
+/// (`OutboundState.PartitionDelivery`, `SubscriberReadBack`) instead of being dropped.
+@Suite("Subscriber read-back (Kafka is the queue for a slow subscriber)")
+struct SubscriberReadBackTests {
+    static let partition = KafkaTopicPartition(topic: "mqtt.messages", partition: 3)
+    static let other = KafkaTopicPartition(topic: "mqtt.messages", partition: 4)
+
+    static func message(_ offset: Int64, qos: MQTTQoS = .atLeastOnce, partition: KafkaTopicPartition = partition) -> OutboundMessage {
+        var message = BrokerMessage(topic: "t/\(offset)", payload: ByteBuffer(string: "\(offset)"), qos: qos, retain: false, properties: MQTTProperties())
+        message.source = partition
+        message.sourceOffset = offset
+        return OutboundMessage(message: message, qos: qos, retain: false, subscriptionIdentifiers: [])
+    }
+
+    static func offsets(_ state: inout OutboundState) -> [Int64] {
+        state.drain(window: 1000, version: .v5, now: Date()).packets.compactMap { packet -> Int64? in
+            guard case .publish(let publish) = packet else { return nil }
+            return Int64(String(buffer: publish.payload))
+        }
+    }
+
+    @Test("overflow: later live messages of the partition are skipped, the read-back fills them in, live resumes after it without a copy")
+    func overflowReadBackAndReturnToLive() {
+        var state = OutboundState()
+        func offer(_ offset: Int64, qos: MQTTQoS = .atLeastOnce, partition: KafkaTopicPartition = Self.partition) -> (MQTTPacket?, Bool, (KafkaTopicPartition, Int64)?) {
+            let result = state.offer(Self.message(offset, qos: qos, partition: partition), window: 1, limit: 2, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+            return (result.packet, result.dropped, result.readBackFrom)
+        }
+        #expect(offer(0).0 != nil)  // sent (window 1)
+        #expect(offer(1).0 == nil && offer(2).0 == nil)  // queued (limit 2)
+        let overflow = offer(3)
+        #expect(overflow.1 == false, "a QoS 1 message from Kafka is not dropped")
+        #expect(overflow.2?.0 == Self.partition && overflow.2?.1 == 3)
+        #expect(state.readingBack == [Self.partition: 3])
+        // Routing goes on: 4 and 5 are skipped (they will be read back), not dropped.
+        #expect(offer(4).1 == false && offer(5).1 == false)
+        #expect(state.queuedCount == 2)
+        // Going offline now stores a replay position no later than 0 (unacknowledged), 1 (queued) and 3 (read back).
+        #expect(state.replayFrom()[Self.partition] == 0)
+        // The read-back: 2 is older than what it must deliver (ignored), 3..5 are queued whatever the limit.
+        for offset: Int64 in [2, 3, 4] { _ = state.readBackOffer(Self.message(offset), window: 1, canSendNow: false, version: .v5, now: Date()) }
+        #expect(state.readingBack == [Self.partition: 5], "still behind: routing offered 5")
+        _ = state.readBackOffer(Self.message(5), window: 1, canSendNow: false, version: .v5, now: Date())
+        #expect(state.readingBack.isEmpty, "caught up with routing: live again")
+        #expect(state.partitions[Self.partition] == .live(from: 6))
+        let readBack = Self.offsets(&state)
+        #expect(readBack == [1, 2, 3, 4, 5], "in order, once")
+        // A late live copy of 5 is skipped; 6 is taken live (queued: the window is full).
+        let late = offer(5)
+        #expect(late.0 == nil && late.1 == false && late.2 == nil && state.queuedCount == 0)
+        _ = offer(6)
+        let live = Self.offsets(&state)
+        #expect(live == [6])
+    }
+
+    @Test("what is not read back: QoS 0, messages without a Kafka offset, or read-back not allowed, are dropped as before")
+    func dropsWhereNoReadBackApplies() {
+        var state = OutboundState()
+        _ = state.offer(Self.message(0), window: 0, limit: 1, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(state.offer(Self.message(1, qos: .atMostOnce), window: 0, limit: 1, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true).dropped)
+        var retained = Self.message(2)
+        retained.message.source = nil
+        retained.message.sourceOffset = nil
+        #expect(state.offer(retained, window: 0, limit: 1, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true).dropped)
+        #expect(state.offer(Self.message(3), window: 0, limit: 1, canSendNow: true, version: .v5, now: Date(), readBackAllowed: false).dropped)
+        #expect(state.readingBack.isEmpty)
+    }
+
+    @Test("the read-back advances over records that match nothing; other partitions stay live; an offline session skips the partition too")
+    func advanceOtherPartitionsAndOffline() {
+        var state = OutboundState()
+        _ = state.offer(Self.message(10), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(state.readingBack == [Self.partition: 10])
+        // Another partition is unaffected (queue limit 0: dropped as before, being QoS 0).
+        #expect(state.offer(Self.message(1, qos: .atMostOnce, partition: Self.other), window: 0, limit: 0, canSendNow: false, version: .v5, now: Date()).dropped)
+        // Offline (the session store queues directly): a message of the partition being read back is left to it.
+        let leftToReadBack = state.enqueue(Self.message(12), limit: 0)
+        #expect(leftToReadBack)
+        #expect(state.queuedCount == 0)
+        // The reader read up to 11 (exclusive) without a match: routing has offered 12, so still behind.
+        state.advance(Self.partition, to: 11)
+        #expect(state.readingBack == [Self.partition: 11])
+        state.advance(Self.partition, to: 13)
+        #expect(state.readingBack.isEmpty && state.partitions[Self.partition] == .live(from: 13))
+    }
+
+    @Test("end to end: 4 publishers at full speed, one subscriber, a queue of 20: every message arrives once and in order")
+    func slowSubscriberLosesNothing() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu, settings: ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"])
+            let (status, output) = try await scope.run(
+                "device-sim", TestEnvironment.binary("device-sim"),
+                [
+                    "--broker", "mqtt://127.0.0.1:\(broker.mqttPort)", "--clients", "4", "--count", "1500", "--rate", "0", "--size", "512",
+                    "--qos", "1", "--inflight", "50", "--subscribe", "sensors/#", "--drain-timeout", "40", "--processes", "1",
+                ],
+                timeout: .seconds(120))
+            let summary = try #require(SimulatorOutput.summary(output), "device-sim printed no summary:\n\(output)")
+            print("read-back e2e: \(["acked", "received", "lost", "duplicates", "out_of_order", "e2e_p99_ms"].map { "\($0)=\(summary[$0] ?? "?")" }.joined(separator: " "))")
+            #expect(summary["acked"] == "6000")
+            #expect(summary["received"] == "6000")
+            #expect(summary["lost"] == "0")
+            #expect(summary["duplicates"] == "0")
+            #expect(summary["out_of_order"] == "0")
+            let metrics = try await MetricsScrape.get(port: broker.httpPort)
+            #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") ?? 0) >= 1, "the queue of 20 overflowed and was read back")
+            #expect(MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") == 0)
+            _ = status
+        }
+    }
+}
