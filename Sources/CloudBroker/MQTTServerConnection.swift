@@ -290,8 +290,9 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             let reader = try SubscriberReadBack(source: source) { messages, readUpTo in
                 eventLoop.execute {
                     let connection = loopBound.value
-                    guard connection.readBack != nil else { return }
+                    guard let reader = connection.readBack else { return }  // stopped: closing it unblocks its thread
                     connection.perform(connection.machine.readBack(messages, readUpTo: readUpTo, now: Date()))
+                    reader.processed()
                 }
             }
             reader.read(from: offsets)

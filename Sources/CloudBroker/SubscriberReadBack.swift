@@ -1,12 +1,16 @@
 import Common
+import Foundation
 import Logging
 import TributaryKafka
 
 /// Reads messages back from Kafka for one connected session whose queue overflowed ("Kafka is the queue"
 /// for a subscriber slower than its publishers; `OutboundState.PartitionDelivery`): a consumer of its own,
-/// assigned to the partitions being read back at their next offsets, paused while the session's queue is
-/// full. Batches reach `deliver` on the consumer's thread, in offset order per partition, with how far each
-/// partition was read (matching or not).
+/// assigned to the partitions being read back at their next offsets. Batches reach `deliver` on the
+/// consumer's thread, in offset order per partition, with how far each partition was read (matching or
+/// not). Flow control: the consumer's thread hands over one batch at a time (the connection calls
+/// `processed()` when it has queued it) and waits while the session's queue is full (`pause()` until
+/// `resume()`); librdkafka keeps prefetching meanwhile (bounded by its prefetch limits), so a resumed
+/// read-back goes on at once instead of fetching again as a paused partition would.
 final class SubscriberReadBack: Sendable {
     /// What a connection needs to start one (`BrokerContext.readBack`).
     struct Source: Sendable {
@@ -17,11 +21,14 @@ final class SubscriberReadBack: Sendable {
 
     private let consumer: KafkaConsumer
     private let logger: Logger
+    private let gate = Gate()
 
     init(source: Source, deliver: @escaping @Sendable (_ messages: [BrokerMessage], _ readUpTo: [KafkaTopicPartition: Int64]) -> Void) throws(KafkaError) {
         let defaultQoS = source.defaultQoS
+        let gate = self.gate
         logger = source.logger
         consumer = try KafkaConsumer(configuration: source.configuration, logger: source.logger) { records in
+            guard gate.waitUntilReady() else { return }
             var messages: [BrokerMessage] = []
             var readUpTo: [KafkaTopicPartition: Int64] = [:]
             for record in records {
@@ -29,6 +36,7 @@ final class SubscriberReadBack: Sendable {
                 readUpTo[partition] = max(readUpTo[partition] ?? 0, record.offset + 1)
                 if let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) { messages.append(message) }
             }
+            gate.posted()
             deliver(messages, readUpTo)
         }
     }
@@ -42,9 +50,58 @@ final class SubscriberReadBack: Sendable {
         }
     }
 
-    func pause() { try? consumer.pause() }
-    func resume() { try? consumer.resume() }
+    /// The session's queue is full / has room again.
+    func pause() { gate.set(open: false) }
+    func resume() { gate.set(open: true) }
+    /// The connection has taken the batch it was given.
+    func processed() { gate.processed() }
 
     /// Stops the consumer (joins its thread: not on an event loop).
-    func close() { consumer.close() }
+    func close() {
+        gate.close()
+        consumer.close()
+    }
+}
+
+/// One batch at a time, and none while closed for a full queue (see `SubscriberReadBack`).
+private final class Gate: @unchecked Sendable {  // every field under `condition`
+    private let condition = NSCondition()
+    private var open = true
+    private var closed = false
+    private var pending = 0
+
+    /// Waits until the previous batch was taken and the queue has room; false once closed.
+    func waitUntilReady() -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while !closed && (pending > 0 || !open) { condition.wait() }
+        return !closed
+    }
+
+    func posted() {
+        condition.lock()
+        pending += 1
+        condition.unlock()
+    }
+
+    func processed() {
+        condition.lock()
+        pending = max(0, pending - 1)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func set(open: Bool) {
+        condition.lock()
+        self.open = open
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
 }
