@@ -504,9 +504,10 @@ extension MQTTServerConnection {
         mutating func deliver(_ message: OutboundMessage, now: Date) -> [Action] {
             guard case .connected(let c) = state else { return [] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
+            let subscriptions = c.session.subscriptions  // read before `offer` modifies the session (exclusive access)
             let result = c.session.outbound.offer(
                 message, window: window, limit: limits.sessionQueueLimit, canSendNow: c.writable, version: c.version, now: now,
-                readBackAllowed: readBackAllowed(c))
+                readBackAllowed: readBackAllowed(subscriptions))
             var actions: [Action] = []
             if let packet = result.packet { actions.append(.send(packet)) }
             if result.dropped { actions.append(.dropped(qos: message.qos)) }
@@ -522,8 +523,8 @@ extension MQTTServerConnection {
         /// Reading back from Kafka needs the records' offsets (`limits.readBack`) and a session whose
         /// messages come from its own subscriptions: a shared subscription's member gets only some of its
         /// filter's messages, which a read-back cannot tell apart, so its overflow is dropped and counted.
-        private func readBackAllowed(_ c: Connected) -> Bool {
-            limits.readBack && !c.session.subscriptions.keys.contains { $0.hasPrefix("$share/") }
+        private func readBackAllowed(_ subscriptions: [String: SubscriptionOptions]) -> Bool {
+            limits.readBack && !subscriptions.keys.contains { $0.hasPrefix("$share/") }
         }
 
         /// Messages read back from Kafka for this session (`OutboundState.PartitionDelivery`), in offset order

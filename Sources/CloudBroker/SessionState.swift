@@ -150,10 +150,9 @@ struct OutboundState: Sendable {
     /// from there (`readBackOffer`), and its live messages are skipped until the read-back catches up.
     mutating func offer(
         _ message: OutboundMessage, window: Int, limit: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date,
-        readBackAllowed: Bool = false
+        readBackAllowed: @autoclosure () -> Bool = false
     ) -> (packet: MQTTPacket?, dropped: Bool, readBackFrom: (KafkaTopicPartition, Int64)?) {
         if !partitions.isEmpty && skipsForReadBack(message) { return (nil, false, nil) }
-        let source = message.message.source.flatMap { partition in message.message.sourceOffset.map { (partition, $0) } }
         let fits = message.qos == .atMostOnce || inflight.count < window
         if canSendNow && fits && queuedCount == 0 {
             guard let packet = start(message, version: version, now: now) else { return (nil, true, nil) }
@@ -163,7 +162,8 @@ struct OutboundState: Sendable {
             queue.append(message)
             return (nil, false, nil)
         }
-        guard readBackAllowed, message.qos != .atMostOnce, let (partition, offset) = source else { return (nil, true, nil) }
+        guard message.qos != .atMostOnce, let partition = message.message.source, let offset = message.message.sourceOffset, readBackAllowed()
+        else { return (nil, true, nil) }
         partitions[partition] = .readBack(next: offset, liveSeen: offset)
         readingBack[partition] = offset
         return (nil, false, (partition, offset))
