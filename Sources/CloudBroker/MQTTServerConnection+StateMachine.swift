@@ -527,6 +527,12 @@ extension MQTTServerConnection {
             limits.readBack && !subscriptions.keys.contains { $0.hasPrefix("$share/") }
         }
 
+        /// The partitions being read back from Kafka, at the next offset each needs (empty: none).
+        var readingBack: [KafkaTopicPartition: Int64] {
+            guard case .connected(let c) = state else { return [:] }
+            return c.session.outbound.readingBack
+        }
+
         /// Messages read back from Kafka for this session (`OutboundState.PartitionDelivery`), in offset order
         /// per partition, with how far each partition was read.
         mutating func readBack(_ messages: [BrokerMessage], readUpTo: [KafkaTopicPartition: Int64], now: Date) -> [Action] {

@@ -2,8 +2,8 @@ import Common
 import Foundation
 import Logging
 import NIOCore
-import TributaryKafka
 import NIOPosix
+import TributaryKafka
 
 /// What every connection of a node shares.
 struct BrokerContext: Sendable {
@@ -300,7 +300,14 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             BrokerMetrics.readBacksStarted.increment()
             broker.logger.info("subscriber slower than its messages: reading them back from Kafka", metadata: ["mqtt.client_id": "\(machine.clientId ?? "")"])
         } catch {
-            broker.logger.warning("cannot read messages back for a subscriber", metadata: ["kafka.error": "\(error)"])
+            // The session skips the partition's live messages until they are read back: try again soon.
+            broker.logger.warning("cannot read messages back for a subscriber; retrying in 1 s", metadata: ["kafka.error": "\(error)"])
+            context.eventLoop.scheduleTask(in: .seconds(1)) {
+                let connection = loopBound.value
+                guard !connection.inactive, connection.readBack == nil, let context = connection.context else { return }
+                let offsets = connection.machine.readingBack
+                if !offsets.isEmpty { connection.startReadBack(from: offsets, context: context) }
+            }
         }
     }
 
