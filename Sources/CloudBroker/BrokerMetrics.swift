@@ -36,6 +36,7 @@ enum BrokerMetrics {
         static let announcements = "tributary_broker_connection_announcements_total"
         static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
         static let readBacksStarted = "tributary_broker_subscriber_read_backs_total"
+        static let readBacksRefused = "tributary_broker_subscriber_read_backs_refused_total"
         static let authAccepted = "tributary_broker_auth_accepted_total"
         static let authFailures = "tributary_broker_auth_failures_total"
         static let kafkaProducerQueueMessages = "tributary_broker_kafka_producer_queue_messages"
@@ -53,7 +54,7 @@ enum BrokerMetrics {
             connections, connectionsTotal, packetsReceived, packetsSent, publishesReceived, messagesDelivered, messagesDropped,
             kafkaDelivery, kafkaErrors, kafkaInflight, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
             sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
-            sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed, readBacksStarted,
+            sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed, readBacksStarted, readBacksRefused,
             authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
             kafkaRequests, kafkaTransmittedBytes, deliveryConsumerPaused, deliveryConsumerPauses, deliveryConsumerResumes,
         ]
@@ -105,6 +106,8 @@ enum BrokerMetrics {
     static let movedSessionMessagesReplayed = Counter(label: Name.movedSessionMessagesReplayed)
     /// Connected sessions whose queue overflowed and that read their messages back from Kafka (`SubscriberReadBack`).
     static let readBacksStarted = Counter(label: Name.readBacksStarted)
+    /// Overflowing sessions refused a read-back (`mqtt.read_back_limit` reached): their overflow was dropped.
+    static let readBacksRefused = Counter(label: Name.readBacksRefused)
     /// Connection announcements written to `mqtt.connections`, by outcome.
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
@@ -119,7 +122,7 @@ enum BrokerMetrics {
     /// node is ever lost.
     static func registerFailoverMetrics() {
         _ = (duplicatesSuppressedBySequence, duplicatesSuppressedByPacketId, catchUp, takeoversRemote, takeoversLocal)
-        _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished, readBacksStarted)
+        _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished, readBacksStarted, readBacksRefused)
         deliveryConsumerPaused.record(0)
         _ = (deliveryConsumerPauses, deliveryConsumerResumes)
     }

@@ -79,7 +79,9 @@ enum CloudBroker {
         let broker = BrokerContext(
             registry: registry, publisher: publisher, retained: retained, limits: limits, logger: logger,
             authenticator: configuration.authenticator, deliveryDemand: deliveryDemand,
-            readBack: SubscriberReadBack.Source(configuration: kafka, defaultQoS: configuration.defaultQoS, logger: logger))
+            readBack: SubscriberReadBack.Source(
+                configuration: kafka, defaultQoS: configuration.defaultQoS, logger: logger,
+                slots: SubscriberReadBack.Slots(limit: configuration.limits.readBackLimit)))
         let replication = Int16(configuration.replicationFactor)
         var topics = configuration.messagesTopics.map {
             KafkaTopicSpecification(name: $0, partitions: Int32(configuration.messagesPartitions), replicationFactor: replication)

@@ -14,6 +14,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("mqtt.receive_maximum", default: "256", help: "QoS 1/2 publishes of one client waiting for Kafka at once (MQTT 5 Receive Maximum; for 3.1.1 the socket is simply not read beyond it)."),
         ConfigKey("mqtt.max_inflight_outbound", default: "64", help: "QoS 1/2 messages sent to one client and not yet acknowledged (lowered to the client's Receive Maximum)."),
         ConfigKey("mqtt.session_queue_limit", default: "1000", help: "Messages queued for one session beyond the in-flight window; beyond it a connected session reads its QoS 1/2 messages back from Kafka, other messages are dropped and counted."),
+        ConfigKey("mqtt.read_back_limit", default: "100", help: "Connected sessions of this node that may read overflowing messages back from Kafka at the same time (one Kafka consumer each); beyond, their overflow is dropped and counted as without read-back."),
         ConfigKey("mqtt.topic_alias_maximum", default: "64", help: "Topic aliases an MQTT 5 client may use towards the broker (0 disables them)."),
         ConfigKey("mqtt.outbound_topic_alias_maximum", default: "64", help: "Topic aliases the broker sets on messages to an MQTT 5 client that announces a Topic Alias Maximum (the smaller of the two; 0 disables them; least recently used replaced)."),
         ConfigKey("mqtt.max_keep_alive", default: "0", help: "Longest keep-alive accepted in seconds; a larger (or zero) one is replaced by this via Server Keep Alive for MQTT 5 clients. 0 = accept the client's."),
@@ -147,6 +148,7 @@ struct CloudBrokerConfiguration: Sendable {
             receiveMaximum: try values.int("mqtt.receive_maximum", range: 1...65_535),
             maxInflightOutbound: try values.int("mqtt.max_inflight_outbound", range: 1...65_535),
             sessionQueueLimit: try values.int("mqtt.session_queue_limit", range: 0...10_000_000),
+            readBackLimit: try values.int("mqtt.read_back_limit", range: 0...100_000),
             topicAliasMaximum: try values.int("mqtt.topic_alias_maximum", range: 0...65_535),
             maxKeepAlive: try values.int("mqtt.max_keep_alive", range: 0...65_535),
             maxSessionExpiry: UInt32(try values.int("mqtt.max_session_expiry", range: 0...Int(UInt32.max))),
@@ -256,6 +258,8 @@ struct BrokerLimits: Sendable, Equatable {
     /// A connected session whose queue is full reads the overflowing messages back from Kafka instead of
     /// dropping them (`SubscriberReadBack`; set by the node, which provides the reader: `BrokerContext.readBack`).
     var readBack: Bool = false
+    /// Sessions of the node reading back at once (`mqtt.read_back_limit`; each holds a Kafka consumer).
+    var readBackLimit: Int = 100
     var topicAliasMaximum: Int = 64
     /// 0: accept the client's keep-alive.
     var maxKeepAlive: Int = 0

@@ -527,6 +527,15 @@ extension MQTTServerConnection {
             limits.readBack && !subscriptions.keys.contains { $0.hasPrefix("$share/") }
         }
 
+        /// No reader for this session (the node's `mqtt.read_back_limit` is reached): what it skipped for
+        /// the read-back is dropped and counted, and its partitions are live again.
+        mutating func readBackRefused() -> [Action] {
+            guard case .connected(let c) = state else { return [] }
+            let lost = c.session.outbound.abandonReadBack()
+            c.readBackPaused = false
+            return Array(repeating: .dropped(qos: .atLeastOnce), count: lost)
+        }
+
         /// The partitions being read back from Kafka, at the next offset each needs (empty: none).
         var readingBack: [KafkaTopicPartition: Int64] {
             guard case .connected(let c) = state else { return [:] }

@@ -285,6 +285,12 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
         guard let source = broker.readBack else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        guard source.slots.acquire() else {
+            // As many sessions of this node read back as `mqtt.read_back_limit` allows: this one drops its overflow.
+            BrokerMetrics.readBacksRefused.increment()
+            perform(machine.readBackRefused())
+            return
+        }
         let eventLoop = context.eventLoop
         do {
             let reader = try SubscriberReadBack(source: source) { messages, readUpTo in
@@ -300,6 +306,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             BrokerMetrics.readBacksStarted.increment()
             broker.logger.info("subscriber slower than its messages: reading them back from Kafka", metadata: ["mqtt.client_id": "\(machine.clientId ?? "")"])
         } catch {
+            source.slots.release()
             // The session skips the partition's live messages until they are read back: try again soon.
             broker.logger.warning("cannot read messages back for a subscriber; retrying in 1 s", metadata: ["kafka.error": "\(error)"])
             context.eventLoop.scheduleTask(in: .seconds(1)) {
@@ -314,6 +321,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private func stopReadBack() {
         guard let reader = readBack else { return }
         readBack = nil
+        broker.readBack?.slots.release()
         Task.detached { reader.close() }  // joins the consumer's thread: not on the event loop
     }
 

@@ -64,8 +64,8 @@ struct OutboundState: Sendable {
     /// from Kafka from that message on, as fast as the queue drains, then takes them live again.
     enum PartitionDelivery: Sendable, Equatable {
         /// Read back from Kafka: `next` is the first offset not yet queued; `liveSeen` the highest offset
-        /// routing has offered live (and this session skipped) meanwhile.
-        case readBack(next: Int64, liveSeen: Int64)
+        /// routing has offered live (and this session skipped) meanwhile; `skipped` how many it skipped.
+        case readBack(next: Int64, liveSeen: Int64, skipped: Int = 1)
         /// Live again: messages below `from` were queued by the read-back (a late live copy is skipped).
         case live(from: Int64)
     }
@@ -114,8 +114,8 @@ struct OutboundState: Sendable {
             return false
         }
         switch delivery {
-        case .readBack(let next, let seen):
-            partitions[partition] = .readBack(next: next, liveSeen: max(seen, offset))
+        case .readBack(let next, let seen, let skipped):
+            partitions[partition] = .readBack(next: next, liveSeen: max(seen, offset), skipped: skipped + 1)
             return true
         case .live(let from):
             return offset < from
@@ -176,7 +176,7 @@ struct OutboundState: Sendable {
         _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
     ) -> MQTTPacket? {
         guard let partition = message.message.source, let offset = message.message.sourceOffset,
-            case .readBack(let next, _) = partitions[partition], offset >= next
+            case .readBack(let next, _, _) = partitions[partition], offset >= next
         else { return nil }
         advance(partition, to: offset + 1)
         let fits = message.qos == .atMostOnce || inflight.count < window
@@ -189,14 +189,28 @@ struct OutboundState: Sendable {
     /// offered): once that passes everything routing offered live meanwhile, the partition is live again
     /// (routing's later messages follow in order; earlier ones still on their way are skipped).
     mutating func advance(_ partition: KafkaTopicPartition, to offset: Int64) {
-        guard case .readBack(let next, let seen) = partitions[partition], offset > next else { return }
+        guard case .readBack(let next, let seen, let skipped) = partitions[partition], offset > next else { return }
         if offset > seen {
             partitions[partition] = .live(from: offset)
             readingBack[partition] = nil
         } else {
-            partitions[partition] = .readBack(next: offset, liveSeen: seen)
+            partitions[partition] = .readBack(next: offset, liveSeen: seen, skipped: skipped)
             readingBack[partition] = offset
         }
+    }
+
+    /// Gives up reading back (no reader can be had): every partition is live again after what routing has
+    /// offered; returns how many messages were skipped for the read-back and are now lost (an upper bound
+    /// when part of them was already read back).
+    mutating func abandonReadBack() -> Int {
+        var lost = 0
+        for (partition, delivery) in partitions {
+            guard case .readBack(_, let seen, let skipped) = delivery else { continue }
+            partitions[partition] = .live(from: seen + 1)
+            lost += skipped
+        }
+        readingBack = [:]
+        return lost
     }
 
     private mutating func start(_ message: OutboundMessage, version: MQTTProtocolVersion, now: Date) -> MQTTPacket? {

@@ -1,6 +1,7 @@
 import Common
 import Foundation
 import Logging
+import Synchronization
 import TributaryKafka
 
 /// Reads messages back from Kafka for one connected session whose queue overflowed ("Kafka is the queue"
@@ -17,6 +18,29 @@ final class SubscriberReadBack: Sendable {
         var configuration: KafkaConfiguration
         var defaultQoS: MQTTQoS
         var logger: Logger
+        /// The node's read-backs running at once, at most `mqtt.read_back_limit` (G5: one consumer each).
+        var slots: Slots
+    }
+
+    /// A node-wide count of running read-backs with a ceiling.
+    final class Slots: Sendable {
+        let limit: Int
+        private let taken = Atomic<Int>(0)
+
+        init(limit: Int) { self.limit = limit }
+
+        func acquire() -> Bool {
+            var current = taken.load(ordering: .relaxed)
+            while current < limit {
+                let (exchanged, original) = taken.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+                if exchanged { return true }
+                current = original
+            }
+            return false
+        }
+
+        func release() { taken.subtract(1, ordering: .relaxed) }
+        var count: Int { taken.load(ordering: .relaxed) }
     }
 
     private let consumer: KafkaConsumer

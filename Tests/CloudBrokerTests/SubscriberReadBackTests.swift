@@ -93,6 +93,49 @@ struct SubscriberReadBackTests {
         #expect(state.readingBack.isEmpty && state.partitions[Self.partition] == .live(from: 13))
     }
 
+    @Test("no reader to be had: what was skipped for the read-back is counted as lost and the partition is live again")
+    func abandonedReadBackDropsAndGoesLive() {
+        var state = OutboundState()
+        _ = state.offer(Self.message(0), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        _ = state.offer(Self.message(1), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        _ = state.offer(Self.message(2), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(state.readingBack == [Self.partition: 0])
+        #expect(state.abandonReadBack() == 3)
+        #expect(state.readingBack.isEmpty && state.partitions[Self.partition] == .live(from: 3))
+        // Live again: the next message is offered as usual (here the queue has room for it).
+        let next = state.offer(Self.message(3), window: 0, limit: 1, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(next.dropped == false && next.readBackFrom == nil && state.queuedCount == 1)
+    }
+
+    @Test("end to end with mqtt.read_back_limit 0: the overflow is dropped and counted as before, delivery goes on in order")
+    func readBackLimitReached() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(
+                tansu: tansu, settings: ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4", "mqtt.read_back_limit": "0"])
+            let (_, output) = try await scope.run(
+                "device-sim", TestEnvironment.binary("device-sim"),
+                [
+                    "--broker", "mqtt://127.0.0.1:\(broker.mqttPort)", "--clients", "4", "--count", "1500", "--rate", "0", "--size", "512",
+                    "--qos", "1", "--inflight", "50", "--subscribe", "sensors/#", "--drain-timeout", "5", "--processes", "1",
+                ],
+                timeout: .seconds(120))
+            let summary = try #require(SimulatorOutput.summary(output), "device-sim printed no summary:\n\(output)")
+            let received = Int(summary["received"] ?? "") ?? -1
+            let lost = Int(summary["lost"] ?? "") ?? -1
+            print("read-back refused e2e: received=\(received) lost=\(lost)")
+            #expect(summary["acked"] == "6000")
+            #expect(received + lost == 6000 && lost > 0, "some of the overflow is lost without a read-back")
+            #expect(received > 100, "delivery went on after the overflow")
+            #expect(summary["duplicates"] == "0")
+            #expect(summary["out_of_order"] == "0")
+            let metrics = try await MetricsScrape.get(port: broker.httpPort)
+            #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_refused_total") ?? 0) >= 1)
+            #expect(MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") == 0)
+            #expect((MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") ?? 0) >= Double(lost))
+        }
+    }
+
     @Test("end to end: 4 publishers at full speed, one subscriber, a queue of 20: every message arrives once and in order")
     func slowSubscriberLosesNothing() async throws {
         try await withProcesses { scope in
