@@ -107,58 +107,51 @@ struct SubscriberReadBackTests {
         #expect(next.dropped == false && next.readBackFrom == nil && state.queuedCount == 1)
     }
 
-    @Test("end to end with mqtt.read_back_limit 0: the overflow is dropped and counted as before, delivery goes on in order")
-    func readBackLimitReached() async throws {
+    /// 4 device-sim publishers × 1,500 QoS 1 publishes at full speed and one subscriber on `sensors/#`, through a
+    /// broker whose sessions queue 20 messages: the simulator's summary and the broker's metrics at the end.
+    static func slowSubscriberRun(extraSettings: [String: String] = [:], drainTimeout: Int) async throws -> (summary: [String: String], metrics: String) {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let broker = try await scope.startBroker(
-                tansu: tansu, settings: ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4", "mqtt.read_back_limit": "0"])
+            let settings = ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"].merging(extraSettings) { $1 }
+            let broker = try await scope.startBroker(tansu: tansu, settings: settings)
             let (_, output) = try await scope.run(
                 "device-sim", TestEnvironment.binary("device-sim"),
                 [
                     "--broker", "mqtt://127.0.0.1:\(broker.mqttPort)", "--clients", "4", "--count", "1500", "--rate", "0", "--size", "512",
-                    "--qos", "1", "--inflight", "50", "--subscribe", "sensors/#", "--drain-timeout", "5", "--processes", "1",
+                    "--qos", "1", "--inflight", "50", "--subscribe", "sensors/#", "--drain-timeout", String(drainTimeout), "--processes", "1",
                 ],
                 timeout: .seconds(120))
             let summary = try #require(SimulatorOutput.summary(output), "device-sim printed no summary:\n\(output)")
-            let received = Int(summary["received"] ?? "") ?? -1
-            let lost = Int(summary["lost"] ?? "") ?? -1
-            print("read-back refused e2e: received=\(received) lost=\(lost)")
-            #expect(summary["acked"] == "6000")
-            #expect(received + lost == 6000 && lost > 0, "some of the overflow is lost without a read-back")
-            #expect(received > 100, "delivery went on after the overflow")
-            #expect(summary["duplicates"] == "0")
-            #expect(summary["out_of_order"] == "0")
-            let metrics = try await MetricsScrape.get(port: broker.httpPort)
-            #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_refused_total") ?? 0) >= 1)
-            #expect(MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") == 0)
-            #expect((MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") ?? 0) >= Double(lost))
+            return (summary, try await MetricsScrape.get(port: broker.httpPort))
         }
+    }
+
+    @Test("end to end with mqtt.read_back_limit 0: the overflow is dropped and counted as before, delivery goes on in order")
+    func readBackLimitReached() async throws {
+        let (summary, metrics) = try await Self.slowSubscriberRun(extraSettings: ["mqtt.read_back_limit": "0"], drainTimeout: 5)
+        let received = Int(summary["received"] ?? "") ?? -1
+        let lost = Int(summary["lost"] ?? "") ?? -1
+        print("read-back refused e2e: received=\(received) lost=\(lost)")
+        #expect(summary["acked"] == "6000")
+        #expect(received + lost == 6000 && lost > 0, "some of the overflow is lost without a read-back")
+        #expect(received > 100, "delivery went on after the overflow")
+        #expect(summary["duplicates"] == "0")
+        #expect(summary["out_of_order"] == "0")
+        #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_refused_total") ?? 0) >= 1)
+        #expect(MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") == 0)
+        #expect((MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") ?? 0) >= Double(lost))
     }
 
     @Test("end to end: 4 publishers at full speed, one subscriber, a queue of 20: every message arrives once and in order")
     func slowSubscriberLosesNothing() async throws {
-        try await withProcesses { scope in
-            let tansu = try await scope.startTansu()
-            let broker = try await scope.startBroker(tansu: tansu, settings: ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"])
-            let (status, output) = try await scope.run(
-                "device-sim", TestEnvironment.binary("device-sim"),
-                [
-                    "--broker", "mqtt://127.0.0.1:\(broker.mqttPort)", "--clients", "4", "--count", "1500", "--rate", "0", "--size", "512",
-                    "--qos", "1", "--inflight", "50", "--subscribe", "sensors/#", "--drain-timeout", "40", "--processes", "1",
-                ],
-                timeout: .seconds(120))
-            let summary = try #require(SimulatorOutput.summary(output), "device-sim printed no summary:\n\(output)")
-            print("read-back e2e: \(["acked", "received", "lost", "duplicates", "out_of_order", "e2e_p99_ms"].map { "\($0)=\(summary[$0] ?? "?")" }.joined(separator: " "))")
-            #expect(summary["acked"] == "6000")
-            #expect(summary["received"] == "6000")
-            #expect(summary["lost"] == "0")
-            #expect(summary["duplicates"] == "0")
-            #expect(summary["out_of_order"] == "0")
-            let metrics = try await MetricsScrape.get(port: broker.httpPort)
-            #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") ?? 0) >= 1, "the queue of 20 overflowed and was read back")
-            #expect(MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") == 0)
-            _ = status
-        }
+        let (summary, metrics) = try await Self.slowSubscriberRun(drainTimeout: 40)
+        print("read-back e2e: \(["acked", "received", "lost", "duplicates", "out_of_order", "e2e_p99_ms"].map { "\($0)=\(summary[$0] ?? "?")" }.joined(separator: " "))")
+        #expect(summary["acked"] == "6000")
+        #expect(summary["received"] == "6000")
+        #expect(summary["lost"] == "0")
+        #expect(summary["duplicates"] == "0")
+        #expect(summary["out_of_order"] == "0")
+        #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") ?? 0) >= 1, "the queue of 20 overflowed and was read back")
+        #expect(MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") == 0)
     }
 }
