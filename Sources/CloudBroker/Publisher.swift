@@ -203,7 +203,7 @@ private final class PublishJob: @unchecked Sendable {
                     let elapsed = ContinuousClock.now - started
                     inbox.post { self.reported(index: index, result: result, elapsed: elapsed) }
                 }
-                if index == firstSends && firstSends < records.count { firstSends += 1 } else { resends.removeFirst() }
+                if firstSends < records.count { firstSends += 1 } else { resends.removeFirst() }  // `index` came from there
                 publisher.trackInflight(1)
             } catch {
                 if error.isRetriable && NIODeadline.now() < deadline {

@@ -76,8 +76,16 @@ struct OutboundState: Sendable {
     private var nextPacketId: UInt16 = 1
     /// Only partitions that overflowed at least once (empty for almost every session: nothing per message).
     private(set) var partitions: [KafkaTopicPartition: PartitionDelivery] = [:]
-    /// Partitions in `.readBack`.
-    private(set) var readingBack: [KafkaTopicPartition: Int64] = [:]
+    /// The partitions in `.readBack`, at the next offset each needs (derived: only overflowed partitions
+    /// are in `partitions`, a handful at most).
+    var readingBack: [KafkaTopicPartition: Int64] {
+        guard !partitions.isEmpty else { return [:] }
+        var result: [KafkaTopicPartition: Int64] = [:]
+        for (partition, delivery) in partitions {
+            if case .readBack(let next, _, _) = delivery { result[partition] = next }
+        }
+        return result
+    }
 
     var queuedCount: Int { queue.count - queueHead }
     var inflightCount: Int { inflight.count }
@@ -165,7 +173,6 @@ struct OutboundState: Sendable {
         guard message.qos != .atMostOnce, let partition = message.message.source, let offset = message.message.sourceOffset, readBackAllowed()
         else { return (nil, true, nil) }
         partitions[partition] = .readBack(next: offset, liveSeen: offset)
-        readingBack[partition] = offset
         return (nil, false, (partition, offset))
     }
 
@@ -192,10 +199,8 @@ struct OutboundState: Sendable {
         guard case .readBack(let next, let seen, let skipped) = partitions[partition], offset > next else { return }
         if offset > seen {
             partitions[partition] = .live(from: offset)
-            readingBack[partition] = nil
         } else {
             partitions[partition] = .readBack(next: offset, liveSeen: seen, skipped: skipped)
-            readingBack[partition] = offset
         }
     }
 
@@ -209,7 +214,6 @@ struct OutboundState: Sendable {
             partitions[partition] = .live(from: seen + 1)
             lost += skipped
         }
-        readingBack = [:]
         return lost
     }
 

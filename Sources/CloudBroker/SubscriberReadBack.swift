@@ -40,7 +40,6 @@ final class SubscriberReadBack: Sendable {
         }
 
         func release() { taken.subtract(1, ordering: .relaxed) }
-        var count: Int { taken.load(ordering: .relaxed) }
     }
 
     private let consumer: KafkaConsumer
