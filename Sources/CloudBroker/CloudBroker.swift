@@ -62,8 +62,11 @@ enum CloudBroker {
             written: BrokerMetrics.announcementsWritten, failed: BrokerMetrics.announcementsWriteFailed)
         let incarnation = UUID().uuidString
         let wills = NodeLossWills(nodeId: configuration.nodeId, incarnation: incarnation, lease: configuration.nodeLease)
+        // This node reads overflowed queues back from Kafka (connected sessions and offline ones alike).
+        var limits = configuration.limits
+        limits.readBack = true
         let registry = SessionRegistry(
-            store: sessions ?? InMemorySessionStore(), limits: configuration.limits, logger: logger, nodeId: configuration.nodeId,
+            store: sessions ?? InMemorySessionStore(), limits: limits, logger: logger, nodeId: configuration.nodeId,
             incarnation: incarnation,
             announcer: { clientId, announcement in announce(announcement.record(topic: connectionsTopic, clientId: clientId)) },
             deliveryDemand: deliveryDemand
@@ -74,8 +77,6 @@ enum CloudBroker {
                 if outcome == .delivered { done() }
             }
         }
-        var limits = configuration.limits
-        limits.readBack = true
         let broker = BrokerContext(
             registry: registry, publisher: publisher, retained: retained, limits: limits, logger: logger,
             authenticator: configuration.authenticator, deliveryDemand: deliveryDemand,

@@ -442,6 +442,7 @@ final class KafkaLink: Service, Sendable {
         let progress = Mutex<[KafkaTopicPartition: Int64]>([:])
         let replayed = Atomic<Int>(0)
         let limit = registry.limits.sessionQueueLimit
+        let readBack = registry.limits.readBack
         let defaultQoS = settings.defaultQoS
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger) { records in
             var next: [KafkaTopicPartition: Int64] = [:]
@@ -453,7 +454,7 @@ final class KafkaLink: Service, Sendable {
                     guard let from = session.offsets[partition], record.offset >= from,
                         let outbound = SessionRegistry.outbound(for: message, clientId: clientId, subscriptions: session.subscriptions)
                     else { continue }
-                    switch sessions.enqueue(clientId: clientId, message: outbound, limit: limit) {
+                    switch sessions.enqueue(clientId: clientId, message: outbound, limit: limit, readBack: readBack) {
                     case .queued: replayed.add(1, ordering: .relaxed)
                     case .dropped: BrokerMetrics.messagesDroppedQueueFull[Int(outbound.qos.rawValue)].increment()
                     case .noSession: break

@@ -154,8 +154,8 @@ final class KafkaSessionStore: SessionStore {
         return removed
     }
 
-    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult {
-        local.enqueue(clientId: clientId, message: message, limit: limit)
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int, readBack: Bool) -> SessionEnqueueResult {
+        local.enqueue(clientId: clientId, message: message, limit: limit, readBack: readBack)
     }
 
     func removeExpired(now: ContinuousClock.Instant) -> [SessionState] {

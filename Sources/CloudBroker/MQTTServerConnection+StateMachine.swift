@@ -520,11 +520,10 @@ extension MQTTServerConnection {
             return actions
         }
 
-        /// Reading back from Kafka needs the records' offsets (`limits.readBack`) and a session whose
-        /// messages come from its own subscriptions: a shared subscription's member gets only some of its
-        /// filter's messages, which a read-back cannot tell apart, so its overflow is dropped and counted.
+        /// Reading back from Kafka needs the records' offsets (`limits.readBack`) and a session without
+        /// shared subscriptions (`SessionState.canReadBack`).
         private func readBackAllowed(_ subscriptions: [String: SubscriptionOptions]) -> Bool {
-            limits.readBack && !subscriptions.keys.contains { $0.hasPrefix("$share/") }
+            limits.readBack && SessionState.canReadBack(subscriptions)
         }
 
         /// No reader for this session (the node's `mqtt.read_back_limit` is reached): what it skipped for

@@ -396,7 +396,7 @@ final class SessionRegistry: Sendable {
                 } else if let endpoint = state.online[clientId] {
                     direct.append((endpoint, outbound))
                 } else {
-                    let result = store.enqueue(clientId: clientId, message: outbound, limit: limits.sessionQueueLimit)
+                    let result = store.enqueue(clientId: clientId, message: outbound, limit: limits.sessionQueueLimit, readBack: limits.readBack)
                     if result == .dropped { BrokerMetrics.messagesDroppedQueueFull[Int(outbound.qos.rawValue)].increment() }
                 }
             }
@@ -421,7 +421,7 @@ final class SessionRegistry: Sendable {
     func redeliver(clientId: String, _ message: OutboundMessage) {
         let endpoint = state.withLock { state -> (any ConnectionEndpoint)? in
             if let endpoint = state.online[clientId] { return endpoint }
-            if store.enqueue(clientId: clientId, message: message, limit: limits.sessionQueueLimit) == .dropped {
+            if store.enqueue(clientId: clientId, message: message, limit: limits.sessionQueueLimit, readBack: limits.readBack) == .dropped {
                 BrokerMetrics.messagesDroppedQueueFull[Int(message.qos.rawValue)].increment()
             }
             return nil

@@ -38,6 +38,13 @@ struct SessionState: Sendable {
         self.clientId = clientId
         self.expiryInterval = expiryInterval
     }
+
+    /// Whether an overflowing queue of a session with `subscriptions` can be read back from Kafka: its
+    /// messages must come from its own subscriptions. A shared subscription's member gets only some of its
+    /// filter's messages, which a read-back cannot tell apart, so its overflow is dropped and counted.
+    static func canReadBack(_ subscriptions: [String: SubscriptionOptions]) -> Bool {
+        !subscriptions.keys.contains { $0.hasPrefix("$share/") }
+    }
 }
 
 /// The server-to-client half of a session: QoS 1/2 messages in flight (by packet id, in send order) and
@@ -106,13 +113,28 @@ struct OutboundState: Sendable {
         return oldest
     }
 
-    /// Queues `message`; returns false (and does not queue) if the queue already holds `limit`. A message
-    /// of a partition being read back is not queued (it will be read back) and counts as queued.
-    mutating func enqueue(_ message: OutboundMessage, limit: Int) -> Bool {
+    /// Queues `message` for an offline session; returns false (and does not queue) if the queue already
+    /// holds `limit` and the message cannot be read back. A message of a partition being read back is not
+    /// queued (it will be read back) and counts as queued. With `readBackAllowed`, a QoS 1/2 message from
+    /// Kafka that finds the queue full starts the read-back of its partition from its offset, as for a
+    /// connected session: the read-back runs once the client reconnects (or, on another node, the session's
+    /// replay offsets cover it), so an offline session's backlog is bounded by Kafka's retention, not by
+    /// the queue.
+    mutating func enqueue(_ message: OutboundMessage, limit: Int, readBackAllowed: Bool = false) -> Bool {
         if !partitions.isEmpty && skipsForReadBack(message) { return true }
-        guard queuedCount < limit else { return false }
-        queue.append(message)
-        return true
+        if queuedCount < limit {
+            queue.append(message)
+            return true
+        }
+        return readBackAllowed && startReadBack(at: message) != nil
+    }
+
+    /// The queue is full for `message`: if it is a QoS 1/2 message from Kafka, its partition is read back
+    /// from its offset on (returned); else nil (the caller drops it).
+    private mutating func startReadBack(at message: OutboundMessage) -> (KafkaTopicPartition, Int64)? {
+        guard message.qos != .atMostOnce, let partition = message.message.source, let offset = message.message.sourceOffset else { return nil }
+        partitions[partition] = .readBack(next: offset, liveSeen: offset)
+        return (partition, offset)
     }
 
     /// Whether routing's `message` is left to the read-back (its partition is read back, or it was already
@@ -170,10 +192,8 @@ struct OutboundState: Sendable {
             queue.append(message)
             return (nil, false, nil)
         }
-        guard message.qos != .atMostOnce, let partition = message.message.source, let offset = message.message.sourceOffset, readBackAllowed()
-        else { return (nil, true, nil) }
-        partitions[partition] = .readBack(next: offset, liveSeen: offset)
-        return (nil, false, (partition, offset))
+        guard readBackAllowed(), let from = startReadBack(at: message) else { return (nil, true, nil) }
+        return (nil, false, from)
     }
 
     /// A message read back from Kafka for a partition in `.readBack` (in offset order, only those matching

@@ -14,8 +14,10 @@ protocol SessionStore: Sendable {
     func put(_ session: SessionState, now: ContinuousClock.Instant)
     /// Forgets the session of `clientId`; returns whether there was one.
     @discardableResult func remove(clientId: String) -> Bool
-    /// Queues a message for an offline session. QoS 0 messages are not kept for offline sessions.
-    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult
+    /// Queues a message for an offline session. QoS 0 messages are not kept for offline sessions. With
+    /// `readBack`, a QoS 1/2 message from Kafka that finds the queue full is left to a read-back from Kafka
+    /// when the client reconnects (`OutboundState.enqueue`) instead of being dropped.
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int, readBack: Bool) -> SessionEnqueueResult
     /// Removes and returns the sessions that have expired by `now`.
     func removeExpired(now: ContinuousClock.Instant) -> [SessionState]
     /// (sessions, queued messages) for metrics.
@@ -80,11 +82,12 @@ final class InMemorySessionStore: SessionStore {
         entries.withLock { $0[clientId] != nil }
     }
 
-    func enqueue(clientId: String, message: OutboundMessage, limit: Int) -> SessionEnqueueResult {
+    func enqueue(clientId: String, message: OutboundMessage, limit: Int, readBack: Bool) -> SessionEnqueueResult {
         entries.withLock { entries in
             guard entries[clientId] != nil else { return .noSession }
             guard message.qos != .atMostOnce else { return .dropped }
-            return entries[clientId]!.session.outbound.enqueue(message, limit: limit) ? .queued : .dropped
+            let readBackAllowed = readBack && SessionState.canReadBack(entries[clientId]!.session.subscriptions)
+            return entries[clientId]!.session.outbound.enqueue(message, limit: limit, readBackAllowed: readBackAllowed) ? .queued : .dropped
         }
     }
 

@@ -107,6 +107,113 @@ struct SubscriberReadBackTests {
         #expect(next.dropped == false && next.readBackFrom == nil && state.queuedCount == 1)
     }
 
+    @Test("offline: a full queue leaves QoS 1/2 messages from Kafka to a read-back at reconnect; QoS 0 and shared subscriptions are dropped")
+    func offlineOverflowIsLeftToReadBack() throws {
+        let store = InMemorySessionStore()
+        store.put(SessionState(clientId: "offline", expiryInterval: 60), now: .now)
+        #expect(store.enqueue(clientId: "offline", message: Self.message(0), limit: 1, readBack: true) == .queued)
+        // Full: 1 starts the read-back of its partition, 2 is skipped for it; both count as kept.
+        #expect(store.enqueue(clientId: "offline", message: Self.message(1), limit: 1, readBack: true) == .queued)
+        #expect(store.enqueue(clientId: "offline", message: Self.message(2), limit: 1, readBack: true) == .queued)
+        // Another partition, on a node without read-back: dropped as before; QoS 0 is never kept offline.
+        #expect(store.enqueue(clientId: "offline", message: Self.message(7, partition: Self.other), limit: 1, readBack: false) == .dropped)
+        #expect(store.enqueue(clientId: "offline", message: Self.message(8, qos: .atMostOnce, partition: Self.other), limit: 1, readBack: true) == .dropped)
+        #expect(store.statistics().queuedMessages == 1)
+        var session = try #require(store.take(clientId: "offline", now: .now))
+        #expect(session.outbound.readingBack == [Self.partition: 1], "the reconnecting client's read-back starts at 1")
+        #expect(session.outbound.replayFrom()[Self.partition] == 0, "a snapshot replays from the oldest message not delivered")
+        #expect(Self.offsets(&session.outbound) == [0])
+
+        // A member of a shared subscription gets only part of its filter's messages: no read-back.
+        var shared = SessionState(clientId: "member", expiryInterval: 60)
+        let filter = "$share/group/t/#"
+        shared.subscriptions[filter] = SubscriptionOptions(subscription: MQTTSubscription(topicFilter: try MQTTTopicFilter(filter), qos: .atLeastOnce))
+        store.put(shared, now: .now)
+        #expect(store.enqueue(clientId: "member", message: Self.message(0), limit: 1, readBack: true) == .queued)
+        #expect(store.enqueue(clientId: "member", message: Self.message(1), limit: 1, readBack: true) == .dropped)
+        #expect(try #require(store.take(clientId: "member", now: .now)).outbound.readingBack.isEmpty)
+    }
+
+    /// A persistent session subscribes to `backlog/#` and goes offline; 300 QoS 1 messages are acknowledged
+    /// by Kafka meanwhile through a node whose session queues hold 20; then (with `restart`) that node is
+    /// killed and another started; the client reconnects and must get all 300, once, in order per topic.
+    static func offlineBacklogRun(restart: Bool) async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let settings = ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"]
+            var broker = try await scope.startBroker(tansu: tansu, settings: settings)
+            let clientId = "offline-backlog"
+            let subscriber = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await subscriber.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
+            try await BrokerProtocolTests.subscribe(subscriber, "backlog/#")
+            try await subscriber.send(.disconnect(MQTTDisconnect()))
+            #expect(try await subscriber.next() == .closed)
+            if restart {
+                _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the offline snapshot with offsets") { records in
+                    guard let last = records.last, let value = last.value, !value.isEmpty else { return false }
+                    return !((try? SessionSnapshot.decode(value))?.offsets.isEmpty ?? true)
+                }
+            }
+
+            // Two topics (two keys, so up to two partitions), acknowledged by Kafka while the session is offline.
+            let count = 300
+            let topics = ["backlog/a", "backlog/b"]
+            let publisher = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await publisher.handshake(BrokerProtocolTests.v5("backlog-publisher"))
+            for index in 0..<count {
+                try await BrokerProtocolTests.publishQoS1(publisher, topics[index % 2], String(index), id: UInt16(index + 1))
+            }
+            await publisher.close()
+            if restart {
+                broker.process.send(SIGKILL)
+                _ = await broker.process.waitForExit()
+                broker = try await scope.startBroker(tansu: tansu, settings: settings, name: "cloud-broker-2")
+            }
+            // The node has read them all from Kafka and routed them to the offline session (deadline-bounded poll).
+            let deadline = ContinuousClock.now + .seconds(30)
+            while (MetricsScrape.value(try await MetricsScrape.get(port: broker.httpPort), "tributary_broker_kafka_records_consumed_total") ?? 0) < Double(count) {
+                guard ContinuousClock.now < deadline else { throw HarnessError("the broker did not consume the \(count) records") }
+                try await Task.sleep(for: .milliseconds(50))  // poll interval
+            }
+
+            let resumed = try await RawMQTTClient.connect(port: broker.mqttPort)
+            #expect(try await resumed.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent)
+            var received: [String: [Int]] = [:]
+            for index in 0..<count {
+                guard let publish = try? await BrokerProtocolTests.nextPublish(resumed, timeout: .seconds(20)) else {
+                    Issue.record("only \(index) of \(count) messages arrived: \(received.mapValues { $0.count })")
+                    break
+                }
+                received[publish.topic, default: []].append(Int(String(buffer: publish.payload)) ?? -1)
+                if let id = publish.packetId { try await resumed.send(.puback(MQTTPublishAck(packetId: id))) }
+            }
+            for (offset, topic) in topics.enumerated() {
+                #expect(received[topic] == Array(stride(from: offset, to: count, by: 2)), "every message of \(topic), once, in order")
+            }
+            // Then live delivery, with nothing repeated before it.
+            let live = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await live.handshake(BrokerProtocolTests.v5("backlog-publisher"))
+            try await BrokerProtocolTests.publishQoS1(live, "backlog/a", "live", id: 1)
+            #expect(String(buffer: try await BrokerProtocolTests.nextPublish(resumed).payload) == "live")
+            let metrics = try await MetricsScrape.get(port: broker.httpPort)
+            #expect((MetricsScrape.value(metrics, "tributary_broker_subscriber_read_backs_total") ?? 0) >= 1, "the backlog beyond 20 was read back")
+            #expect(MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") == 0)
+            await live.close()
+            await resumed.close()
+            await subscriber.close()
+        }
+    }
+
+    @Test("end to end: 300 QoS 1 messages for an offline session whose queue holds 20 all arrive at reconnect, once and in order")
+    func offlineBacklogLargerThanTheQueueArrives() async throws {
+        try await Self.offlineBacklogRun(restart: false)
+    }
+
+    @Test("end to end: the same backlog after the node was killed and another started: replayed from the snapshot's offsets, nothing dropped")
+    func offlineBacklogSurvivesANodeRestart() async throws {
+        try await Self.offlineBacklogRun(restart: true)
+    }
+
     /// 4 device-sim publishers × 1,500 QoS 1 publishes at full speed and one subscriber on `sensors/#`, through a
     /// broker whose sessions queue 20 messages: the simulator's summary and the broker's metrics at the end.
     static func slowSubscriberRun(extraSettings: [String: String] = [:], drainTimeout: Int) async throws -> (summary: [String: String], metrics: String) {
