@@ -134,21 +134,26 @@ struct SubscriberReadBackTests {
         #expect(try #require(store.take(clientId: "member", now: .now)).outbound.readingBack.isEmpty)
     }
 
+    /// Where the client of an offline session with a backlog comes back.
+    enum Return { case sameNode, restartedNode, otherNode }
+
     /// A persistent session subscribes to `backlog/#` and goes offline; 300 QoS 1 messages are acknowledged
-    /// by Kafka meanwhile through a node whose session queues hold 20; then (with `restart`) that node is
-    /// killed and another started; the client reconnects and must get all 300, once, in order per topic.
-    static func offlineBacklogRun(restart: Bool) async throws {
+    /// by Kafka meanwhile through a node whose session queues hold 20; then the client reconnects (`to` that
+    /// node, to another node started after that one was killed, or to a second node of the cluster while the
+    /// first still runs) and must get all 300, once, in order per topic.
+    static func offlineBacklogRun(to place: Return) async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
             let settings = ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"]
-            var broker = try await scope.startBroker(tansu: tansu, settings: settings)
+            let nodes = try await scope.startNodes(place == .otherNode ? ["node-a", "node-b"] : ["node-a"], tansu: tansu, settings: settings)
+            var broker = nodes[0]
             let clientId = "offline-backlog"
             let subscriber = try await RawMQTTClient.connect(port: broker.mqttPort)
             try await subscriber.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600))
             try await BrokerProtocolTests.subscribe(subscriber, "backlog/#")
             try await subscriber.send(.disconnect(MQTTDisconnect()))
             #expect(try await subscriber.next() == .closed)
-            if restart {
+            if place != .sameNode {
                 _ = try await SessionPersistenceTests.waitForSessionRecords(tansu, clientId: clientId, "the offline snapshot with offsets") { records in
                     guard let last = records.last, let value = last.value, !value.isEmpty else { return false }
                     return !((try? SessionSnapshot.decode(value))?.offsets.isEmpty ?? true)
@@ -164,10 +169,10 @@ struct SubscriberReadBackTests {
                 try await BrokerProtocolTests.publishQoS1(publisher, topics[index % 2], String(index), id: UInt16(index + 1))
             }
             await publisher.close()
-            if restart {
+            if place == .restartedNode {
                 broker.process.send(SIGKILL)
                 _ = await broker.process.waitForExit()
-                broker = try await scope.startBroker(tansu: tansu, settings: settings, name: "cloud-broker-2")
+                broker = try await scope.startBroker(tansu: tansu, settings: settings, name: "node-a-2", nodeId: "node-a-2")
             }
             // The node has read them all from Kafka and routed them to the offline session (deadline-bounded poll).
             let deadline = ContinuousClock.now + .seconds(30)
@@ -176,6 +181,7 @@ struct SubscriberReadBackTests {
                 try await Task.sleep(for: .milliseconds(50))  // poll interval
             }
 
+            if place == .otherNode { broker = nodes[1] }
             let resumed = try await RawMQTTClient.connect(port: broker.mqttPort)
             #expect(try await resumed.handshake(BrokerProtocolTests.v5(clientId, cleanStart: false, expiry: 600)).sessionPresent)
             var received: [String: [Int]] = [:]
@@ -206,12 +212,17 @@ struct SubscriberReadBackTests {
 
     @Test("end to end: 300 QoS 1 messages for an offline session whose queue holds 20 all arrive at reconnect, once and in order")
     func offlineBacklogLargerThanTheQueueArrives() async throws {
-        try await Self.offlineBacklogRun(restart: false)
+        try await Self.offlineBacklogRun(to: .sameNode)
     }
 
     @Test("end to end: the same backlog after the node was killed and another started: replayed from the snapshot's offsets, nothing dropped")
     func offlineBacklogSurvivesANodeRestart() async throws {
-        try await Self.offlineBacklogRun(restart: true)
+        try await Self.offlineBacklogRun(to: .restartedNode)
+    }
+
+    @Test("end to end: the same backlog taken up by another node of the cluster (the first still runs): replayed from the snapshot's offsets, the overflow read back")
+    func offlineBacklogMovesToAnotherNode() async throws {
+        try await Self.offlineBacklogRun(to: .otherNode)
     }
 
     /// 4 device-sim publishers × 1,500 QoS 1 publishes at full speed and one subscriber on `sensors/#`, through a
