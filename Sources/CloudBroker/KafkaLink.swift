@@ -176,13 +176,12 @@ final class KafkaLink: Service, Sendable {
                 // Records that node had not routed two heartbeats before its last, and those of the last
                 // second by time (offsets from the timeline), whichever is earlier per partition: a record it
                 // consumed late (load) is never skipped, one it sent and saw no acknowledgement for is covered.
+                // Where that node's heartbeats carried no position, this node's estimate alone, even one from
+                // before its own consumer paused (`MovedSessionReplay.starts`).
                 let now = Int64(Date().timeIntervalSince1970 * 1000)
                 let lastSeen = min(now, wills?.lastHeartbeat(node: node) ?? now)
-                var earliest = timeline.offsets(atOrBefore: lastSeen - 1000)
-                for (partition, offset) in wills?.routingPositions(node: node) ?? [:] {
-                    earliest[partition] = min(earliest[partition] ?? offset, offset)
-                }
-                starts = earliest
+                starts = MovedSessionReplay.starts(
+                    routing: wills?.routingPositions(node: node) ?? [:], timeline: timeline.offsets(atOrBefore: lastSeen - 1000))
             case .offsets(let offsets):
                 starts = offsets
             }
@@ -260,7 +259,7 @@ final class KafkaLink: Service, Sendable {
             recentPositions.append(state.withLock { $0.routed })
             if recentPositions.count > 3 { recentPositions.removeFirst() }
             var heartbeat = ConnectionAnnouncement(node: wills.nodeId, connection: 0, atMilliseconds: now, kind: .heartbeat, incarnation: wills.incarnation)
-            heartbeat.positions = recentPositions[0].map { .init(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value) }
+            heartbeat.positions = Self.heartbeatPositions(recentPositions).map { .init(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value) }
             announce(heartbeat.record(topic: connectionsTopic, clientId: ConnectionAnnouncement.heartbeatKey(node: wills.nodeId)))
             let (due, newlyLost) = wills.evaluate(nowMilliseconds: now)
             for lost in newlyLost {
@@ -270,6 +269,14 @@ final class KafkaLink: Service, Sendable {
             for will in due { publishLostWill(will, connectionsTopic: connectionsTopic) }
             try? await Task.sleep(for: settings.heartbeatInterval)  // heartbeat period
         }
+    }
+
+    /// The routing positions a heartbeat carries, from those of the last heartbeats (oldest first): per
+    /// partition the oldest (positions only grow). A partition this node began routing less than two beats
+    /// ago is reported from where it began (it routed nothing before), not left out until two beats later:
+    /// a node lost within its first seconds left nothing else to start a moved session's replay from.
+    static func heartbeatPositions(_ recent: [[KafkaTopicPartition: Int64]]) -> [KafkaTopicPartition: Int64] {
+        recent.reduce(into: [:]) { carried, positions in carried.merge(positions, uniquingKeysWith: min) }
     }
 
     /// Publishes the will of a connection whose node was lost, unless a record of it is already in Kafka
@@ -327,7 +334,7 @@ final class KafkaLink: Service, Sendable {
                 if positioned {
                     let paused = deliveryDemand.pauseIfIdle(hasSubscriptions: { registry.hasSubscriptions }) {
                         try messages.pause()
-                        timeline.reset()
+                        timeline.paused(atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), next: messagesCatchUp.positions.next)
                     }
                     if paused {
                         BrokerMetrics.deliveryConsumerPauses.increment()

@@ -25,6 +25,26 @@ final class MovedSessionReplay: Sendable {
         var ends: [KafkaTopicPartition: Int64]
     }
 
+    /// Where the replay of a session that moved here from node A starts, per partition: the earlier of
+    /// `routing` (where A's routing stood two heartbeats before its last, as its heartbeat said) and
+    /// `timeline` (this node's estimate for one second before A's last heartbeat). An estimate sampled before
+    /// this node's delivery consumer last paused may lie long before that instant: it is used only where A's
+    /// heartbeats carried no position for the partition (A died before routing for a heartbeat), in
+    /// place of skipping the partition and with it what A owed the client.
+    static func starts(
+        routing: [KafkaTopicPartition: Int64], timeline: [KafkaTopicPartition: OffsetTimeline.Estimate]
+    ) -> [KafkaTopicPartition: Int64] {
+        var starts = routing
+        for (partition, estimate) in timeline {
+            if let offset = routing[partition] {
+                if estimate.sinceLastPause { starts[partition] = min(offset, estimate.offset) }
+            } else {
+                starts[partition] = estimate.offset
+            }
+        }
+        return starts
+    }
+
     private struct State {
         var pending: [Request] = []
         var running = false
@@ -46,6 +66,9 @@ final class MovedSessionReplay: Sendable {
     /// Replays `request` soon; routing holds the client's live messages back until then
     /// (`SessionRegistry.endReplay`).
     func enqueue(_ request: Request) {
+        logger.debug(
+            "replaying messages to a session that moved here",
+            metadata: ["mqtt.client_id": "\(request.clientId)", "kafka.replay_from": "\(request.starts)", "kafka.replay_to": "\(request.ends)"])
         guard request.starts.contains(where: { $0.value < request.ends[$0.key] ?? 0 }) else {
             registry.endReplay(clientId: request.clientId)
             return
@@ -121,44 +144,79 @@ final class MovedSessionReplay: Sendable {
 }
 
 /// Per messages partition, samples of (record timestamp, offset) taken as the node consumes, at most one
-/// per partition every 100 ms, for the last ten minutes: which offset a partition had reached at an instant.
+/// per partition every 100 ms, the last 6,000 of them: which offset a partition had reached at an instant.
+///
+/// While the delivery consumer is paused it reads nothing, and on resuming it jumps to the partitions' ends:
+/// the samples of before the pause say nothing precise about the instants of the pause. So a pause adds
+/// one sample per partition, (the pause's instant, the next offset the consumer had not read), which bounds
+/// every later instant from below, and counts as *stale*, like every sample taken before it: a replay uses
+/// a stale estimate only where the lost node's own routing positions say nothing (`MovedSessionReplay.starts`).
 final class OffsetTimeline: Sendable {
+    /// An offset at or before the first record of an instant, and whether it was sampled since the last pause.
+    struct Estimate: Sendable, Equatable {
+        var offset: Int64
+        var sinceLastPause: Bool
+    }
+
     private struct Sample {
         var milliseconds: Int64
         var offset: Int64
+        /// The number of pauses before it was taken.
+        var pauses: Int
     }
 
-    private let samples = Mutex<[KafkaTopicPartition: [Sample]]>([:])
+    private struct State {
+        var samples: [KafkaTopicPartition: [Sample]] = [:]
+        var pauses = 0
+    }
+
+    private let state = Mutex(State())
     private let spacingMilliseconds: Int64 = 100
     private let keptSamples = 6_000
 
     func observe(_ records: [KafkaRecord]) {
         guard !records.isEmpty else { return }
-        samples.withLock { samples in
+        state.withLock { state in
             for record in records {
                 guard let milliseconds = record.timestampMilliseconds else { continue }
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
-                if let last = samples[partition]?.last, milliseconds - last.milliseconds < spacingMilliseconds { continue }
-                samples[partition, default: []].append(Sample(milliseconds: milliseconds, offset: record.offset))
-                if samples[partition]!.count > keptSamples { samples[partition]!.removeFirst(samples[partition]!.count - keptSamples) }
+                // After a resume the consumer reads back up to `kafka.dedupe_lookback` records, some of them
+                // perhaps before the pause's sample: a partition's samples keep increasing offsets.
+                if let last = state.samples[partition]?.last,
+                    record.offset <= last.offset || milliseconds - last.milliseconds < spacingMilliseconds
+                {
+                    continue
+                }
+                Self.append(Sample(milliseconds: milliseconds, offset: record.offset, pauses: state.pauses), to: partition, in: &state, keeping: keptSamples)
             }
         }
     }
 
-    /// Forgets every sample (the delivery consumer paused: what it reaches after resuming says nothing
-    /// about the time of the pause; as after a restart, the lost node's own positions bound a replay).
-    func reset() {
-        samples.withLock { $0 = [:] }
+    /// The delivery consumer paused at `milliseconds`, `next` being per partition the next offset it had not
+    /// read: every record it read has an earlier offset, so no record of a later instant has an earlier one.
+    func paused(atMilliseconds milliseconds: Int64, next: [KafkaTopicPartition: Int64]) {
+        state.withLock { state in
+            for (partition, offset) in next where offset > state.samples[partition]?.last?.offset ?? -1 {
+                Self.append(Sample(milliseconds: milliseconds, offset: offset, pauses: state.pauses), to: partition, in: &state, keeping: keptSamples)
+            }
+            state.pauses += 1
+        }
     }
 
     /// Per partition, an offset at or before the first record with a timestamp at or after
     /// `milliseconds` (the earliest sample when the timeline does not reach back that far).
-    func offsets(atOrBefore milliseconds: Int64) -> [KafkaTopicPartition: Int64] {
-        samples.withLock { samples in
-            samples.compactMapValues { list in
-                guard let first = list.first else { return nil }
-                return list.last { $0.milliseconds <= milliseconds }?.offset ?? first.offset
+    func offsets(atOrBefore milliseconds: Int64) -> [KafkaTopicPartition: Estimate] {
+        state.withLock { state in
+            let pauses = state.pauses
+            return state.samples.compactMapValues { list in
+                guard let sample = list.last(where: { $0.milliseconds <= milliseconds }) ?? list.first else { return nil }
+                return Estimate(offset: sample.offset, sinceLastPause: sample.pauses == pauses)
             }
         }
+    }
+
+    private static func append(_ sample: Sample, to partition: KafkaTopicPartition, in state: inout State, keeping kept: Int) {
+        state.samples[partition, default: []].append(sample)
+        if state.samples[partition]!.count > kept { state.samples[partition]!.removeFirst(state.samples[partition]!.count - kept) }
     }
 }

@@ -98,10 +98,25 @@ struct DeliveryPauseTests {
 
     @Test("a session moving to a paused node after its node died gets what was published meanwhile, then live messages")
     func movedSessionResumes() async throws {
-        try await withProcesses { scope in
+        try await movedSessionToPausedNode()
+    }
+
+    /// Node A's only heartbeat is the one it writes as it starts, before it routes anything: it carries no
+    /// routing position, and node B, paused, has no offset timeline of the meantime either. The replay must
+    /// still start before what A owed the client (here: B's position when it paused) rather than skip it.
+    @Test("a session moving to a paused node from a node that died before a heartbeat carried its routing positions gets what was published meanwhile")
+    func movedSessionWithoutRoutingPositions() async throws {
+        // A long lease on both nodes: node A is not judged lost meanwhile (nothing here depends on that).
+        try await movedSessionToPausedNode(nodeA: ["cluster.heartbeat_interval": "30s", "cluster.node_lease": "60s"], nodeB: ["cluster.node_lease": "60s"])
+    }
+
+    private func movedSessionToPausedNode(
+        nodeA settingsA: [String: String] = [:], nodeB settingsB: [String: String] = [:], test: String = #function
+    ) async throws {
+        try await withProcesses(test) { scope in
             let tansu = try await scope.startTansu()
-            let nodes = try await scope.startNodes(["node-a", "node-b"], tansu: tansu, settings: Self.pauseSettings)
-            let (nodeA, nodeB) = (nodes[0], nodes[1])
+            let nodeA = try await scope.startBroker(tansu: tansu, settings: Self.pauseSettings.merging(settingsA) { $1 }, name: "node-a", nodeId: "node-a")
+            let nodeB = try await scope.startBroker(tansu: tansu, settings: Self.pauseSettings.merging(settingsB) { $1 }, name: "node-b", nodeId: "node-b")
             let clientId = "pause-moved-subscriber"
             _ = try await CrossNodeTakeoverTests.subscribedPersistently(tansu, port: nodeA.mqttPort, clientId: clientId, filter: "pm/\(clientId)")
             try await nodeB.process.waitForLog(containing: Self.pausedLog, timeout: .seconds(20))
