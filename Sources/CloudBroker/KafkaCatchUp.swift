@@ -27,18 +27,11 @@ final class KafkaCatchUp: Sendable {
     /// For the delivery consumer: resumes it if paused, and keeps it from pausing during a probe.
     private let demand: DeliveryDemand?
     private let timeout: Duration
-    /// `KafkaAdmin.highWatermarks(quick:)`: the probe learns the partitions' leaders first instead of
-    /// waiting out librdkafka's offset-query timer (~0.55 s → 10–80 ms on Tansu).
-    private let quick: Bool
     private let logger: Logger
     private let state = Mutex(State())
 
-    init(
-        name: String, positions: ConsumerPositions, demand: DeliveryDemand? = nil, timeout: Duration = .seconds(10), quick: Bool = false,
-        logger: Logger
-    ) {
+    init(name: String, positions: ConsumerPositions, demand: DeliveryDemand? = nil, timeout: Duration = .seconds(10), logger: Logger) {
         self.name = name
-        self.quick = quick
         self.demand = demand
         self.positions = positions
         self.timeout = timeout
@@ -108,7 +101,7 @@ final class KafkaCatchUp: Sendable {
         let deadline = ContinuousClock.now + timeout
         let wanted = positions.partitions
         guard !wanted.isEmpty else { throw BrokerError(.kafkaUnavailable, "\(name): no partitions assigned yet") }
-        let ends = try await admin.highWatermarks(for: wanted, timeout: timeout, quick: quick)
+        let ends = try await admin.highWatermarks(for: wanted, timeout: timeout)
         while true {
             let now = positions.next
             if wanted.allSatisfy({ (now[$0] ?? 0) >= (ends[$0] ?? 0) }) { return }

@@ -62,7 +62,7 @@ final class KafkaSessionStore: SessionStore {
         self.nodeId = nodeId
         self.logger = logger
         self.write = write
-        self.catchUp = KafkaCatchUp(name: "sessions", positions: ConsumerPositions(), quick: true, logger: logger)
+        self.catchUp = KafkaCatchUp(name: "sessions", positions: ConsumerPositions(), logger: logger)
     }
 
     /// Writes through `producer`, counting (in `written` / `failed`) and logging failures.

@@ -105,10 +105,10 @@ public final class KafkaAdmin: Sendable {
     /// from the start of each partition and reads the watermark librdkafka caches from the
     /// responses (`rd_kafka_get_watermark_offsets`). Unlike ListOffsets "latest" (what
     /// `KafkaOffset.end` and `rd_kafka_query_watermark_offsets` use), this is right on Tansu, so
-    /// "consume from now on" is `.offset(highWatermarks(...)[partition])`. Throws `_TIMED_OUT` if
-    /// some partition did not answer within `timeout`.
+    /// "consume from now on" is `.offset(highWatermarks(...)[partition])`. A probe takes a few round
+    /// trips (10–80 ms on Tansu). Throws `_TIMED_OUT` if some partition did not answer within `timeout`.
     public func highWatermarks(
-        for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10), quick: Bool = false
+        for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10)
     ) throws(KafkaError) -> [KafkaTopicPartition: Int64] {
         guard !partitions.isEmpty else { return [:] }
         var probe = configuration
@@ -116,18 +116,18 @@ public final class KafkaAdmin: Sendable {
         probe.statisticsInterval = nil
         // One small Fetch per partition is all a probe reads; prefetch limits above what that returns, so
         // that no partition waits out fetch.queue.backoff.ms (1 s) for a "full" queue before its Fetch.
-        probe.maxPrefetchMessages = quick ? 1000 : 1
-        probe.maxPrefetchKilobytes = quick ? 256 : 1
+        probe.maxPrefetchMessages = 1000
+        probe.maxPrefetchKilobytes = 256
         probe.properties["max.partition.fetch.bytes"] = "1024"
         // Only the Fetch response's high watermark is wanted: a broker that holds a Fetch of an empty
         // partition until fetch.wait.max.ms (Tansu does) should answer it soon.
-        if quick { probe.fetchWaitMax = .milliseconds(5) }
+        probe.fetchWaitMax = .milliseconds(5)
         let consumer = try RDKafkaClient.make(role: .consumer, configuration: probe, events: RDKafkaClient.Events(), logger: logger)
         defer { consumer.destroy() }
         // Leaders first: a partition assigned before the client knows its leader waits for librdkafka's
         // offset-query retry timer (500 ms) before its first Fetch; with the metadata in the cache the
-        // offset query and the Fetch go out at once (a probe then takes a few round trips, not ~0.6 s).
-        if quick { _ = try? consumer.metadata(timeout: timeout) }
+        // offset query and the Fetch go out at once.
+        _ = try? consumer.metadata(timeout: timeout)
         try consumer.assign(partitions.map { KafkaPartitionAssignment(topic: $0.topic, partition: $0.partition, offset: .beginning) })
         let deadline = ContinuousClock.now + timeout
         var result: [KafkaTopicPartition: Int64] = [:]
@@ -152,9 +152,9 @@ public final class KafkaAdmin: Sendable {
 
     /// `highWatermarks` on a dedicated thread.
     public func highWatermarks(
-        for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10), quick: Bool = false
+        for partitions: [KafkaTopicPartition], timeout: Duration = .seconds(10)
     ) async throws(KafkaError) -> [KafkaTopicPartition: Int64] {
-        try await offload { () throws(KafkaError) in try self.highWatermarks(for: partitions, timeout: timeout, quick: quick) }
+        try await offload { () throws(KafkaError) in try self.highWatermarks(for: partitions, timeout: timeout) }
     }
 
     /// `metadata` on a dedicated thread.

@@ -172,8 +172,13 @@ struct NodeLossWillsEndToEndTests {
     func willsOfKilledNode() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
-            let nodes = try await scope.startNodes(["node-a", "node-b", "node-c"], tansu: tansu, settings: Self.settings)
-            let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+            // node-b's lease is longer than node-c's: node-c judges the loss (and leaves the will to node-b, the
+            // smallest live id) before node-b publishes it. With equal leases node-c may read node-b's `ended` for
+            // the connection before its own next judgement and never see a loss at all (the will-check probe
+            // takes ~30 ms since every watermark probe asks for metadata first).
+            let a = try await scope.startBroker(tansu: tansu, settings: Self.settings, name: "node-a", nodeId: "node-a")
+            let b = try await scope.startBroker(tansu: tansu, settings: Self.settings.merging(["cluster.node_lease": "4s"]) { $1 }, name: "node-b", nodeId: "node-b")
+            let c = try await scope.startBroker(tansu: tansu, settings: Self.settings, name: "node-c", nodeId: "node-c")
             let watcher = try await RawMQTTClient.connect(port: c.mqttPort)
             try await watcher.handshake(BrokerProtocolTests.v5("will-watcher"))
             try await BrokerProtocolTests.subscribe(watcher, "lost/#", qos: .atLeastOnce)
@@ -197,9 +202,9 @@ struct NodeLossWillsEndToEndTests {
             _ = await a.process.waitForExit()
             let second = try await BrokerProtocolTests.nextPublish(watcher, timeout: .seconds(20))
             #expect(String(buffer: second.payload) == "staying-gone")
+            // node-c judged the loss first and left it to node-b.
+            try await c.process.waitForLog(containing: "tributary.responsible_node=node-b [CloudBroker] node lost", timeout: .seconds(10))
             try await b.process.waitForLog(containing: "publishing the will of a client whose node was lost", timeout: .seconds(10))
-            // node-c judged the loss too and left it to node-b.
-            try await c.process.waitForLog(containing: "node lost", timeout: .seconds(10))
 
             let records = try await KafkaTopicReader.readAll(bootstrapServers: tansu.bootstrapServers, topic: "mqtt.messages")
             let wills = records.filter { ($0.header("mqtt.topic") ?? "").hasPrefix("lost/") }.map { String(decoding: $0.value ?? [], as: UTF8.self) }.sorted()
