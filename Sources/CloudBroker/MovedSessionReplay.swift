@@ -180,13 +180,8 @@ final class OffsetTimeline: Sendable {
             for record in records {
                 guard let milliseconds = record.timestampMilliseconds else { continue }
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
-                // After a resume the consumer reads back up to `kafka.dedupe_lookback` records, some of them
-                // perhaps before the pause's sample: a partition's samples keep increasing offsets.
-                if let last = state.samples[partition]?.last,
-                    record.offset <= last.offset || milliseconds - last.milliseconds < spacingMilliseconds
-                {
-                    continue
-                }
+                // (Also skips what a resumed consumer reads back from before the pause's sample.)
+                if let last = state.samples[partition]?.last, milliseconds - last.milliseconds < spacingMilliseconds { continue }
                 Self.append(Sample(milliseconds: milliseconds, offset: record.offset, pauses: state.pauses), to: partition, in: &state, keeping: keptSamples)
             }
         }
@@ -196,7 +191,7 @@ final class OffsetTimeline: Sendable {
     /// read: every record it read has an earlier offset, so no record of a later instant has an earlier one.
     func paused(atMilliseconds milliseconds: Int64, next: [KafkaTopicPartition: Int64]) {
         state.withLock { state in
-            for (partition, offset) in next where offset > state.samples[partition]?.last?.offset ?? -1 {
+            for (partition, offset) in next {
                 Self.append(Sample(milliseconds: milliseconds, offset: offset, pauses: state.pauses), to: partition, in: &state, keeping: keptSamples)
             }
             state.pauses += 1

@@ -27,7 +27,7 @@ struct MovedSessionStartTests {
         // Before it: the samples of before, stale too.
         #expect(timeline.offsets(atOrBefore: 1_500)[Self.p0] == .init(offset: 10, sinceLastPause: false))
 
-        // Resumed: the look-back re-reads offsets below the pause's sample (ignored), then new records.
+        // Resumed: the look-back re-reads records of before the pause's sample (ignored), then new records.
         timeline.observe([Self.record(Self.p0, offset: 22, at: 2_900), Self.record(Self.p0, offset: 90, at: 50_000)])
         #expect(timeline.offsets(atOrBefore: 49_000)[Self.p0] == .init(offset: 25, sinceLastPause: false))
         #expect(timeline.offsets(atOrBefore: 55_000)[Self.p0] == .init(offset: 90, sinceLastPause: true))
