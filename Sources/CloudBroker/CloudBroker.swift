@@ -24,6 +24,7 @@ enum CloudBroker {
     static func build(configuration: CloudBrokerConfiguration, logger: Logger) throws -> Node {
         var kafka = KafkaConfiguration(bootstrapServers: configuration.kafkaBootstrapServers, clientId: "tributary-broker-\(configuration.nodeId)")
         kafka.linger = configuration.linger
+        kafka.maxInFlight = configuration.maxInFlight
         kafka.deliveryTimeout = configuration.deliveryTimeout
         kafka.maxQueuedMessages = configuration.maxQueuedMessages
         kafka.fetchWaitMax = configuration.fetchWaitMax

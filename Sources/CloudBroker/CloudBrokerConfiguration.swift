@@ -50,6 +50,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.replication_factor", default: "1", help: "Replication factor of topics the broker creates."),
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
         ConfigKey("kafka.linger", default: "500us", help: "librdkafka linger.ms: how long the producer waits to batch publishes (fractions of a millisecond allowed, e.g. 500us)."),
+        ConfigKey("kafka.max_in_flight", default: "1", help: "Produce requests the producer keeps in flight per Kafka broker (librdkafka max.in.flight, 1 to 5 for the idempotent producer); with 1 the batches grow with the load instead of the request rate."),
         ConfigKey("kafka.delivery_timeout", default: "30s", help: "A publish not acknowledged by Kafka within this time fails (MQTT 5 clients get reason 0x80, 3.1.1 clients are disconnected)."),
         ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
         ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),
@@ -79,6 +80,8 @@ struct CloudBrokerConfiguration: Sendable {
     var replicationFactor: Int
     var topicRules: [TopicRule]
     var linger: Duration
+    /// `kafka.max_in_flight`: librdkafka `max.in.flight` of the producer.
+    var maxInFlight: Int
     /// `nil`: statistics off.
     var statisticsInterval: Duration?
     var deliveryTimeout: Duration
@@ -130,6 +133,7 @@ struct CloudBrokerConfiguration: Sendable {
             }
         }
         linger = try values.duration("kafka.linger")
+        maxInFlight = try values.int("kafka.max_in_flight", range: 1...5)
         let statistics = try values.duration("kafka.statistics_interval")
         guard statistics == .zero || statistics >= .milliseconds(100) else {
             throw ConfigError(key: "kafka.statistics_interval", "expected 0s (off) or at least 100ms, got \(statistics)")

@@ -9,7 +9,8 @@
 /// - `clientId` → `client.id`
 /// - `statisticsInterval` → `statistics.interval.ms` (statistics are off when `nil`)
 /// - Producer: `idempotent` → `enable.idempotence` + `acks=all`; `linger` → `linger.ms`;
-///   `maxQueuedMessages` → `queue.buffering.max.messages`; `deliveryTimeout` → `message.timeout.ms`.
+///   `maxQueuedMessages` → `queue.buffering.max.messages`; `deliveryTimeout` → `message.timeout.ms`;
+///   `maxInFlight` → `max.in.flight` (when set).
 /// - Consumer: `fetchWaitMax` → `fetch.wait.max.ms`; `maxPrefetchKilobytes` →
 ///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`;
 ///   `enable.partition.eof=false`, `enable.auto.commit=false`, a private `group.id` (no group
@@ -40,6 +41,11 @@ public struct KafkaConfiguration: Sendable {
     /// Bound of the producer's local queue (`queue.buffering.max.messages`). When it is full,
     /// `KafkaProducer.send` throws `_QUEUE_FULL` (retriable) at once instead of buffering more.
     public var maxQueuedMessages: Int
+    /// `max.in.flight` (requests per broker connection not yet answered); `nil` leaves librdkafka's own
+    /// (5 for an idempotent producer). An idempotent producer accepts 1 to 5; with 1, messages arriving
+    /// while a request is in flight wait for its answer and go in the next one, so the batches grow with
+    /// the load instead of the request rate.
+    public var maxInFlight: Int?
     /// `message.timeout.ms`: a message not acknowledged within this time fails with
     /// `_MSG_TIMED_OUT`. Default 30 s.
     public var deliveryTimeout: Duration
@@ -86,6 +92,7 @@ public struct KafkaConfiguration: Sendable {
         self.linger = .milliseconds(5)
         self.maxQueuedMessages = 100_000
         self.deliveryTimeout = .seconds(30)
+        self.maxInFlight = nil
         self.stallTimeout = .seconds(15)
         self.recreateAfterConsecutiveFailures = 3
         self.watchProducerEpoch = true
@@ -116,6 +123,7 @@ public struct KafkaConfiguration: Sendable {
             result.append(("linger.ms", linger.fractionalMilliseconds))
             result.append(("queue.buffering.max.messages", String(maxQueuedMessages)))
             result.append(("message.timeout.ms", String(deliveryTimeout.milliseconds)))
+            if let maxInFlight { result.append(("max.in.flight", String(maxInFlight))) }
         case .consumer:
             result.append(("group.id", "tributary-manual-assign-\(clientId)"))
             result.append(("enable.auto.commit", "false"))

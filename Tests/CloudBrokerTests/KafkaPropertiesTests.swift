@@ -28,6 +28,32 @@ struct KafkaPropertiesTests {
         }
     }
 
+    /// `kafka.max_in_flight` becomes the producer's `max.in.flight` (default 1) and nobody else's; the idempotent
+    /// producer's limit (1 to 5) is checked when the configuration is read, not by librdkafka at start.
+    @Test func maxInFlightReachesTheProducerOnly() throws {
+        func parse(_ value: String?) throws(ConfigError) -> CloudBrokerConfiguration {
+            var values = ConfigValues(keys: CloudBrokerConfiguration.keys)
+            try values.set("node_id", "n", origin: "test")
+            try values.set("kafka.bootstrap_servers", "127.0.0.1:9092", origin: "test")
+            if let value { try values.set("kafka.max_in_flight", value, origin: "test") }
+            return try CloudBrokerConfiguration(values)
+        }
+        #expect(try parse(nil).maxInFlight == 1)
+        #expect(try parse("5").maxInFlight == 5)
+        for bad in ["0", "6", "two"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try parse(bad) }
+        }
+        var configuration = KafkaConfiguration(bootstrapServers: "127.0.0.1:9092", clientId: "t")
+        func property(_ role: KafkaConfiguration.Role) -> String? {
+            Dictionary(configuration.librdkafkaProperties(for: role), uniquingKeysWith: { _, last in last })["max.in.flight"]
+        }
+        #expect(property(.producer) == nil, "unset: librdkafka's own")
+        configuration.maxInFlight = try parse(nil).maxInFlight
+        #expect(property(.producer) == "1")
+        #expect(property(.consumer) == nil)
+        #expect(property(.admin) == nil)
+    }
+
     /// Properties reach librdkafka: accepted ones leave the node serving; a name librdkafka does not know stops
     /// the node at start with librdkafka's message naming it (nothing is half started).
     @Test func propertiesReachLibrdkafka() async throws {
