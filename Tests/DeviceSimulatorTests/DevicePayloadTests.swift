@@ -26,6 +26,27 @@ import Testing
         ])
     }
 
+    /// Every fill keeps the header and the exact size; `json` is text made of the reading template with other
+    /// digits each time, `random` differs from message to message.
+    @Test func fillsKeepTheHeaderAndTheSize() throws {
+        for fill in PayloadFill.allCases {
+            for size in [0, 30, 1024, 1031] {
+                let payload = DevicePayload(clientId: "sim-7", sequence: UInt64(size), sentAtNanoseconds: 99)
+                let buffer = payload.encoded(size: size, fill: fill)
+                #expect(buffer.readableBytes == max(size, payload.headerSize()), "\(fill) \(size)")
+                #expect(DevicePayload(decoding: buffer) == payload, "\(fill) \(size)")
+            }
+        }
+        let header = DevicePayload(clientId: "c", sequence: 1, sentAtNanoseconds: 2).headerSize()
+        let json = Array(DevicePayload(clientId: "c", sequence: 1, sentAtNanoseconds: 2).encoded(size: 1024, fill: .json).readableBytesView.dropFirst(header))
+        #expect(Array(json.prefix(11)) == Array(#"{"sensor":""#.utf8))
+        #expect(json.allSatisfy { (0x20...0x7E).contains($0) })
+        #expect(Set(json.filter { (0x30...0x39).contains($0) }).count > 5, "digits vary")
+        let first = DevicePayload(clientId: "c", sequence: 1, sentAtNanoseconds: 2).encoded(size: 256, fill: .random)
+        let second = DevicePayload(clientId: "c", sequence: 2, sentAtNanoseconds: 2).encoded(size: 256, fill: .random)
+        #expect(first.getBytes(at: header, length: 64) != second.getBytes(at: header, length: 64))
+    }
+
     @Test func sizeBelowTheHeaderGivesJustTheHeader() throws {
         let payload = DevicePayload(clientId: "device-with-a-long-name", sequence: 1, sentAtNanoseconds: 2)
         let buffer = payload.encoded(size: 10)

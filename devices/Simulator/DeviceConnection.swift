@@ -437,7 +437,7 @@ final class DeviceConnection {
     private func writePublish(_ outgoing: StateMachine.Outgoing) {
         guard let handler else { return }
         let payload = DevicePayload(clientId: clientId, sequence: outgoing.sequence, sentAtNanoseconds: outgoing.sentAtWallNanoseconds)
-            .encoded(size: outgoing.size, allocator: handler.allocator)
+            .encoded(size: outgoing.size, fill: context.payloadFill, allocator: handler.allocator)
         switch role {
         case .publisher(let topic):
             write(.publish(MQTTPublish(topic: topic, payload: payload, qos: context.qos, dup: outgoing.dup, packetId: outgoing.packetId)))
@@ -445,7 +445,7 @@ final class DeviceConnection {
             let (target, sequence) = commandAddress(outgoing.sequence, targets: targets)
             let command = DevicePayload(
                 clientId: settings.clientId(target), sequence: sequence, sentAtNanoseconds: outgoing.sentAtWallNanoseconds)
-                .encoded(size: outgoing.size, allocator: handler.allocator)
+                .encoded(size: outgoing.size, fill: context.payloadFill, allocator: handler.allocator)
             write(.publish(MQTTPublish(
                 topic: settings.commandTopic(forClient: target), payload: command, qos: context.qos, dup: outgoing.dup,
                 packetId: outgoing.packetId)))

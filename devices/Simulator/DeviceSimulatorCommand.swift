@@ -34,6 +34,9 @@ extension DeviceSimulatorCommand {
         @Option(help: ArgumentHelp("Payload size in bytes, or a range MIN-MAX (default 256).", valueName: "BYTES"))
         var size: String?
 
+        @Option(name: .customLong("payload-fill"), help: ArgumentHelp("What fills a payload after its header: dots (compresses to almost nothing), json (JSON-like readings, compressible like real telemetry) or random (incompressible); default dots.", valueName: "dots|json|random"))
+        var payloadFill: String?
+
         @Option(help: "QoS of every publish: 0, 1 or 2 (default 1).")
         var qos: Int?
 
@@ -166,6 +169,12 @@ extension DeviceSimulatorCommand {
             settings.clients = clients
             if let rate { settings.rate = rate }
             if let size { settings.size = try SimulatorSettings.SizeRange(parsing: size) }
+            if let payloadFill {
+                guard let fill = PayloadFill(rawValue: payloadFill) else {
+                    throw ConfigError(key: "payload-fill", "expected dots, json or random, got '\(payloadFill)'")
+                }
+                settings.payloadFill = fill
+            }
             if let qos { settings.qos = try DeviceProfile.qos(qos) }
             if let cleanSession { settings.cleanSession = cleanSession }
             settings.count = count

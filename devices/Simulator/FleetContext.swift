@@ -16,12 +16,14 @@ final class FleetContext: Sendable {
     let qos: MQTTQoS
     let sizeMinimum: Int
     let sizeMaximum: Int
+    let payloadFill: PayloadFill
 
     init(settings: SimulatorSettings) throws(SimulatorError) {
         self.settings = settings
         qos = settings.qos
         sizeMinimum = settings.size.minimum
         sizeMaximum = settings.size.maximum
+        payloadFill = settings.payloadFill
         intervalNanoseconds = settings.rate > 0 ? UInt64(1e9 / settings.rate) : 0
         guard settings.broker.tls else {
             sslContext = nil

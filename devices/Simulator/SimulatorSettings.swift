@@ -82,6 +82,8 @@ struct SimulatorSettings: Sendable {
     var jitter = 0.0
     var burst: Burst?
     var size = SizeRange(minimum: 256, maximum: 256)
+    /// What fills each payload after its header (`--payload-fill`).
+    var payloadFill = PayloadFill.dots
     var qos: MQTTQoS = .atLeastOnce
     var cleanSession = true
     /// MQTT 5 session expiry interval sent when `cleanSession` is false (3.1.1 keeps sessions anyway).
