@@ -21,14 +21,14 @@ start_mosquitto mosquitto
 start_cloud_broker
 [ -n "$peer_url" ] || { echo "broker-deliver: cloud-broker did not start: $peer_note" >&2; exit 1; }
 sim=$(device_sim)
-echo "broker-deliver: $clients publishers x $count messages of $size bytes, QoS $qos, one subscriber on sensors/#"
+echo "broker-deliver: $clients publishers x $count messages of $size bytes (payload fill ${PAYLOAD_FILL:-json}: cloud-broker compresses what it writes to Kafka), QoS $qos, one subscriber on sensors/#"
 machine_line
 metric() { curl -s "127.0.0.1:$broker_http_port/metrics" | awk -v name="$1" '$1 == name {print $2 + 0}'; }
 for side in mosquitto cloud-broker; do
     if [ "$side" = mosquitto ]; then url="mqtt://127.0.0.1:$mosquitto_port"; pid=$mosquitto_pid; else url=$peer_url; pid=$peer_pid; fi
     c0=$(cpu_ticks "$pid")
     line=$("$sim" --broker "$url" --client-id-prefix "d-$side" --clients "$clients" --count "$count" --rate 0 --size "$size" \
-        --qos "$qos" --inflight 20 --subscribe 'sensors/#' --drain-timeout 60 --progress-interval 60 | grep '^device-sim summary' || true)
+        --qos "$qos" --inflight 20 --payload-fill "${PAYLOAD_FILL:-json}" --subscribe 'sensors/#' --drain-timeout 60 --progress-interval 60 | grep '^device-sim summary' || true)
     c1=$(cpu_ticks "$pid")
     total=$((clients * count))
     extra=""

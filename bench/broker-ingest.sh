@@ -11,7 +11,9 @@
 # cloud-broker's delivery consumer reads every record back from Kafka; DELIVERY=paused: the opt-in
 # kafka.delivery_idle_pause lets it pause that consumer, and the script waits for the pause before measuring.
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds), DELIVERY (paused | running), TRIBUTARY_KAFKA_LINGER
-# etc. reach the broker. The CPU line gives microseconds of CPU per acknowledged message for each process,
+# etc. reach the broker; PAYLOAD_FILL (dots | json | random, device-sim's --payload-fill; default json:
+# JSON-like readings, as compressible as real telemetry) matters because the broker compresses what it
+# writes to Kafka (kafka.compression, lz4) and device-sim's own default (dots) compresses to almost nothing. The CPU line gives microseconds of CPU per acknowledged message for each process,
 # the load generator included (it shares the two cores), so a run shows whether it was bound by CPU.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
@@ -35,11 +37,13 @@ timed_sim() {
 sim_us_per_message() {  # sim_us_per_message MESSAGES: the last timed_sim's CPU microseconds per message
     python3 -c "import sys; s,n=float(sys.argv[1]),float(sys.argv[2]); print(f'{s*1e6/n:.1f}' if n else 'n/a')" "$(cat "$work/sim.cpu")" "$1"
 }
-echo "broker-ingest: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
+payload_fill=${PAYLOAD_FILL:-json}
+echo "broker-ingest: $clients clients x $count messages of $size bytes (payload fill $payload_fill), in-flight $inflight, MQTT 3.1.1"
 report_delivery broker-ingest
 machine_line
 for qos in 1 2; do
     args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)
+    args+=(--payload-fill "$payload_fill")
     m0=$(cpu_ticks "$mosquitto_pid")
     total=$((clients * count))
     m_line=$(timed_sim --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}")

@@ -25,6 +25,7 @@ enum CloudBroker {
         var kafka = KafkaConfiguration(bootstrapServers: configuration.kafkaBootstrapServers, clientId: "tributary-broker-\(configuration.nodeId)")
         kafka.linger = configuration.linger
         kafka.maxInFlight = configuration.maxInFlight
+        kafka.compression = configuration.compression.rawValue
         kafka.deliveryTimeout = configuration.deliveryTimeout
         kafka.maxQueuedMessages = configuration.maxQueuedMessages
         kafka.fetchWaitMax = configuration.fetchWaitMax

@@ -51,6 +51,7 @@ struct CloudBrokerConfiguration: Sendable {
         ConfigKey("kafka.topic_rules", default: "", help: "Ordered list of 'FILTER -> KAFKA_TOPIC [key=TEMPLATE]'; the first whose MQTT filter matches chooses the topic. TEMPLATE may use {topic}, {client_id} and {1}..{n} (wildcard captures); default key {topic}."),
         ConfigKey("kafka.linger", default: "500us", help: "librdkafka linger.ms: how long the producer waits to batch publishes (fractions of a millisecond allowed, e.g. 500us)."),
         ConfigKey("kafka.max_in_flight", default: "1", help: "Produce requests the producer keeps in flight per Kafka broker (librdkafka max.in.flight, 1 to 5 for the idempotent producer); with 1 the batches grow with the load instead of the request rate."),
+        ConfigKey("kafka.compression", default: "lz4", help: "Compression of the batches the producer writes (librdkafka compression.type): none, gzip, snappy, lz4 or zstd; a batch that does not get smaller is sent uncompressed."),
         ConfigKey("kafka.delivery_timeout", default: "30s", help: "A publish not acknowledged by Kafka within this time fails (MQTT 5 clients get reason 0x80, 3.1.1 clients are disconnected)."),
         ConfigKey("kafka.max_queued_messages", default: "100000", help: "Bound of the producer's local queue; when full, publishing sockets are not read."),
         ConfigKey("kafka.fetch_wait_max", default: "50ms", help: "librdkafka fetch.wait.max.ms for the delivery consumer."),
@@ -82,6 +83,8 @@ struct CloudBrokerConfiguration: Sendable {
     var linger: Duration
     /// `kafka.max_in_flight`: librdkafka `max.in.flight` of the producer.
     var maxInFlight: Int
+    /// `kafka.compression`: librdkafka `compression.type` of the producer.
+    var compression: KafkaCompression
     /// `nil`: statistics off.
     var statisticsInterval: Duration?
     var deliveryTimeout: Duration
@@ -134,6 +137,7 @@ struct CloudBrokerConfiguration: Sendable {
         }
         linger = try values.duration("kafka.linger")
         maxInFlight = try values.int("kafka.max_in_flight", range: 1...5)
+        compression = try values.oneOf("kafka.compression", KafkaCompression.self)
         let statistics = try values.duration("kafka.statistics_interval")
         guard statistics == .zero || statistics >= .milliseconds(100) else {
             throw ConfigError(key: "kafka.statistics_interval", "expected 0s (off) or at least 100ms, got \(statistics)")
@@ -251,6 +255,11 @@ struct CloudBrokerConfiguration: Sendable {
 /// `sessions.store`.
 enum SessionStoreKind: String, Sendable, CaseIterable {
     case kafka, memory
+}
+
+/// `kafka.compression`: the codecs librdkafka writes (`compression.type`).
+enum KafkaCompression: String, Sendable, CaseIterable {
+    case none, gzip, snappy, lz4, zstd
 }
 
 /// The protocol limits a node applies to every connection (from `mqtt.*` keys).

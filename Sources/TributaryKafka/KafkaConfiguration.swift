@@ -10,7 +10,7 @@
 /// - `statisticsInterval` → `statistics.interval.ms` (statistics are off when `nil`)
 /// - Producer: `idempotent` → `enable.idempotence` + `acks=all`; `linger` → `linger.ms`;
 ///   `maxQueuedMessages` → `queue.buffering.max.messages`; `deliveryTimeout` → `message.timeout.ms`;
-///   `maxInFlight` → `max.in.flight` (when set).
+///   `maxInFlight` → `max.in.flight` (when set); `compression` → `compression.type` (when set).
 /// - Consumer: `fetchWaitMax` → `fetch.wait.max.ms`; `maxPrefetchKilobytes` →
 ///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`;
 ///   `enable.partition.eof=false`, `enable.auto.commit=false`, a private `group.id` (no group
@@ -46,6 +46,10 @@ public struct KafkaConfiguration: Sendable {
     /// while a request is in flight wait for its answer and go in the next one, so the batches grow with
     /// the load instead of the request rate.
     public var maxInFlight: Int?
+    /// `compression.type` of produced batches (`none`, `gzip`, `snappy`, `lz4`, `zstd`); `nil` leaves
+    /// librdkafka's own (`none`). librdkafka sends a batch uncompressed when compressing does not make it
+    /// smaller; consumers decompress transparently.
+    public var compression: String?
     /// `message.timeout.ms`: a message not acknowledged within this time fails with
     /// `_MSG_TIMED_OUT`. Default 30 s.
     public var deliveryTimeout: Duration
@@ -93,6 +97,7 @@ public struct KafkaConfiguration: Sendable {
         self.maxQueuedMessages = 100_000
         self.deliveryTimeout = .seconds(30)
         self.maxInFlight = nil
+        self.compression = nil
         self.stallTimeout = .seconds(15)
         self.recreateAfterConsecutiveFailures = 3
         self.watchProducerEpoch = true
@@ -124,6 +129,7 @@ public struct KafkaConfiguration: Sendable {
             result.append(("queue.buffering.max.messages", String(maxQueuedMessages)))
             result.append(("message.timeout.ms", String(deliveryTimeout.milliseconds)))
             if let maxInFlight { result.append(("max.in.flight", String(maxInFlight))) }
+            if let compression { result.append(("compression.type", compression)) }
         case .consumer:
             result.append(("group.id", "tributary-manual-assign-\(clientId)"))
             result.append(("enable.auto.commit", "false"))

@@ -28,16 +28,19 @@ struct KafkaPropertiesTests {
         }
     }
 
+    /// A configuration with the required keys and `key` set to `value` (left at its default when nil).
+    static func configuration(_ key: String, _ value: String?) throws(ConfigError) -> CloudBrokerConfiguration {
+        var values = ConfigValues(keys: CloudBrokerConfiguration.keys)
+        try values.set("node_id", "n", origin: "test")
+        try values.set("kafka.bootstrap_servers", "127.0.0.1:9092", origin: "test")
+        if let value { try values.set(key, value, origin: "test") }
+        return try CloudBrokerConfiguration(values)
+    }
+
     /// `kafka.max_in_flight` becomes the producer's `max.in.flight` (default 1) and nobody else's; the idempotent
     /// producer's limit (1 to 5) is checked when the configuration is read, not by librdkafka at start.
     @Test func maxInFlightReachesTheProducerOnly() throws {
-        func parse(_ value: String?) throws(ConfigError) -> CloudBrokerConfiguration {
-            var values = ConfigValues(keys: CloudBrokerConfiguration.keys)
-            try values.set("node_id", "n", origin: "test")
-            try values.set("kafka.bootstrap_servers", "127.0.0.1:9092", origin: "test")
-            if let value { try values.set("kafka.max_in_flight", value, origin: "test") }
-            return try CloudBrokerConfiguration(values)
-        }
+        func parse(_ value: String?) throws(ConfigError) -> CloudBrokerConfiguration { try Self.configuration("kafka.max_in_flight", value) }
         #expect(try parse(nil).maxInFlight == 1)
         #expect(try parse("5").maxInFlight == 5)
         for bad in ["0", "6", "two"] {
@@ -52,6 +55,21 @@ struct KafkaPropertiesTests {
         #expect(property(.producer) == "1")
         #expect(property(.consumer) == nil)
         #expect(property(.admin) == nil)
+    }
+
+    /// `kafka.compression` (default lz4) becomes the producer's `compression.type`; an unknown codec is refused
+    /// when the configuration is read.
+    @Test func compressionReachesTheProducerOnly() throws {
+        func parse(_ value: String?) throws(ConfigError) -> CloudBrokerConfiguration { try Self.configuration("kafka.compression", value) }
+        #expect(try parse(nil).compression == .lz4)
+        #expect(try parse("none").compression == KafkaCompression.none)
+        #expect(throws: ConfigError.self) { try parse("brotli") }
+        var configuration = KafkaConfiguration(bootstrapServers: "127.0.0.1:9092", clientId: "t")
+        #expect(Dictionary(configuration.librdkafkaProperties(for: .producer), uniquingKeysWith: { _, last in last })["compression.type"] == nil)
+        configuration.compression = try parse(nil).compression.rawValue
+        for (role, expected) in [(KafkaConfiguration.Role.producer, "lz4"), (.consumer, nil), (.admin, nil)] {
+            #expect(Dictionary(configuration.librdkafkaProperties(for: role), uniquingKeysWith: { _, last in last })["compression.type"] == expected, "\(role)")
+        }
     }
 
     /// Properties reach librdkafka: accepted ones leave the node serving; a name librdkafka does not know stops
