@@ -163,16 +163,18 @@ start_edge_agent() {
 
 # compare_ingest NAME CLIENTS COUNT SIZE: the same unthrottled load against mosquitto ($mosquitto_port) and the
 # peer ($peer_url, may be empty) at QoS 0, 1 and 2; one RESULT line per QoS with both rates and the ratio.
-# INFLIGHT (environment, default 20): unacknowledged messages per device.
+# INFLIGHT (environment, default 20): unacknowledged messages per device. PAYLOAD_FILL (default json): device-sim's
+# --payload-fill; JSON-like readings, because cloud-broker compresses what it writes to Kafka.
 compare_ingest() {
     local name=$1 clients=$2 count=$3 size=$4 sim qos
     sim=$(device_sim)
     local inflight=${INFLIGHT:-20}
-    echo "$name: $clients clients x $count messages of $size bytes, in-flight $inflight, MQTT 3.1.1"
+    echo "$name: $clients clients x $count messages of $size bytes (payload fill ${PAYLOAD_FILL:-json}), in-flight $inflight, MQTT 3.1.1"
     [ -n "$peer_url" ] || echo "$name: the peer does not accept MQTT yet (${peer_note:-no output}); mosquitto baseline only"
     machine_line
     for qos in 0 1 2; do
-        local args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60)
+        local args=(--clients "$clients" --count "$count" --rate 0 --size "$size" --qos "$qos" --inflight "$inflight" --progress-interval 60
+            --payload-fill "${PAYLOAD_FILL:-json}")
         local m_line m_rate p_line="" p_rate=""
         m_line=$("$sim" --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}" | grep '^device-sim summary')
         m_rate=$(field rate_msgs_per_s "$m_line")
