@@ -15,6 +15,9 @@
 # JSON-like readings, as compressible as real telemetry) matters because the broker compresses what it
 # writes to Kafka (kafka.compression, lz4) and device-sim's own default (dots) compresses to almost nothing. The CPU line gives microseconds of CPU per acknowledged message for each process,
 # the load generator included (it shares the two cores), so a run shows whether it was bound by CPU.
+# THREADS=1 also prints, per process, the CPU of each thread group (threads named alike summed: NIO event
+# loops, librdkafka's rdk:* threads, the Kafka consumer and producer poll threads, Tansu's tokio workers) in
+# microseconds per message, user+system ("u"/"s"): where the cloud-broker side's CPU goes.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 clients=${1:-4}
@@ -34,6 +37,34 @@ timed_sim() {
     awk '{print $1 + $2}' "$work/sim.time" >"$work/sim.cpu"
     grep '^device-sim summary' "$work/sim.out" || true
 }
+# thread_ticks PID: one line per thread, "NAME|UTIME|STIME" (clock ticks).
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk '{ s = $0; n = s; sub(/^[^(]*\(/, "", n); sub(/\)[^)]*$/, "", n); sub(/^.*\) /, "", s); split(s, f, " "); print n "|" f[12] "|" f[13] }' "$t/stat" 2>/dev/null || true
+    done
+}
+# thread_us_per_message BEFORE AFTER MESSAGES: CPU per message of each thread group between two thread_ticks.
+thread_us_per_message() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import collections, os, re, sys
+hz, n = os.sysconf("SC_CLK_TCK"), float(sys.argv[3])
+def read(path):
+    groups = collections.defaultdict(lambda: [0, 0])
+    for line in open(path):
+        name, user, system = line.rstrip("\n").rsplit("|", 2)
+        group = groups[re.sub(r"[0-9]+$", "N", name.strip())]
+        group[0] += int(user); group[1] += int(system)
+    return groups
+before, after = read(sys.argv[1]), read(sys.argv[2])
+rows = []
+for name, (user, system) in after.items():
+    u, s = user - before.get(name, [0, 0])[0], system - before.get(name, [0, 0])[1]
+    if u + s > 0:
+        rows.append((u + s, f"{name.replace(' ', '_')}={u / hz * 1e6 / n:.1f}u+{s / hz * 1e6 / n:.1f}s"))
+print(" ".join(text for _, text in sorted(rows, reverse=True)))
+PY
+}
 sim_us_per_message() {  # sim_us_per_message MESSAGES: the last timed_sim's CPU microseconds per message
     python3 -c "import sys; s,n=float(sys.argv[1]),float(sys.argv[2]); print(f'{s*1e6/n:.1f}' if n else 'n/a')" "$(cat "$work/sim.cpu")" "$1"
 }
@@ -49,12 +80,18 @@ for qos in 1 2; do
     m_line=$(timed_sim --broker "mqtt://127.0.0.1:$mosquitto_port" --client-id-prefix "m$qos" "${args[@]}")
     m1=$(cpu_ticks "$mosquitto_pid")
     m_sim=$(sim_us_per_message "$total")
+    if [ "${THREADS:-0}" = 1 ]; then thread_ticks "$peer_pid" >"$work/broker.t0"; thread_ticks "$tansu_pid" >"$work/tansu.t0"; fi
     b0=$(cpu_ticks "$peer_pid"); t0=$(cpu_ticks "$tansu_pid")
     p_line=$(timed_sim --broker "$peer_url" --client-id-prefix "p$qos" "${args[@]}")
     b1=$(cpu_ticks "$peer_pid"); t1=$(cpu_ticks "$tansu_pid")
+    if [ "${THREADS:-0}" = 1 ]; then thread_ticks "$peer_pid" >"$work/broker.t1"; thread_ticks "$tansu_pid" >"$work/tansu.t1"; fi
     p_sim=$(sim_us_per_message "$total")
     m_rate=$(field rate_msgs_per_s "$m_line")
     p_rate=$(field rate_msgs_per_s "$p_line")
     echo "RESULT broker-ingest qos=$qos inflight=$inflight mosquitto_msgs_per_s=$m_rate mosquitto_ack_p50_ms=$(field ack_p50_ms "$m_line") mosquitto_ack_p99_ms=$(field ack_p99_ms "$m_line") broker_msgs_per_s=${p_rate:-n/a} broker_ack_p50_ms=$(field ack_p50_ms "$p_line") broker_ack_p99_ms=$(field ack_p99_ms "$p_line") ratio=$(ratio "$p_rate" "$m_rate")"
     echo "RESULT broker-ingest-cpu qos=$qos mosquitto_cpu_us_per_msg=$(cpu_us_per_message "$m0" "$m1" "$total") broker_cpu_us_per_msg=$(cpu_us_per_message "$b0" "$b1" "$total") tansu_cpu_us_per_msg=$(cpu_us_per_message "$t0" "$t1" "$total") loadgen_cpu_us_per_msg_mosquitto_run=$m_sim loadgen_cpu_us_per_msg_broker_run=$p_sim"
+    if [ "${THREADS:-0}" = 1 ]; then
+        echo "RESULT broker-ingest-threads qos=$qos process=cloud-broker $(thread_us_per_message "$work/broker.t0" "$work/broker.t1" "$total")"
+        echo "RESULT broker-ingest-threads qos=$qos process=tansu $(thread_us_per_message "$work/tansu.t0" "$work/tansu.t1" "$total")"
+    fi
 done
