@@ -23,7 +23,6 @@ start_cloud_broker
 sim=$(device_sim)
 echo "broker-deliver: $clients publishers x $count messages of $size bytes (payload fill ${PAYLOAD_FILL:-json}: cloud-broker compresses what it writes to Kafka), QoS $qos, one subscriber on sensors/#"
 machine_line
-metric() { curl -s "127.0.0.1:$broker_http_port/metrics" | awk -v name="$1" '$1 == name {print $2 + 0}'; }
 for side in mosquitto cloud-broker; do
     if [ "$side" = mosquitto ]; then url="mqtt://127.0.0.1:$mosquitto_port"; pid=$mosquitto_pid; else url=$peer_url; pid=$peer_pid; fi
     c0=$(cpu_ticks "$pid")
@@ -32,6 +31,6 @@ for side in mosquitto cloud-broker; do
     c1=$(cpu_ticks "$pid")
     total=$((clients * count))
     extra=""
-    [ "$side" = cloud-broker ] && extra=" read_backs=$(metric tributary_broker_subscriber_read_backs_total) dropped_qos$qos=$(metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
+    [ "$side" = cloud-broker ] && extra=" read_backs=$(broker_metric tributary_broker_subscriber_read_backs_total) dropped_qos$qos=$(broker_metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
     echo "RESULT broker-deliver side=$side publish_rate=$(field rate_msgs_per_s "$line") received=$(field received "$line") expected=$total lost=$(field lost "$line") duplicates=$(field duplicates "$line") out_of_order=$(field out_of_order "$line") e2e_p50_ms=$(field e2e_p50_ms "$line") e2e_p99_ms=$(field e2e_p99_ms "$line") e2e_max_ms=$(field e2e_max_ms "$line") elapsed_s=$(field elapsed_s "$line") cpu_us_per_msg=$(cpu_us_per_message "$c0" "$c1" "$total")$extra"
 done

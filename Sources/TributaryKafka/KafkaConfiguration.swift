@@ -12,7 +12,8 @@
 ///   `maxQueuedMessages` → `queue.buffering.max.messages`; `deliveryTimeout` → `message.timeout.ms`;
 ///   `maxInFlight` → `max.in.flight` (when set); `compression` → `compression.type` (when set).
 /// - Consumer: `fetchWaitMax` → `fetch.wait.max.ms`; `maxPrefetchKilobytes` →
-///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`;
+///   `queued.max.messages.kbytes`; `maxPrefetchMessages` → `queued.min.messages`; `fetchQueueBackoff` →
+///   `fetch.queue.backoff.ms` (skipped by a librdkafka older than 2.3);
 ///   `enable.partition.eof=false`, `enable.auto.commit=false`, a private `group.id` (no group
 ///   membership is used: partitions are assigned manually), `auto.offset.reset=earliest` (an
 ///   offset out of range, e.g. after the cluster lost its data, restarts from the oldest record
@@ -80,6 +81,17 @@ public struct KafkaConfiguration: Sendable {
     public var maxPrefetchKilobytes: Int
     /// `queued.min.messages`: librdkafka prefetches until this many messages are queued per partition.
     public var maxPrefetchMessages: Int
+    /// `fetch.queue.backoff.ms`: once a partition's prefetch queue is over `maxPrefetchMessages` or
+    /// `maxPrefetchKilobytes`, how long librdkafka postpones its next fetch. librdkafka's default is a
+    /// second, so a consumer that reads faster than one prefetch queue per second (a subscriber's
+    /// read-back of a backlog, a replay) waits most of each second with an empty queue. Default 20 ms.
+    /// librdkafka before 2.3 (Debian 12 ships 2.0.2) does not know the property: it is then not set
+    /// (see `propertiesNewerThanSomeLibrdkafka`).
+    public var fetchQueueBackoff: Duration
+
+    /// Properties Tributary sets that an older librdkafka does not know: where the linked library answers
+    /// "unknown property" for one of these, it is skipped (logged) instead of refusing to create the client.
+    public var propertiesNewerThanSomeLibrdkafka: Set<String> = ["fetch.queue.backoff.ms"]
 
     public init(
         bootstrapServers: String,
@@ -106,6 +118,7 @@ public struct KafkaConfiguration: Sendable {
         self.fetchWaitMax = .milliseconds(50)
         self.maxPrefetchKilobytes = 16_384
         self.maxPrefetchMessages = 10_000
+        self.fetchQueueBackoff = .milliseconds(20)
     }
 
     enum Role { case producer, consumer, admin }
@@ -139,6 +152,7 @@ public struct KafkaConfiguration: Sendable {
             result.append(("fetch.wait.max.ms", String(fetchWaitMax.milliseconds)))
             result.append(("queued.max.messages.kbytes", String(maxPrefetchKilobytes)))
             result.append(("queued.min.messages", String(maxPrefetchMessages)))
+            result.append(("fetch.queue.backoff.ms", String(fetchQueueBackoff.milliseconds)))
         case .admin:
             break
         }

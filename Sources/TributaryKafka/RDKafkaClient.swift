@@ -74,7 +74,12 @@ final class RDKafkaClient: @unchecked Sendable {
         }
         var errorText = [CChar](repeating: 0, count: 512)
         for (key, value) in configuration.librdkafkaProperties(for: role) {
-            if rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) != RD_KAFKA_CONF_OK {
+            let result = rd_kafka_conf_set(conf, key, value, &errorText, errorText.count)
+            if result == RD_KAFKA_CONF_UNKNOWN && configuration.propertiesNewerThanSomeLibrdkafka.contains(key) {
+                logger.debug("librdkafka does not know this property; not set", metadata: ["kafka.property": "\(key)", "kafka.librdkafka_version": "\(String(cString: rd_kafka_version_str()))"])
+                continue
+            }
+            if result != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
                 throw KafkaError.configuration("\(key)=\(value): \(Self.string(errorText))")
             }

@@ -107,6 +107,10 @@ start_cloud_broker() {
     peer_note="$(tail -1 "$work/broker.log" 2>/dev/null)"
 }
 
+# broker_metric SERIES: the value of one series (name and labels as exported) of the cloud-broker started by
+# start_cloud_broker.
+broker_metric() { curl -s "127.0.0.1:$broker_http_port/metrics" | awk -v name="$1" '$1 == name {print $2 + 0}'; }
+
 # choose_delivery NAME: before start_cloud_broker. DELIVERY=running (default, as the broker is configured by
 # default): the delivery consumer reads every record back; DELIVERY=paused: nothing subscribes in these
 # benchmarks, so with the opt-in kafka.delivery_idle_pause (2s here) the broker pauses it, and report_delivery
