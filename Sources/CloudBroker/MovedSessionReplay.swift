@@ -45,6 +45,9 @@ final class MovedSessionReplay: Sendable {
         return starts
     }
 
+    /// A replay that has not moved for this long gives up (`ReplayWatch`); one that keeps moving goes on.
+    static let stallLimit: Duration = .seconds(10)
+
     private struct State {
         var pending: [Request] = []
         var running = false
@@ -132,23 +135,50 @@ final class MovedSessionReplay: Sendable {
         }
         defer { consumer.close() }
         try consumer.assign(starts.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
-        let deadline = ContinuousClock.now + .seconds(10)
-        var reached = false
-        while ContinuousClock.now < deadline {
-            reached = progress.withLock { progress in ends.allSatisfy { progress[$0.key] ?? 0 >= $0.value } }
-            if reached { break }
+        var watch = ReplayWatch(ends: ends, stallLimit: Self.stallLimit, now: .now)
+        var verdict = ReplayWatch.Verdict.progressing
+        while verdict == .progressing {
             try await Task.sleep(for: .milliseconds(5))  // polls the consumer's progress
+            verdict = watch.observe(progress.withLock { $0 }, now: .now)
         }
-        if !reached {
+        if verdict == .stalled {
             // The held live messages go out now: what lies between the replay's progress and its end is missing.
-            let reachedOffsets = progress.withLock { $0 }
             logger.warning(
-                "gave up replaying messages to sessions that moved here: the end was not reached within 10 s",
-                metadata: ["mqtt.sessions": "\(batch.count)", "kafka.replay_to": "\(ends)", "kafka.replay_reached": "\(reachedOffsets)"])
+                "gave up replaying messages to sessions that moved here: no progress for 10 s before the end",
+                metadata: ["mqtt.sessions": "\(batch.count)", "kafka.replay_to": "\(ends)", "kafka.replay_reached": "\(progress.withLock { $0 })"])
         }
         let count = replayed.load(ordering: .relaxed)
         BrokerMetrics.movedSessionMessagesReplayed.increment(by: count)
         logger.info("replayed messages to sessions that moved here", metadata: ["mqtt.sessions": "\(batch.count)", "mqtt.messages": "\(count)"])
+    }
+}
+
+/// When a replay is over: once every partition reached its end, or once it has not moved for `stallLimit`
+/// (the end cannot be reached: e.g. the log was truncated). A long replay that keeps moving is never cut
+/// short: a reconnect storm's replay of a large backlog may take longer than any fixed limit.
+struct ReplayWatch {
+    enum Verdict: Equatable { case progressing, reached, stalled }
+
+    let ends: [KafkaTopicPartition: Int64]
+    let stallLimit: Duration
+    private var last: [KafkaTopicPartition: Int64] = [:]
+    private var movedAt: ContinuousClock.Instant
+
+    init(ends: [KafkaTopicPartition: Int64], stallLimit: Duration, now: ContinuousClock.Instant) {
+        self.ends = ends
+        self.stallLimit = stallLimit
+        self.movedAt = now
+    }
+
+    /// `progress`: per partition, the next offset the replay's consumer will read.
+    mutating func observe(_ progress: [KafkaTopicPartition: Int64], now: ContinuousClock.Instant) -> Verdict {
+        if ends.allSatisfy({ progress[$0.key] ?? 0 >= $0.value }) { return .reached }
+        if progress != last {
+            last = progress
+            movedAt = now
+            return .progressing
+        }
+        return now - movedAt >= stallLimit ? .stalled : .progressing
     }
 }
 

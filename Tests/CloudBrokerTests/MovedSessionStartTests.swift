@@ -54,4 +54,22 @@ struct MovedSessionStartTests {
         #expect(KafkaLink.heartbeatPositions([[Self.p0: 3], [Self.p0: 9], [Self.p0: 12]]) == [Self.p0: 3])
         #expect(KafkaLink.heartbeatPositions([]).isEmpty)
     }
+
+    @Test("a replay ends at its ends, goes on however long while it moves, and gives up only after the stall limit without progress")
+    func replayWatch() {
+        let start = ContinuousClock.now
+        var watch = ReplayWatch(ends: [Self.p0: 100, Self.p1: 10], stallLimit: .seconds(10), now: start)
+        // Moving: 25 s in all, never 10 s without progress (a fixed 10 s limit would have cut it).
+        for second in 1...25 {
+            #expect(watch.observe([Self.p0: Int64(second * 3), Self.p1: 10], now: start + .seconds(second)) == .progressing)
+        }
+        // Standing still: still waiting just before the limit, given up at it.
+        #expect(watch.observe([Self.p0: 75, Self.p1: 10], now: start + .seconds(34)) == .progressing)
+        #expect(watch.observe([Self.p0: 75, Self.p1: 10], now: start + .seconds(35)) == .stalled)
+        // Every partition at its end (or beyond): reached, whenever.
+        #expect(watch.observe([Self.p0: 100, Self.p1: 12], now: start + .seconds(99)) == .reached)
+        var nothing = ReplayWatch(ends: [Self.p0: 5], stallLimit: .seconds(10), now: start)
+        #expect(nothing.observe([:], now: start + .seconds(9)) == .progressing)
+        #expect(nothing.observe([:], now: start + .seconds(10)) == .stalled, "a consumer that never reads gives up after the limit")
+    }
 }
