@@ -472,13 +472,16 @@ final class KafkaLink: Service, Sendable {
         }
         defer { consumer.close() }
         try consumer.assign(starts.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
-        let deadline = ContinuousClock.now + .seconds(60)
+        // Until every replayed partition reaches its end; given up only after a minute without progress.
+        var watch = ReplayWatch(ends: ends.filter { starts[$0.key] != nil }, stallLimit: .seconds(60), now: .now)
         while true {
             try Task.checkCancellation()
-            let done = progress.withLock { progress in starts.keys.allSatisfy { progress[$0] ?? 0 >= ends[$0] ?? 0 } }
-            if done { break }
-            if ContinuousClock.now > deadline {
-                logger.warning("gave up replaying messages to restored sessions", metadata: ["kafka.topic": "\(settings.messagesTopics)"])
+            let verdict = watch.observe(progress.withLock { $0 }, now: .now)
+            if verdict == .reached { break }
+            if verdict == .stalled {
+                logger.warning(
+                    "gave up replaying messages to restored sessions: no progress for 60 s before the end",
+                    metadata: ["kafka.topic": "\(settings.messagesTopics)", "kafka.replay_to": "\(ends)", "kafka.replay_reached": "\(progress.withLock { $0 })"])
                 break
             }
             try await Task.sleep(for: .milliseconds(10))  // polls the consumer's progress
