@@ -520,6 +520,20 @@ extension MQTTServerConnection {
             return actions
         }
 
+        /// The retained messages matching a new subscription (`sendRetained`): every one is queued, whatever
+        /// `mqtt.session_queue_limit` (`OutboundState.offerRetained`), in front of later live messages.
+        mutating func deliverRetained(_ messages: [OutboundMessage], now: Date) -> [Action] {
+            guard case .connected(let c) = state else { return [] }
+            let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
+            var actions: [Action] = []
+            for message in messages {
+                let result = c.session.outbound.offerRetained(message, window: window, canSendNow: c.writable, version: c.version, now: now)
+                if let packet = result.packet { actions.append(.send(packet)) }
+                if result.expired { actions.append(.dropped(qos: message.qos)) }
+            }
+            return actions
+        }
+
         /// Reading back from Kafka needs the records' offsets (`limits.readBack`) and a session without
         /// shared subscriptions (`SessionState.canReadBack`).
         private func readBackAllowed(_ subscriptions: [String: SubscriptionOptions]) -> Bool {

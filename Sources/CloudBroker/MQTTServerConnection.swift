@@ -229,13 +229,12 @@ final class MQTTServerConnection: ChannelDuplexHandler {
                     break actions
                 }
             case .sendRetained(let options):
-                let filter = options.subscription.topicFilter
-                for message in broker.retained.matching(filter) {
-                    let outbound = OutboundMessage(
+                let retained = broker.retained.matching(options.subscription.topicFilter).map { message in
+                    OutboundMessage(
                         message: message, qos: min(message.qos, options.subscription.qos), retain: true,
                         subscriptionIdentifiers: options.identifier.map { [$0] } ?? [])
-                    perform(machine.deliver(outbound, now: Date()))
                 }
+                perform(machine.deliverRetained(retained, now: Date()))
             case .unregisterSubscriptions(let filters):
                 if let clientId = machine.clientId { broker.registry.unregister(clientId: clientId, filters) }
                 if let session = machine.attachedSession { broker.registry.sessionChanged(session) }

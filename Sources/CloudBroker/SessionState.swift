@@ -196,6 +196,23 @@ struct OutboundState: Sendable {
         return (nil, false, from)
     }
 
+    /// A retained message sent on SUBSCRIBE (MQTT 5.0 section 3.3.1.3): queued whatever the limit, behind
+    /// what is queued already, so that live messages routed after the SUBSCRIBE follow it (for its topic,
+    /// a newer value never arrives before the retained one). What this can add to the queue is bounded by
+    /// the node's retained store (the matching messages share its payloads). Returns the packet to send
+    /// now, if any, or nil with `expired` when the message expired meanwhile.
+    mutating func offerRetained(
+        _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
+    ) -> (packet: MQTTPacket?, expired: Bool) {
+        let fits = message.qos == .atMostOnce || inflight.count < window
+        if canSendNow && fits && queuedCount == 0 {
+            guard let packet = start(message, version: version, now: now) else { return (nil, true) }
+            return (packet, false)
+        }
+        queue.append(message)
+        return (nil, false)
+    }
+
     /// A message read back from Kafka for a partition in `.readBack` (in offset order, only those matching
     /// the session's subscriptions): queued whatever the limit (the reader pauses at it), unless it is
     /// older than what was already queued. Returns the packet to send now, if any.

@@ -134,6 +134,61 @@ struct SubscriberReadBackTests {
         #expect(try #require(store.take(clientId: "member", now: .now)).outbound.readingBack.isEmpty)
     }
 
+    @Test("retained messages sent on SUBSCRIBE are all queued whatever the limit, in order, and live messages routed later follow them")
+    func retainedOnSubscribeIsNeverDropped() {
+        var state = OutboundState()
+        var sentAtOnce = 0
+        for index: Int64 in 0..<50 {
+            var retained = Self.message(index)
+            retained.message.source = nil  // from the retained store, not a messages partition
+            retained.message.sourceOffset = nil
+            retained.retain = true
+            if state.offerRetained(retained, window: 4, canSendNow: true, version: .v5, now: Date()).packet != nil { sentAtOnce += 1 }
+        }
+        #expect(sentAtOnce == 4, "the in-flight window")
+        #expect(state.queuedCount == 46, "the rest queued, though the limit below is 10")
+        // A live QoS 1 message now finds the queue over its limit: it is read back later, not dropped, and
+        // a QoS 0 one is dropped (counted) as before.
+        let live = state.offer(Self.message(100), window: 4, limit: 10, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(live.dropped == false && live.readBackFrom?.1 == 100)
+        #expect(state.offer(Self.message(101, qos: .atMostOnce, partition: Self.other), window: 4, limit: 10, canSendNow: true, version: .v5, now: Date()).dropped)
+        #expect(Self.offsets(&state) == Array(4..<50), "every retained message, once, in order")
+    }
+
+    @Test("end to end: 200 retained messages through a node whose session queues hold 20 all reach a new subscriber")
+    func retainedBeyondTheQueueArrive() async throws {
+        try await withProcesses { scope in
+            let tansu = try await scope.startTansu()
+            let broker = try await scope.startBroker(tansu: tansu, settings: ["mqtt.session_queue_limit": "20", "mqtt.max_inflight_outbound": "4"])
+            let publisher = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await publisher.handshake(BrokerProtocolTests.v5("retained-publisher"))
+            let count = 200
+            for index in 0..<count {
+                try await BrokerProtocolTests.publishQoS1(publisher, "state/device-\(index)", "s\(index)", id: UInt16(index + 1), retain: true)
+            }
+            // The node keeps what it wrote in its retained store at once: the SUBSCRIBE sees all 200.
+            let subscriber = try await RawMQTTClient.connect(port: broker.mqttPort)
+            try await subscriber.handshake(BrokerProtocolTests.v5("retained-dashboard"))
+            try await BrokerProtocolTests.subscribe(subscriber, "state/#")
+            var topics = Set<String>()
+            for index in 0..<count {
+                guard let publish = try? await BrokerProtocolTests.nextPublish(subscriber) else {
+                    Issue.record("only \(index) of \(count) retained messages arrived")
+                    break
+                }
+                #expect(publish.retain)
+                #expect(String(buffer: publish.payload) == "s" + publish.topic.dropFirst("state/device-".count))
+                topics.insert(publish.topic)
+                if let id = publish.packetId { try await subscriber.send(.puback(MQTTPublishAck(packetId: id))) }
+            }
+            #expect(topics.count == count, "each topic's retained message once")
+            let metrics = try await MetricsScrape.get(port: broker.httpPort)
+            #expect(MetricsScrape.value(metrics, "tributary_broker_messages_dropped_total{qos=\"1\",reason=\"queue_full\"}") == 0)
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
+
     /// Where the client of an offline session with a backlog comes back.
     enum Return { case sameNode, restartedNode, otherNode }
 
