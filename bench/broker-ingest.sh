@@ -37,34 +37,6 @@ timed_sim() {
     awk '{print $1 + $2}' "$work/sim.time" >"$work/sim.cpu"
     grep '^device-sim summary' "$work/sim.out" || true
 }
-# thread_ticks PID: one line per thread, "NAME|UTIME|STIME" (clock ticks).
-thread_ticks() {
-    local t
-    for t in /proc/"$1"/task/*; do
-        awk '{ s = $0; n = s; sub(/^[^(]*\(/, "", n); sub(/\)[^)]*$/, "", n); sub(/^.*\) /, "", s); split(s, f, " "); print n "|" f[12] "|" f[13] }' "$t/stat" 2>/dev/null || true
-    done
-}
-# thread_us_per_message BEFORE AFTER MESSAGES: CPU per message of each thread group between two thread_ticks.
-thread_us_per_message() {
-    python3 - "$1" "$2" "$3" <<'PY'
-import collections, os, re, sys
-hz, n = os.sysconf("SC_CLK_TCK"), float(sys.argv[3])
-def read(path):
-    groups = collections.defaultdict(lambda: [0, 0])
-    for line in open(path):
-        name, user, system = line.rstrip("\n").rsplit("|", 2)
-        group = groups[re.sub(r"[0-9]+$", "N", name.strip())]
-        group[0] += int(user); group[1] += int(system)
-    return groups
-before, after = read(sys.argv[1]), read(sys.argv[2])
-rows = []
-for name, (user, system) in after.items():
-    u, s = user - before.get(name, [0, 0])[0], system - before.get(name, [0, 0])[1]
-    if u + s > 0:
-        rows.append((u + s, f"{name.replace(' ', '_')}={u / hz * 1e6 / n:.1f}u+{s / hz * 1e6 / n:.1f}s"))
-print(" ".join(text for _, text in sorted(rows, reverse=True)))
-PY
-}
 sim_us_per_message() {  # sim_us_per_message MESSAGES: the last timed_sim's CPU microseconds per message
     python3 -c "import sys; s,n=float(sys.argv[1]),float(sys.argv[2]); print(f'{s*1e6/n:.1f}' if n else 'n/a')" "$(cat "$work/sim.cpu")" "$1"
 }

@@ -11,7 +11,8 @@
 #
 #   bench/offline-backlog.sh [CLIENTS=4] [COUNT=25000] [SIZE=256] [QOS=1]
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds); TRIBUTARY_* settings reach the broker; PAYLOAD_FILL
-# (default json): device-sim's --payload-fill, JSON-like readings, since cloud-broker compresses what it writes.
+# (default json): device-sim's --payload-fill, JSON-like readings, since cloud-broker compresses what it writes;
+# THREADS=1 also prints cloud-broker's CPU per message drained by thread group.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 clients=${1:-4}
@@ -74,15 +75,18 @@ for side in mosquitto cloud-broker; do
     echo "offline-backlog: $side: subscriber reconnecting for the backlog"
     c0=$(cpu_ticks "$pid")
     k0=$(cpu_ticks "${tansu_pid:-0}")
+    [ "${THREADS:-0}" = 1 ] && thread_ticks "$pid" >"$work/$side.t0"
     t0=$(date +%s.%N)
     timeout 600 mosquitto_sub -h 127.0.0.1 -p "$port" -V mqttv311 -c -i "$sub_id" -q "$qos" -t 'sensors/#' -C "$total" -W 300 \
         -F '%t %x' >"$work/$side.received" || echo "offline-backlog: $side: the subscriber stopped before $total messages (timeout)" >&2
     t1=$(date +%s.%N)
     c1=$(cpu_ticks "$pid")
     k1=$(cpu_ticks "${tansu_pid:-0}")
+    [ "${THREADS:-0}" = 1 ] && thread_ticks "$pid" >"$work/$side.t1"
     result=$(check "$work/$side.received")
     drain_s=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
     extra=""
     [ "$side" = cloud-broker ] && extra=" tansu_cpu_us_per_msg=$(cpu_us_per_message "$k0" "$k1" "$total") read_backs=$(broker_metric tributary_broker_subscriber_read_backs_total) dropped_qos$qos=$(broker_metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
     echo "RESULT offline-backlog side=$side publish_rate=$(field rate_msgs_per_s "$line") $result backlog_rss_mib=$(python3 -c "print(f'{($rss_backlog - $rss_before) / 1024:.1f}')") drain_s=$drain_s drain_rate=$(python3 -c "print(f'{$total / ($t1 - $t0):.0f}')") cpu_us_per_msg=$(cpu_us_per_message "$c0" "$c1" "$total")$extra"
+    if [ "${THREADS:-0}" = 1 ]; then echo "RESULT offline-backlog-threads side=$side $(thread_us_per_message "$work/$side.t0" "$work/$side.t1" "$total")"; fi
 done

@@ -43,10 +43,12 @@ wait_port() {  # wait_port PORT PID: until PORT accepts, or PID dies, or 10 s pa
 }
 
 # start_mosquitto NAME: starts mosquitto (no persistence, no queue limits) and sets ${NAME}_port and ${NAME}_pid.
+# MOSQUITTO_MAX_INFLIGHT (default 0: unlimited): its max_inflight_messages, the QoS 1/2 messages in flight
+# towards one subscriber (cloud-broker's mqtt.max_inflight_outbound, default 64).
 start_mosquitto() {
     local name=$1 port
     port=$(free_port)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 0\nmax_connections -1\nlog_type error\n' "$port" >"$work/$name.conf"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages %s\nmax_queued_messages 0\nmax_connections -1\nlog_type error\n' "$port" "${MOSQUITTO_MAX_INFLIGHT:-0}" >"$work/$name.conf"
     mosquitto -c "$work/$name.conf" >"$work/$name.log" 2>&1 &
     local pid=$!
     pids+=("$pid")
@@ -105,6 +107,35 @@ start_cloud_broker() {
     pids+=("$peer_pid")
     if wait_port "$mqtt_port" "$peer_pid"; then peer_url="mqtt://127.0.0.1:$mqtt_port"; fi
     peer_note="$(tail -1 "$work/broker.log" 2>/dev/null)"
+}
+
+# thread_ticks PID: one line per thread, "NAME|UTIME|STIME" (clock ticks).
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk '{ s = $0; n = s; sub(/^[^(]*\(/, "", n); sub(/\)[^)]*$/, "", n); sub(/^.*\) /, "", s); split(s, f, " "); print n "|" f[12] "|" f[13] }' "$t/stat" 2>/dev/null || true
+    done
+}
+# thread_us_per_message BEFORE AFTER MESSAGES: CPU per message of each thread group between two thread_ticks.
+thread_us_per_message() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import collections, os, re, sys
+hz, n = os.sysconf("SC_CLK_TCK"), float(sys.argv[3])
+def read(path):
+    groups = collections.defaultdict(lambda: [0, 0])
+    for line in open(path):
+        name, user, system = line.rstrip("\n").rsplit("|", 2)
+        group = groups[re.sub(r"[0-9]+$", "N", name.strip())]
+        group[0] += int(user); group[1] += int(system)
+    return groups
+before, after = read(sys.argv[1]), read(sys.argv[2])
+rows = []
+for name, (user, system) in after.items():
+    u, s = user - before.get(name, [0, 0])[0], system - before.get(name, [0, 0])[1]
+    if u + s > 0:
+        rows.append((u + s, f"{name.replace(' ', '_')}={u / hz * 1e6 / n:.1f}u+{s / hz * 1e6 / n:.1f}s"))
+print(" ".join(text for _, text in sorted(rows, reverse=True)))
+PY
 }
 
 # broker_metric SERIES: the value of one series (name and labels as exported) of the cloud-broker started by
