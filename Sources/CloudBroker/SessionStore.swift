@@ -86,8 +86,10 @@ final class InMemorySessionStore: SessionStore {
         entries.withLock { entries in
             guard entries[clientId] != nil else { return .noSession }
             guard message.qos != .atMostOnce else { return .dropped }
-            let readBackAllowed = readBack && SessionState.canReadBack(entries[clientId]!.session.subscriptions)
-            return entries[clientId]!.session.outbound.enqueue(message, limit: limit, readBackAllowed: readBackAllowed) ? .queued : .dropped
+            if entries[clientId]!.session.outbound.enqueue(message, limit: limit) { return .queued }
+            // The queue is full: only then are the subscriptions looked at.
+            guard readBack && SessionState.canReadBack(entries[clientId]!.session.subscriptions) else { return .dropped }
+            return entries[clientId]!.session.outbound.enqueue(message, limit: limit, readBackAllowed: true) ? .queued : .dropped
         }
     }
 
