@@ -204,6 +204,14 @@ struct OutboundState: Sendable {
     mutating func offerRetained(
         _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
     ) -> (packet: MQTTPacket?, expired: Bool) {
+        sendNowOrQueue(message, window: window, canSendNow: canSendNow, version: version, now: now)
+    }
+
+    /// Sends `message` now if nothing is queued before it and the window has room, else queues it whatever
+    /// the limit; `expired` when it expired before it could be sent.
+    private mutating func sendNowOrQueue(
+        _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
+    ) -> (packet: MQTTPacket?, expired: Bool) {
         let fits = message.qos == .atMostOnce || inflight.count < window
         if canSendNow && fits && queuedCount == 0 {
             guard let packet = start(message, version: version, now: now) else { return (nil, true) }
@@ -223,10 +231,7 @@ struct OutboundState: Sendable {
             case .readBack(let next, _, _) = partitions[partition], offset >= next
         else { return nil }
         advance(partition, to: offset + 1)
-        let fits = message.qos == .atMostOnce || inflight.count < window
-        if canSendNow && fits && queuedCount == 0 { return start(message, version: version, now: now) }
-        queue.append(message)
-        return nil
+        return sendNowOrQueue(message, window: window, canSendNow: canSendNow, version: version, now: now).packet
     }
 
     /// The read-back has read `partition` up to `offset` (exclusive; matching messages below it were
