@@ -11,7 +11,8 @@
 #   bench/broker-deliver.sh [CLIENTS=4] [COUNT=10000] [SIZE=1024] [QOS=1]
 # Environment: DEVICE_SIM, CLOUD_BROKER (release builds); TRIBUTARY_* settings reach the broker
 # (e.g. TRIBUTARY_MQTT_SESSION_QUEUE_LIMIT); SUBSCRIBERS (default 1): that many subscribers on `sensors/#`,
-# each getting every message (many read-backs at once). Each side's peak RSS (VmHWM) is printed too.
+# each getting every message (many read-backs at once); DRAIN_TIMEOUT (default 60): seconds device-sim waits for
+# the subscribers after publishing. Each side's peak RSS (VmHWM) is printed too.
 set -euo pipefail
 source "$(dirname "$0")/loadgen/common.sh"
 clients=${1:-4}
@@ -31,11 +32,11 @@ for side in mosquitto cloud-broker; do
     if [ "$side" = mosquitto ]; then url="mqtt://127.0.0.1:$mosquitto_port"; pid=$mosquitto_pid; else url=$peer_url; pid=$peer_pid; fi
     c0=$(cpu_ticks "$pid")
     line=$("$sim" --broker "$url" --client-id-prefix "d-$side" --clients "$clients" --count "$count" --rate 0 --size "$size" \
-        --qos "$qos" --inflight 20 --payload-fill "${PAYLOAD_FILL:-json}" "${subscribe_args[@]}" --drain-timeout 60 --progress-interval 60 | grep '^device-sim summary' || true)
+        --qos "$qos" --inflight 20 --payload-fill "${PAYLOAD_FILL:-json}" "${subscribe_args[@]}" --drain-timeout "${DRAIN_TIMEOUT:-60}" --progress-interval 60 | grep '^device-sim summary' || true)
     c1=$(cpu_ticks "$pid")
     total=$((clients * count))
     peak_mib=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || echo n/a)
     extra=""
     [ "$side" = cloud-broker ] && extra=" read_backs=$(broker_metric tributary_broker_subscriber_read_backs_total) dropped_qos$qos=$(broker_metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
-    echo "RESULT broker-deliver side=$side publish_rate=$(field rate_msgs_per_s "$line") received=$(field received "$line") expected=$((total * subscribers)) lost=$(field lost "$line") duplicates=$(field duplicates "$line") out_of_order=$(field out_of_order "$line") e2e_p50_ms=$(field e2e_p50_ms "$line") e2e_p99_ms=$(field e2e_p99_ms "$line") e2e_max_ms=$(field e2e_max_ms "$line") elapsed_s=$(field elapsed_s "$line") cpu_us_per_msg=$(cpu_us_per_message "$c0" "$c1" "$total") peak_rss_mib=$peak_mib$extra"
+    echo "RESULT broker-deliver side=$side publish_rate=$(field rate_msgs_per_s "$line") disconnects=$(field disconnects "$line") reconnects=$(field reconnects "$line") received=$(field received "$line") expected=$((total * subscribers)) lost=$(field lost "$line") duplicates=$(field duplicates "$line") out_of_order=$(field out_of_order "$line") e2e_p50_ms=$(field e2e_p50_ms "$line") e2e_p99_ms=$(field e2e_p99_ms "$line") e2e_max_ms=$(field e2e_max_ms "$line") elapsed_s=$(field elapsed_s "$line") cpu_us_per_msg=$(cpu_us_per_message "$c0" "$c1" "$total") peak_rss_mib=$peak_mib$extra"
 done

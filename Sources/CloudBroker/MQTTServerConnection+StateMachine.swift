@@ -559,21 +559,36 @@ extension MQTTServerConnection {
         /// per partition, with how far each partition was read.
         mutating func readBack(_ messages: [BrokerMessage], readUpTo: [KafkaTopicPartition: Int64], now: Date) -> [Action] {
             guard case .connected(let c) = state else { return [] }
-            guard !c.session.outbound.readingBack.isEmpty else { return [.stopReadBack] }
+            let readingBefore = c.session.outbound.readingBack
+            guard !readingBefore.isEmpty else { return [.stopReadBack] }
             let window = min(c.clientReceiveMaximum, limits.maxInflightOutbound)
             let subscriptions = Array(c.session.subscriptions.values)
+            // Live again only once the client keeps up: the queue is down to a quarter (else it tails on).
+            let liveAtMost = limits.sessionQueueLimit / 4
             var actions: [Action] = []
             for message in messages {
                 guard let outbound = SessionRegistry.outbound(for: message, clientId: c.clientId, subscriptions: subscriptions) else { continue }
-                if let packet = c.session.outbound.readBackOffer(outbound, window: window, canSendNow: c.writable, version: c.version, now: now) {
+                if let packet = c.session.outbound.readBackOffer(
+                    outbound, window: window, canSendNow: c.writable, version: c.version, now: now, liveAtMost: liveAtMost)
+                {
                     actions.append(.send(packet))
                 }
             }
-            for (partition, offset) in readUpTo { c.session.outbound.advance(partition, to: offset) }
-            if c.session.outbound.readingBack.isEmpty {
+            for (partition, offset) in readUpTo { c.session.outbound.advance(partition, to: offset, liveAtMost: liveAtMost) }
+            let readingAfter = c.session.outbound.readingBack
+            if readingAfter.isEmpty {
                 c.readBackPaused = false
                 actions.append(.stopReadBack)
-            } else if !c.readBackPaused && c.session.outbound.queuedCount >= limits.sessionQueueLimit {
+                return actions
+            }
+            if readingAfter.count != readingBefore.count {
+                // Some partitions are live again: the reader stops reading them now. Reading on, it would run
+                // ahead of their live delivery, and after a later overflow there a batch it had already read
+                // would pass for the continuation of the new read-back, skipping what lies between (messages
+                // were lost so with many slow subscribers, session 6).
+                actions.append(.readBack(from: readingAfter))
+            }
+            if !c.readBackPaused && c.session.outbound.queuedCount >= limits.sessionQueueLimit {
                 c.readBackPaused = true
                 actions.append(.pauseReadBack)
             }

@@ -40,6 +40,12 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     private var flushAfterBatch = false
     /// Reading overflowed messages back from Kafka (`startReadBack`).
     private var readBack: SubscriberReadBack?
+    /// The read-back caught up and the session is live again: its reader is kept, paused, for
+    /// `readBackParkedFor` in case the client falls behind again (a subscriber that keeps overflowing would
+    /// otherwise start a Kafka consumer each time); the number tells the idle close which parking it is.
+    private var readBackParked: UInt64?
+    private var readBackParkings: UInt64 = 0
+    static let readBackParkedFor: TimeAmount = .seconds(10)
     /// Between `channelRead` and `channelReadComplete`: answers to a burst of packets are flushed once, at its end.
     private var inReadBurst = false
     private var handle: Handle?
@@ -265,7 +271,7 @@ final class MQTTServerConnection: ChannelDuplexHandler {
             case .resumeReadBack:
                 readBack?.resume()
             case .stopReadBack:
-                stopReadBack()
+                parkReadBack(context: context)
             case .close:
                 closeAfterWrites(context: context)
             case .lingerAndClose:
@@ -279,7 +285,14 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     /// a subscriber slower than its publishers); batches come back on this connection's event loop.
     private func startReadBack(from offsets: [KafkaTopicPartition: Int64], context: ChannelHandlerContext) {
         if let readBack {
+            // Reassigned to exactly the partitions being read back, at their next offsets. A batch it read
+            // before continues where the machine stands for each of them (it never reads a partition after
+            // that went live: it is reassigned or parked at once), and the machine skips what lies below.
             readBack.read(from: offsets)
+            if readBackParked != nil {
+                readBackParked = nil
+                readBack.resume()
+            }
             return
         }
         guard let source = broker.readBack else { return }
@@ -317,7 +330,25 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
     }
 
+    /// The read-back caught up (`.stopReadBack`): paused at once (before the batch being handled is marked
+    /// processed, so nothing read after the catch-up is handed over while the session is live), closed if
+    /// not taken up again within `readBackParkedFor`.
+    private func parkReadBack(context: ChannelHandlerContext) {
+        guard let reader = readBack, readBackParked == nil else { return }
+        reader.pause()
+        reader.read(from: [:])  // reads nothing while parked
+        readBackParkings += 1
+        let parking = readBackParkings
+        readBackParked = parking
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: Self.readBackParkedFor) {
+            let connection = loopBound.value
+            if connection.readBackParked == parking { connection.stopReadBack() }
+        }
+    }
+
     private func stopReadBack() {
+        readBackParked = nil
         guard let reader = readBack else { return }
         readBack = nil
         broker.readBack?.slots.release()

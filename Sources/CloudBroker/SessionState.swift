@@ -225,21 +225,25 @@ struct OutboundState: Sendable {
     /// the session's subscriptions): queued whatever the limit (the reader pauses at it), unless it is
     /// older than what was already queued. Returns the packet to send now, if any.
     mutating func readBackOffer(
-        _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date
+        _ message: OutboundMessage, window: Int, canSendNow: Bool, version: MQTTProtocolVersion, now: Date, liveAtMost: Int = .max
     ) -> MQTTPacket? {
         guard let partition = message.message.source, let offset = message.message.sourceOffset,
             case .readBack(let next, _, _) = partitions[partition], offset >= next
         else { return nil }
-        advance(partition, to: offset + 1)
-        return sendNowOrQueue(message, window: window, canSendNow: canSendNow, version: version, now: now).packet
+        let packet = sendNowOrQueue(message, window: window, canSendNow: canSendNow, version: version, now: now).packet
+        advance(partition, to: offset + 1, liveAtMost: liveAtMost)
+        return packet
     }
 
     /// The read-back has read `partition` up to `offset` (exclusive; matching messages below it were
     /// offered): once that passes everything routing offered live meanwhile, the partition is live again
-    /// (routing's later messages follow in order; earlier ones still on their way are skipped).
-    mutating func advance(_ partition: KafkaTopicPartition, to offset: Int64) {
+    /// (routing's later messages follow in order; earlier ones still on their way are skipped) — if no more
+    /// than `liveAtMost` messages are queued. Otherwise the read-back keeps tailing the partition: a
+    /// subscriber still slower than its publishers would overflow again at once, and each overflow would
+    /// start a new Kafka consumer (100 such subscribers started 2,627 in one benchmark run).
+    mutating func advance(_ partition: KafkaTopicPartition, to offset: Int64, liveAtMost: Int = .max) {
         guard case .readBack(let next, let seen, let skipped) = partitions[partition], offset > next else { return }
-        if offset > seen {
+        if offset > seen && queuedCount <= liveAtMost {
             partitions[partition] = .live(from: offset)
         } else {
             partitions[partition] = .readBack(next: offset, liveSeen: seen, skipped: skipped)

@@ -52,6 +52,45 @@ final class SubscriberReadBack: Sendable {
     private let consumer: KafkaConsumer
     private let logger: Logger
     private let gate = Gate()
+    private let shared = Shared()
+
+    /// Where each partition's read must continue. librdkafka, reassigned a partition it was already
+    /// reading, may still hand over records it had fetched beyond the new offset (seen with many slow
+    /// subscribers: record 1,321 after a reassignment at 860). Taken as the continuation, they would skip
+    /// what lies between, so every record must continue its partition (offset at most one past the last
+    /// record handed over, or the offset read from); a partition whose record lies beyond is sought back
+    /// there and the rest of its batch dropped. The same gap again right after that seek means the records
+    /// in between are not in Kafka any more (retention, or a transaction's markers): the read goes on.
+    struct Starts {
+        /// The offset each partition's next record may not exceed.
+        var expected: [KafkaTopicPartition: Int64] = [:]
+        /// Partitions sought back, at that offset.
+        var sought: [KafkaTopicPartition: Int64] = [:]
+
+        init(from offsets: [KafkaTopicPartition: Int64] = [:]) { expected = offsets }
+
+        /// Splits `records` into those to hand over and the partitions to seek back (with their offsets).
+        mutating func check(_ records: [KafkaRecord]) -> (accepted: [KafkaRecord], seekBack: [KafkaTopicPartition: Int64]) {
+            var seekBack: [KafkaTopicPartition: Int64] = [:]
+            var accepted: [KafkaRecord] = []
+            accepted.reserveCapacity(records.count)
+            for record in records {
+                let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                if seekBack[partition] != nil { continue }
+                if let next = expected[partition], record.offset > next {
+                    if sought[partition] != next {
+                        seekBack[partition] = next
+                        sought[partition] = next
+                        continue
+                    }
+                    sought[partition] = nil  // gone from Kafka: go on from here
+                }
+                expected[partition] = max(expected[partition] ?? 0, record.offset + 1)
+                accepted.append(record)
+            }
+            return (accepted, seekBack)
+        }
+    }
 
     init(source: Source, deliver: @escaping @Sendable (_ messages: [BrokerMessage], _ readUpTo: [KafkaTopicPartition: Int64]) -> Void) throws(KafkaError) {
         let defaultQoS = source.defaultQoS
@@ -60,8 +99,20 @@ final class SubscriberReadBack: Sendable {
         var configuration = source.configuration
         configuration.maxPrefetchKilobytes = min(configuration.maxPrefetchKilobytes, Self.prefetchKilobytes)
         configuration.maxPrefetchMessages = min(configuration.maxPrefetchMessages, Self.prefetchMessages)
-        consumer = try KafkaConsumer(configuration: configuration, logger: source.logger) { records in
+        let shared = self.shared
+        let logger = source.logger
+        consumer = try KafkaConsumer(configuration: configuration, logger: source.logger) { polled in
             guard gate.waitUntilReady() else { return }
+            let (records, seekBack) = shared.starts.withLock { $0.check(polled) }
+            if !seekBack.isEmpty {
+                logger.debug("read-back: records beyond a partition's start after a reassignment; seeking back", metadata: ["kafka.offsets": "\(seekBack)"])
+                do {
+                    try shared.consumer.withLock { $0 }?.seek(seekBack.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
+                } catch {
+                    logger.warning("read-back: cannot seek back", metadata: ["kafka.error": "\(error)"])
+                }
+            }
+            guard !records.isEmpty else { return }
             var messages: [BrokerMessage] = []
             var readUpTo: [KafkaTopicPartition: Int64] = [:]
             for record in records {
@@ -72,10 +123,19 @@ final class SubscriberReadBack: Sendable {
             gate.posted()
             deliver(messages, readUpTo)
         }
+        shared.consumer.withLock { $0 = consumer }
+    }
+
+    /// What the consumer's handler shares with this object: the starts, and the consumer itself (the
+    /// handler is created before it).
+    private final class Shared: Sendable {
+        let starts = Mutex(Starts())
+        let consumer = Mutex<KafkaConsumer?>(nil)
     }
 
     /// Reads exactly these partitions from these offsets (replacing what it read before).
     func read(from offsets: [KafkaTopicPartition: Int64]) {
+        shared.starts.withLock { $0 = Starts(from: offsets) }
         do {
             try consumer.assign(offsets.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
         } catch {
@@ -91,6 +151,7 @@ final class SubscriberReadBack: Sendable {
 
     /// Stops the consumer (joins its thread: not on an event loop).
     func close() {
+        shared.consumer.withLock { $0 = nil }
         gate.close()
         consumer.close()
     }

@@ -64,6 +64,12 @@ public final class KafkaConsumer: Sendable {
         try assign((0..<partitionCount).map { KafkaPartitionAssignment(topic: topic, partition: $0, offset: offset) })
     }
 
+    /// Moves assigned partitions to these offsets; records librdkafka had already fetched beyond them
+    /// are discarded. Waits up to `timeout` for librdkafka to apply it.
+    public func seek(_ assignments: [KafkaPartitionAssignment], timeout: Duration = .seconds(1)) throws(KafkaError) {
+        try core.client.seek(assignments, timeout: timeout)
+    }
+
     /// Stops fetching `partitions` (all assigned ones if `nil`); records already buffered may
     /// still be delivered.
     public func pause(_ partitions: [KafkaTopicPartition]? = nil) throws(KafkaError) {

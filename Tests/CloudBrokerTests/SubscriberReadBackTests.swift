@@ -62,6 +62,42 @@ struct SubscriberReadBackTests {
         #expect(live == [6])
     }
 
+    @Test("caught up while the client is still behind (queue above liveAtMost): the read-back tails the partition instead of going live")
+    func caughtUpButStillBehindKeepsTailing() {
+        var state = OutboundState()
+        _ = state.offer(Self.message(0), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        _ = state.offer(Self.message(1), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        for offset: Int64 in [0, 1] { _ = state.readBackOffer(Self.message(offset), window: 0, canSendNow: false, version: .v5, now: Date(), liveAtMost: 1) }
+        #expect(state.readingBack == [Self.partition: 2], "past what routing offered, but 2 queued > 1: still read back")
+        _ = state.offer(Self.message(2), window: 0, limit: 0, canSendNow: true, version: .v5, now: Date(), readBackAllowed: true)
+        #expect(state.queuedCount == 2, "routing's 2 is left to the read-back")
+        #expect(Self.offsets(&state) == [0, 1])
+        _ = state.readBackOffer(Self.message(2), window: 0, canSendNow: false, version: .v5, now: Date(), liveAtMost: 1)
+        #expect(state.partitions[Self.partition] == .live(from: 3), "the client kept up (1 queued): live again")
+        #expect(Self.offsets(&state) == [2])
+    }
+
+    @Test("records beyond where a partition's read must continue are dropped and the partition sought back; the same gap after the seek is accepted (records gone)")
+    func recordsBeyondTheContinuationAreSoughtBack() {
+        func records(_ partition: KafkaTopicPartition, _ offsets: ClosedRange<Int64>) -> [KafkaRecord] {
+            offsets.map { KafkaRecord(topic: partition.topic, partition: partition.partition, offset: $0, key: nil, value: [], headers: [], timestampMilliseconds: nil) }
+        }
+        var starts = SubscriberReadBack.Starts(from: [Self.partition: 860, Self.other: 10])
+        // librdkafka hands over what it had fetched before the reassignment: 1,321 onwards for the partition read from 860.
+        let stale = starts.check(records(Self.partition, 1321...1322) + records(Self.other, 10...11))
+        #expect(stale.seekBack == [Self.partition: 860])
+        #expect(stale.accepted.map(\.offset) == [10, 11], "the other partition continues where it should")
+        // After the seek: 860 on (earlier records too) continue it; a stale record among them is caught again.
+        let resumed = starts.check(records(Self.partition, 859...861) + records(Self.partition, 1400...1400))
+        #expect(resumed.accepted.map(\.offset) == [859, 860, 861])
+        #expect(resumed.seekBack == [Self.partition: 862])
+        // A gap that is still there right after its seek: the records are gone from Kafka; the read goes on.
+        starts = SubscriberReadBack.Starts(from: [Self.partition: 5])
+        #expect(starts.check(records(Self.partition, 50...50)).seekBack == [Self.partition: 5])
+        let gone = starts.check(records(Self.partition, 50...51))
+        #expect(gone.seekBack.isEmpty && gone.accepted.map(\.offset) == [50, 51])
+    }
+
     @Test("what is not read back: QoS 0, messages without a Kafka offset, or read-back not allowed, are dropped as before")
     func dropsWhereNoReadBackApplies() {
         var state = OutboundState()
