@@ -59,13 +59,15 @@ final class SubscriberReadBack: Sendable {
     /// subscribers: record 1,321 after a reassignment at 860). Taken as the continuation, they would skip
     /// what lies between, so every record must continue its partition (offset at most one past the last
     /// record handed over, or the offset read from); a partition whose record lies beyond is sought back
-    /// there and the rest of its batch dropped. The same gap again right after that seek means the records
-    /// in between are not in Kafka any more (retention, or a transaction's markers): the read goes on.
+    /// there and the rest of its batch dropped. Only a gap still there after `Self.seeksBeforeGivingUp`
+    /// successful seeks back to the same offset is taken for records no longer in Kafka (retention, or a
+    /// transaction's markers), and the read goes on from there.
     struct Starts {
+        static let seeksBeforeGivingUp = 3
         /// The offset each partition's next record may not exceed.
         var expected: [KafkaTopicPartition: Int64] = [:]
-        /// Partitions sought back, at that offset.
-        var sought: [KafkaTopicPartition: Int64] = [:]
+        /// Partitions sought back: to which offset, how many times.
+        var sought: [KafkaTopicPartition: (offset: Int64, times: Int)] = [:]
 
         init(from offsets: [KafkaTopicPartition: Int64] = [:]) { expected = offsets }
 
@@ -78,9 +80,10 @@ final class SubscriberReadBack: Sendable {
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
                 if seekBack[partition] != nil { continue }
                 if let next = expected[partition], record.offset > next {
-                    if sought[partition] != next {
+                    let times = sought[partition].map { $0.offset == next ? $0.times : 0 } ?? 0
+                    if times < Self.seeksBeforeGivingUp {
                         seekBack[partition] = next
-                        sought[partition] = next
+                        sought[partition] = (next, times + 1)
                         continue
                     }
                     sought[partition] = nil  // gone from Kafka: go on from here
@@ -89,6 +92,13 @@ final class SubscriberReadBack: Sendable {
                 accepted.append(record)
             }
             return (accepted, seekBack)
+        }
+
+        /// A seek back failed (it does not count): the next gap seeks again.
+        mutating func seekFailed(_ partitions: some Sequence<KafkaTopicPartition>) {
+            for partition in partitions {
+                if let entry = sought[partition] { sought[partition] = entry.times > 1 ? (entry.offset, entry.times - 1) : nil }
+            }
         }
     }
 
@@ -109,7 +119,8 @@ final class SubscriberReadBack: Sendable {
                 do {
                     try shared.consumer.withLock { $0 }?.seek(seekBack.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
                 } catch {
-                    logger.warning("read-back: cannot seek back", metadata: ["kafka.error": "\(error)"])
+                    logger.warning("read-back: cannot seek back; trying again at the next record", metadata: ["kafka.error": "\(error)"])
+                    shared.starts.withLock { $0.seekFailed(seekBack.keys) }
                 }
             }
             guard !records.isEmpty else { return }

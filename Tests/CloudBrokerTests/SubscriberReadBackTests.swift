@@ -77,7 +77,7 @@ struct SubscriberReadBackTests {
         #expect(Self.offsets(&state) == [2])
     }
 
-    @Test("records beyond where a partition's read must continue are dropped and the partition sought back; the same gap after the seek is accepted (records gone)")
+    @Test("records beyond where a partition's read must continue are dropped and the partition sought back; a gap that outlasts three seeks is accepted (records gone)")
     func recordsBeyondTheContinuationAreSoughtBack() {
         func records(_ partition: KafkaTopicPartition, _ offsets: ClosedRange<Int64>) -> [KafkaRecord] {
             offsets.map { KafkaRecord(topic: partition.topic, partition: partition.partition, offset: $0, key: nil, value: [], headers: [], timestampMilliseconds: nil) }
@@ -91,9 +91,12 @@ struct SubscriberReadBackTests {
         let resumed = starts.check(records(Self.partition, 859...861) + records(Self.partition, 1400...1400))
         #expect(resumed.accepted.map(\.offset) == [859, 860, 861])
         #expect(resumed.seekBack == [Self.partition: 862])
-        // A gap that is still there right after its seek: the records are gone from Kafka; the read goes on.
+        // A gap still there after three seeks back to the same offset: the records are gone from Kafka (a
+        // failed seek does not count); the read goes on.
         starts = SubscriberReadBack.Starts(from: [Self.partition: 5])
         #expect(starts.check(records(Self.partition, 50...50)).seekBack == [Self.partition: 5])
+        starts.seekFailed([Self.partition])
+        for _ in 1...3 { #expect(starts.check(records(Self.partition, 50...50)).seekBack == [Self.partition: 5]) }
         let gone = starts.check(records(Self.partition, 50...51))
         #expect(gone.seekBack.isEmpty && gone.accepted.map(\.offset) == [50, 51])
     }
