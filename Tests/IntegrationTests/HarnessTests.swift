@@ -30,6 +30,20 @@ struct HarnessTests {
         for pid in pids.all { #expect(kill(pid, 0) == -1) }
     }
 
+    /// CI once lost a test to a port taken between FreePort.next() and the child's bind: ports now come from
+    /// below the ephemeral range, where outgoing connections never take one, and a port in use is passed over.
+    @Test func freePortsAreBelowTheEphemeralRangeDistinctAndFree() throws {
+        let ephemeralLow = FreePort.ephemeralRangeStart()
+        let ports = try (0..<200).map { _ in try FreePort.next() }
+        #expect(Set(ports).count == ports.count, "a port is handed out once")
+        #expect(ports.allSatisfy { $0 >= 10_000 && $0 < ephemeralLow }, "ports: \(ports.prefix(5))..., ephemeral from \(ephemeralLow)")
+        // A port someone listens on is never handed out: listen on the one that would come next and ask again.
+        let listeners = try ports.suffix(1).map { try LoopbackSocket(port: $0 + 1, listen: true) }
+        defer { listeners.forEach { $0.close() } }
+        let following = try FreePort.next()
+        #expect(following != ports.last! + 1, "the held port \(ports.last! + 1) was handed out")
+    }
+
     @Test func tansuAnswersMetadataWhenStartReturns() async throws {
         try await withProcesses { scope in
             let tansu = try await scope.startTansu()
@@ -87,3 +101,4 @@ struct KafkaTopicReaderTests {
         }
     }
 }
+

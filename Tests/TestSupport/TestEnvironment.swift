@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 
 /// Where things are: the package root, our built binaries, the tools `scripts/setup` installed.
 public enum TestEnvironment {
@@ -54,26 +55,86 @@ public enum TestEnvironment {
     }
 }
 
-/// Free TCP ports on 127.0.0.1, asked from the kernel (bind to port 0), never hard-coded.
+/// Free TCP ports on 127.0.0.1 for the children a test starts, never hard-coded.
+///
+/// They are taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default).
+/// A port the kernel hands out for bind(0) comes from that range, and so does the local port of every outgoing
+/// connection: between the test asking for a port and the child binding it, a librdkafka or client connection
+/// could take it (CI saw `cloud-broker: cannot listen on 127.0.0.1:51277: Address already in use`). Below the
+/// range only a process that binds that very port can collide. Each port is checked free (bind without
+/// SO_REUSEADDR, so a port still in TIME_WAIT is passed over) and handed out once per test process, from a
+/// random start so that two test processes on one machine rarely meet.
 public enum FreePort {
+    private static let nextCandidate = Mutex<Int?>(nil)
+
     public static func next() throws -> Int {
+        let ephemeralLow = ephemeralRangeStart()
+        let low = 10_000
+        guard ephemeralLow - low >= 2_000 else { return try kernelChosen() }
+        let span = ephemeralLow - low
+        for _ in 0..<span {
+            let candidate = nextCandidate.withLock { next -> Int in
+                let current = next ?? low + Int.random(in: 0..<span)
+                next = current + 1 >= ephemeralLow ? low : current + 1
+                return current
+            }
+            if isFree(candidate) { return candidate }
+        }
+        return try kernelChosen()
+    }
+
+    /// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+    public static func ephemeralRangeStart() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8),
+            let first = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first,
+            let value = Int(first)
+        else { return 32_768 }
+        return value
+    }
+
+    private static func isFree(_ port: Int) -> Bool {
+        guard let socket = try? LoopbackSocket(port: port) else { return false }
+        socket.close()
+        return true
+    }
+
+    private static func kernelChosen() throws -> Int {
+        let socket = try LoopbackSocket(port: 0)
+        defer { socket.close() }
+        return socket.port
+    }
+}
+
+/// A TCP socket bound to 127.0.0.1:`port` (0: one the kernel chooses), listening when asked; close it when done.
+public struct LoopbackSocket: Sendable {
+    public let descriptor: Int32
+    /// The port bound (the kernel's choice when 0 was asked for).
+    public let port: Int
+
+    public init(port: Int, listen shouldListen: Bool = false) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw HarnessError("socket() failed: \(errno)") }
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
+        let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0 else { throw HarnessError("bind() failed: \(errno)") }
+        guard result == 0, !shouldListen || listen(fd, 16) == 0 else {
+            let failure = errno
+            Glibc.close(fd)
+            throw HarnessError("bind/listen 127.0.0.1:\(port) failed: \(failure)")
+        }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        return Int(UInt16(bigEndian: address.sin_port))
+        descriptor = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
     }
+
+    public func close() { _ = Glibc.close(descriptor) }
 }
 
 /// Minimal blocking TCP probes used to decide that a child is serving.

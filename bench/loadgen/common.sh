@@ -28,8 +28,8 @@ device_sim() {
     echo "$root/.build/debug/device-sim"
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+free_port() {  # a free port below the kernel's ephemeral range (see scripts/free-ports.py)
+    python3 "$(dirname "${BASH_SOURCE[0]}")/../../scripts/free-ports.py"
 }
 
 wait_port() {  # wait_port PORT PID: until PORT accepts, or PID dies, or 10 s pass
