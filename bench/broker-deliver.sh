@@ -37,6 +37,6 @@ for side in mosquitto cloud-broker; do
     total=$((clients * count))
     peak_mib=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || echo n/a)
     extra=""
-    [ "$side" = cloud-broker ] && extra=" read_backs=$(broker_metric tributary_broker_subscriber_read_backs_total) dropped_qos$qos=$(broker_metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
+    [ "$side" = cloud-broker ] && extra=" read_backs=$(broker_metric tributary_broker_subscriber_read_backs_total) stale_batches=$(broker_metric tributary_broker_subscriber_read_back_stale_batches_total) dropped_qos$qos=$(broker_metric "tributary_broker_messages_dropped_total{qos=\"$qos\",reason=\"queue_full\"}")"
     echo "RESULT broker-deliver side=$side publish_rate=$(field rate_msgs_per_s "$line") disconnects=$(field disconnects "$line") reconnects=$(field reconnects "$line") received=$(field received "$line") expected=$((total * subscribers)) lost=$(field lost "$line") duplicates=$(field duplicates "$line") out_of_order=$(field out_of_order "$line") e2e_p50_ms=$(field e2e_p50_ms "$line") e2e_p99_ms=$(field e2e_p99_ms "$line") e2e_max_ms=$(field e2e_max_ms "$line") elapsed_s=$(field elapsed_s "$line") cpu_us_per_msg=$(cpu_us_per_message "$c0" "$c1" "$total") peak_rss_mib=$peak_mib$extra"
 done

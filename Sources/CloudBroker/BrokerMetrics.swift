@@ -37,6 +37,7 @@ enum BrokerMetrics {
         static let movedSessionMessagesReplayed = "tributary_broker_moved_session_messages_replayed_total"
         static let readBacksStarted = "tributary_broker_subscriber_read_backs_total"
         static let readBacksRefused = "tributary_broker_subscriber_read_backs_refused_total"
+        static let readBackBatchesStale = "tributary_broker_subscriber_read_back_stale_batches_total"
         static let authAccepted = "tributary_broker_auth_accepted_total"
         static let authFailures = "tributary_broker_auth_failures_total"
         static let kafkaProducerQueueMessages = "tributary_broker_kafka_producer_queue_messages"
@@ -55,7 +56,7 @@ enum BrokerMetrics {
             kafkaDelivery, kafkaErrors, kafkaInflight, kafkaRecordsConsumed, producerRecreations, bytesReceived, bytesSent,
             sessions, sessionQueuedMessages, retainedMessages, willsPublished, protocolErrors, sessionRecordsWritten,
             sessionRecordsRejected, duplicatesSuppressed, catchUp, takeovers, announcements, movedSessionMessagesReplayed, readBacksStarted, readBacksRefused,
-            authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
+            readBackBatchesStale, authAccepted, authFailures, kafkaProducerQueueMessages, kafkaProducerQueueBytes, kafkaRoundTrip, kafkaBrokersUp,
             kafkaRequests, kafkaTransmittedBytes, deliveryConsumerPaused, deliveryConsumerPauses, deliveryConsumerResumes,
         ]
     }
@@ -108,6 +109,9 @@ enum BrokerMetrics {
     static let readBacksStarted = Counter(label: Name.readBacksStarted)
     /// Overflowing sessions refused a read-back (`mqtt.read_back_limit` reached): their overflow was dropped.
     static let readBacksRefused = Counter(label: Name.readBacksRefused)
+    /// Read-back batches dropped because the reader was reassigned after reading them (read again from where
+    /// the session stands: `SubscriberReadBack.isCurrent`).
+    static let readBackBatchesStale = Counter(label: Name.readBackBatchesStale)
     /// Connection announcements written to `mqtt.connections`, by outcome.
     static let announcementsWritten = Counter(label: Name.announcements, dimensions: [("outcome", "ok")])
     static let announcementsWriteFailed = Counter(label: Name.announcements, dimensions: [("outcome", "failed")])
@@ -123,6 +127,7 @@ enum BrokerMetrics {
     static func registerFailoverMetrics() {
         _ = (duplicatesSuppressedBySequence, duplicatesSuppressedByPacketId, catchUp, takeoversRemote, takeoversLocal)
         _ = (announcementsWritten, announcementsWriteFailed, movedSessionMessagesReplayed, willsPublished, readBacksStarted, readBacksRefused)
+        _ = readBackBatchesStale
         deliveryConsumerPaused.record(0)
         _ = (deliveryConsumerPauses, deliveryConsumerResumes)
     }

@@ -285,9 +285,8 @@ final class MQTTServerConnection: ChannelDuplexHandler {
     /// a subscriber slower than its publishers); batches come back on this connection's event loop.
     private func startReadBack(from offsets: [KafkaTopicPartition: Int64], context: ChannelHandlerContext) {
         if let readBack {
-            // Reassigned to exactly the partitions being read back, at their next offsets. A batch it read
-            // before continues where the machine stands for each of them (it never reads a partition after
-            // that went live: it is reassigned or parked at once), and the machine skips what lies below.
+            // Reassigned to exactly the partitions being read back, at their next offsets; a batch it read
+            // before is dropped when it comes (`SubscriberReadBack.isCurrent`) and read again from there.
             readBack.read(from: offsets)
             if readBackParked != nil {
                 readBackParked = nil
@@ -305,11 +304,16 @@ final class MQTTServerConnection: ChannelDuplexHandler {
         }
         let eventLoop = context.eventLoop
         do {
-            let reader = try SubscriberReadBack(source: source) { messages, readUpTo in
+            let reader = try SubscriberReadBack(source: source) { messages, readUpTo, epoch in
                 eventLoop.execute {
                     let connection = loopBound.value
                     guard let reader = connection.readBack else { return }  // stopped: closing it unblocks its thread
-                    connection.perform(connection.machine.readBack(messages, readUpTo: readUpTo, now: Date()))
+                    // A batch checked before the latest reassignment is read again from where the session stands.
+                    if reader.isCurrent(epoch) {
+                        connection.perform(connection.machine.readBack(messages, readUpTo: readUpTo, now: Date()))
+                    } else {
+                        BrokerMetrics.readBackBatchesStale.increment()
+                    }
                     reader.processed()
                 }
             }

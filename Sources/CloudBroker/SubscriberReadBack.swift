@@ -61,15 +61,28 @@ final class SubscriberReadBack: Sendable {
     /// record handed over, or the offset read from); a partition whose record lies beyond is sought back
     /// there and the rest of its batch dropped. Only a gap still there after `Self.seeksBeforeGivingUp`
     /// successful seeks back to the same offset is taken for records no longer in Kafka (retention, or a
-    /// transaction's markers), and the read goes on from there.
+    /// transaction's markers), and the read goes on from there. Records of a partition not being read (one
+    /// that went live, prefetched before the reassignment) are dropped: let through, they would pass for
+    /// the continuation of a later read-back of that partition, skipping what lies between.
+    ///
+    /// Each `read(from:)` starts a new `epoch`; a batch carries the epoch it was checked in, and the
+    /// connection takes only batches of the current one (`isCurrent`). A batch checked before a
+    /// reassignment but handled after it was checked against starts the session no longer stands at (the
+    /// partition went live and overflowed again meanwhile); its records are read again from where the
+    /// session stands.
     struct Starts {
         static let seeksBeforeGivingUp = 3
-        /// The offset each partition's next record may not exceed.
+        /// Which `read(from:)` these starts belong to.
+        let epoch: UInt64
+        /// The offset each partition's next record may not exceed; exactly the partitions being read.
         var expected: [KafkaTopicPartition: Int64] = [:]
         /// Partitions sought back: to which offset, how many times.
         var sought: [KafkaTopicPartition: (offset: Int64, times: Int)] = [:]
 
-        init(from offsets: [KafkaTopicPartition: Int64] = [:]) { expected = offsets }
+        init(from offsets: [KafkaTopicPartition: Int64] = [:], epoch: UInt64 = 0) {
+            expected = offsets
+            self.epoch = epoch
+        }
 
         /// Splits `records` into those to hand over and the partitions to seek back (with their offsets).
         mutating func check(_ records: [KafkaRecord]) -> (accepted: [KafkaRecord], seekBack: [KafkaTopicPartition: Int64]) {
@@ -78,8 +91,9 @@ final class SubscriberReadBack: Sendable {
             accepted.reserveCapacity(records.count)
             for record in records {
                 let partition = KafkaTopicPartition(topic: record.topic, partition: record.partition)
+                guard let next = expected[partition] else { continue }  // not being read: stale
                 if seekBack[partition] != nil { continue }
-                if let next = expected[partition], record.offset > next {
+                if record.offset > next {
                     let times = sought[partition].map { $0.offset == next ? $0.times : 0 } ?? 0
                     if times < Self.seeksBeforeGivingUp {
                         seekBack[partition] = next
@@ -88,7 +102,7 @@ final class SubscriberReadBack: Sendable {
                     }
                     sought[partition] = nil  // gone from Kafka: go on from here
                 }
-                expected[partition] = max(expected[partition] ?? 0, record.offset + 1)
+                expected[partition] = max(next, record.offset + 1)
                 accepted.append(record)
             }
             return (accepted, seekBack)
@@ -102,7 +116,11 @@ final class SubscriberReadBack: Sendable {
         }
     }
 
-    init(source: Source, deliver: @escaping @Sendable (_ messages: [BrokerMessage], _ readUpTo: [KafkaTopicPartition: Int64]) -> Void) throws(KafkaError) {
+    /// `deliver` gets each batch with its epoch (see `Starts`; hand it to `isCurrent`).
+    init(
+        source: Source,
+        deliver: @escaping @Sendable (_ messages: [BrokerMessage], _ readUpTo: [KafkaTopicPartition: Int64], _ epoch: UInt64) -> Void
+    ) throws(KafkaError) {
         let defaultQoS = source.defaultQoS
         let gate = self.gate
         logger = source.logger
@@ -113,7 +131,10 @@ final class SubscriberReadBack: Sendable {
         let logger = source.logger
         consumer = try KafkaConsumer(configuration: configuration, logger: source.logger) { polled in
             guard gate.waitUntilReady() else { return }
-            let (records, seekBack) = shared.starts.withLock { $0.check(polled) }
+            let (records, seekBack, epoch) = shared.starts.withLock { starts in
+                let checked = starts.check(polled)
+                return (checked.accepted, checked.seekBack, starts.epoch)
+            }
             if !seekBack.isEmpty {
                 logger.debug("read-back: records beyond a partition's start after a reassignment; seeking back", metadata: ["kafka.offsets": "\(seekBack)"])
                 do {
@@ -132,7 +153,7 @@ final class SubscriberReadBack: Sendable {
                 if let message = KafkaRecordMapping.message(from: record, defaultQoS: defaultQoS) { messages.append(message) }
             }
             gate.posted()
-            deliver(messages, readUpTo)
+            deliver(messages, readUpTo, epoch)
         }
         shared.consumer.withLock { $0 = consumer }
     }
@@ -145,13 +166,19 @@ final class SubscriberReadBack: Sendable {
     }
 
     /// Reads exactly these partitions from these offsets (replacing what it read before).
+    /// Batches checked before are no longer current.
     func read(from offsets: [KafkaTopicPartition: Int64]) {
-        shared.starts.withLock { $0 = Starts(from: offsets) }
+        shared.starts.withLock { $0 = Starts(from: offsets, epoch: $0.epoch &+ 1) }
         do {
             try consumer.assign(offsets.map { KafkaPartitionAssignment(topic: $0.key.topic, partition: $0.key.partition, offset: .offset($0.value)) })
         } catch {
             logger.warning("cannot read messages back for a subscriber", metadata: ["kafka.error": "\(error)"])
         }
+    }
+
+    /// Whether a batch of `epoch` was checked against the current reading (else the connection drops it).
+    func isCurrent(_ epoch: UInt64) -> Bool {
+        shared.starts.withLock { $0.epoch == epoch }
     }
 
     /// The session's queue is full / has room again.

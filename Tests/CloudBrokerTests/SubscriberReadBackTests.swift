@@ -101,6 +101,22 @@ struct SubscriberReadBackTests {
         #expect(gone.seekBack.isEmpty && gone.accepted.map(\.offset) == [50, 51])
     }
 
+    @Test("records of a partition the reader no longer reads (live again, prefetched before the reassignment) are dropped, not taken for a later read-back's continuation")
+    func recordsOfPartitionsNotBeingReadAreDropped() {
+        func records(_ partition: KafkaTopicPartition, _ offsets: ClosedRange<Int64>) -> [KafkaRecord] {
+            offsets.map { KafkaRecord(topic: partition.topic, partition: partition.partition, offset: $0, key: nil, value: [], headers: [], timestampMilliseconds: nil) }
+        }
+        // `other` went live at 500; the reader, reassigned to `partition` alone, still hands over 500-520 of it.
+        var starts = SubscriberReadBack.Starts(from: [Self.partition: 100], epoch: 7)
+        let checked = starts.check(records(Self.other, 500...520) + records(Self.partition, 100...101))
+        #expect(checked.accepted.map(\.partition) == [Self.partition.partition, Self.partition.partition])
+        #expect(checked.seekBack.isEmpty)
+        #expect(starts.expected[Self.other] == nil, "nothing is expected of a partition not being read")
+        // Parked (reading nothing): everything is dropped.
+        var parked = SubscriberReadBack.Starts(from: [:], epoch: 8)
+        #expect(parked.check(records(Self.partition, 102...103)).accepted.isEmpty)
+    }
+
     @Test("what is not read back: QoS 0, messages without a Kafka offset, or read-back not allowed, are dropped as before")
     func dropsWhereNoReadBackApplies() {
         var state = OutboundState()
