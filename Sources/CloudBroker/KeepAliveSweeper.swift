@@ -43,7 +43,10 @@ final class KeepAliveSweeper {
     func register(_ connection: MQTTServerConnection, interval: TimeAmount) {
         entries[ObjectIdentifier(connection)] = Entry(connection: connection, interval: interval, due: eventLoop.now + interval)
         if task == nil {
-            task = eventLoop.scheduleRepeatedTask(initialDelay: Self.tick, delay: Self.tick) { [unowned self] _ in self.sweep() }
+            // The repeated task's closure is @Sendable; it runs on this loop, so it holds the sweeper loop-bound
+            // (a strong reference: a sweeper lives as long as the process, in `sweepers`, and its task too).
+            let bound = NIOLoopBound(self, eventLoop: eventLoop)
+            task = eventLoop.scheduleRepeatedTask(initialDelay: Self.tick, delay: Self.tick) { _ in bound.value.sweep() }
         }
     }
 

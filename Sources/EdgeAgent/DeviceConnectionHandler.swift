@@ -478,13 +478,15 @@ final class DeviceConnectionHandler: ChannelDuplexHandler {
         // Stores that come after this must not join a batch queued before it.
         openBatch = nil
         let eventLoop = context.eventLoop
-        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         let previous = chain ?? eventLoop.makeSucceededVoidFuture()
-        chain = previous.flatMap {
+        // The chain and `work`'s futures are all on this connection's loop, so the callbacks (which hold the
+        // handler and the non-Sendable `starting` and `then`) run isolated to it.
+        chain = previous.assumeIsolated().flatMap {
             starting()
-            return work().always { result in then(loopBound.value, result) }
+            return work().assumeIsolated().always { result in then(self, result) }
                 .flatMapError { _ in eventLoop.makeSucceededVoidFuture() }
-        }
+                .nonisolated()
+        }.nonisolated()
     }
 
     private func fail(_ message: String) {

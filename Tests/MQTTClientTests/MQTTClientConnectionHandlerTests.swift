@@ -62,8 +62,8 @@ struct MQTTClientConnectionHandlerTests {
         #expect(try readAll(channel).compactMap(published).map(\.packetId) == [2])
 
         // PUBREC for both in one read: one persist for both, then both PUBRELs.
-        channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: 1))))
-        channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: 2))))
+        channel.pipeline.fireChannelRead(MQTTPacket.pubrec(MQTTPublishAck(packetId: 1)))
+        channel.pipeline.fireChannelRead(MQTTPacket.pubrec(MQTTPublishAck(packetId: 2)))
         channel.pipeline.fireChannelReadComplete()
         #expect(try readAll(channel).isEmpty)
         #expect(log.persistCalls.last == [.released(packetId: 1), .released(packetId: 2)])
@@ -97,7 +97,7 @@ struct MQTTClientConnectionHandlerTests {
         #expect(flushes.count == 1)
 
         flushes.count = 0
-        for id: UInt16 in 1...4 { channel.pipeline.fireChannelRead(NIOAny(MQTTPacket.pubrec(MQTTPublishAck(packetId: id)))) }
+        for id: UInt16 in 1...4 { channel.pipeline.fireChannelRead(MQTTPacket.pubrec(MQTTPublishAck(packetId: id))) }
         channel.pipeline.fireChannelReadComplete()
         log.persistPromises[2].succeed(())
         #expect(try readAll(channel) == (1...4).map { MQTTPacket.pubrel(MQTTPublishAck(packetId: $0)) })

@@ -42,7 +42,8 @@ public final class ChildProcess: Sendable {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw HarnessError("\(name): no executable at \(executable) (run scripts/setup and swift build)")
         }
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        // Empties the log (a failure shows when posix_spawn cannot open it below).
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         var fileActions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&fileActions)
         defer { posix_spawn_file_actions_destroy(&fileActions) }

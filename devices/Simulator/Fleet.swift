@@ -124,8 +124,10 @@ final class Fleet: Sendable {
                 context: context, shard: shard.value)
             shard.value.commanderConnection = connection
             connection.start()
-            shard.eventLoop.scheduleTask(in: .nanoseconds(max(0, stop.totalNanoseconds))) { connection.stopPublishing() }
-            shard.eventLoop.scheduleTask(in: .nanoseconds(max(0, (stop + drain).totalNanoseconds))) { connection.finish() }
+            // On the shard's loop here, so the timers may hold the (loop-bound) connection.
+            let loop = shard.eventLoop.assumeIsolated()
+            loop.scheduleTask(in: .nanoseconds(max(0, stop.totalNanoseconds))) { connection.stopPublishing() }
+            loop.scheduleTask(in: .nanoseconds(max(0, (stop + drain).totalNanoseconds))) { connection.finish() }
         }
     }
 
@@ -161,7 +163,8 @@ final class Fleet: Sendable {
                 if offset <= 0 {
                     connection.start()
                 } else {
-                    shard.eventLoop.scheduleTask(deadline: start + .nanoseconds(offset)) { connection.start() }
+                    // On the shard's loop here (`onShardsFuture`), where the connection lives.
+                    shard.eventLoop.assumeIsolated().scheduleTask(deadline: start + .nanoseconds(offset)) { connection.start() }
                 }
             }
             return shard.eventLoop.makeSucceededVoidFuture()
