@@ -5,19 +5,34 @@ import NIOCore
 import NIOPosix
 import TributaryKafka
 
-/// What every connection of a node shares.
-struct BrokerContext: Sendable {
-    var registry: SessionRegistry
-    var publisher: Publisher
-    var retained: RetainedStore
-    var limits: BrokerLimits
-    var logger: Logger
+/// What every connection of a node shares: one object per node, referenced by each connection (as a struct
+/// it was copied into every connection, 480 bytes each, which took the idle connection past 6 KB).
+final class BrokerContext: Sendable {
+    let registry: SessionRegistry
+    let publisher: Publisher
+    let retained: RetainedStore
+    let limits: BrokerLimits
+    let logger: Logger
     /// Who a connecting client is, when `limits.authentication` is `.checked`.
-    var authenticator = Authenticator()
+    let authenticator: Authenticator
     /// A SUBSCRIBE waits for the delivery consumer when it is paused (nil: it never pauses).
-    var deliveryDemand: DeliveryDemand? = nil
+    let deliveryDemand: DeliveryDemand?
     /// Where a session whose queue overflowed reads its messages back from (with `limits.readBack`).
-    var readBack: SubscriberReadBack.Source? = nil
+    let readBack: SubscriberReadBack.Source?
+
+    init(
+        registry: SessionRegistry, publisher: Publisher, retained: RetainedStore, limits: BrokerLimits, logger: Logger,
+        authenticator: Authenticator = Authenticator(), deliveryDemand: DeliveryDemand? = nil, readBack: SubscriberReadBack.Source? = nil
+    ) {
+        self.registry = registry
+        self.publisher = publisher
+        self.retained = retained
+        self.limits = limits
+        self.logger = logger
+        self.authenticator = authenticator
+        self.deliveryDemand = deliveryDemand
+        self.readBack = readBack
+    }
 }
 
 /// The channel handler of one MQTT client connection: performs the actions of its `StateMachine`.
