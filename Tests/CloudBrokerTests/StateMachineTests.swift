@@ -304,6 +304,15 @@ struct StateMachineTests {
         #expect(allDup)
     }
 
+    /// Every connection holds a state machine inline; the idle connection's budget is 6 KB (BENCHMARKS.md).
+    /// Session 6 lost that budget unnoticed when 296 bytes of read-back configuration joined a struct copied
+    /// into each connection; this keeps the inline parts from growing back.
+    @Test func perConnectionStateStaysSmall() {
+        #expect(MemoryLayout<Machine>.size <= 160, "state machine: \(MemoryLayout<Machine>.size) bytes inline per connection")
+        #expect(MemoryLayout<Machine.State>.size <= 16, "state enum: \(MemoryLayout<Machine.State>.size) bytes (box large payloads)")
+        #expect(MemoryLayout<BrokerContext>.size == MemoryLayout<AnyObject>.size, "the node's context is shared, not copied")
+    }
+
     @Test func qos2OutboundGoesThroughPubrelAndPubcomp() {
         var (machine, _) = Self.connected(Self.v5())
         let message = OutboundMessage(
