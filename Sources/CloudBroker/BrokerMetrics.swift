@@ -146,7 +146,8 @@ enum BrokerMetrics {
     /// `msg_cnt` / `msg_size`: messages (bytes) in the producer's queues, waiting, in flight or awaiting a report.
     static let kafkaProducerQueueMessages = Gauge(label: Name.kafkaProducerQueueMessages)
     static let kafkaProducerQueueBytes = Gauge(label: Name.kafkaProducerQueueBytes)
-    /// The slowest Kafka broker's average request round trip over the last interval (`brokers.*.rtt.avg`).
+    /// The slowest Kafka broker's average request round trip over the last interval in which a request
+    /// completed (`brokers.*.rtt.avg`); an interval without one leaves the last measurement standing.
     static let kafkaRoundTrip = Gauge(label: Name.kafkaRoundTrip)
     /// Kafka brokers the producer is connected to (state `UP`).
     static let kafkaBrokersUp = Gauge(label: Name.kafkaBrokersUp)
@@ -161,7 +162,7 @@ enum BrokerMetrics {
     static func recordProducerStatistics(_ statistics: KafkaStatistics) {
         kafkaProducerQueueMessages.record(statistics.queuedMessages)
         kafkaProducerQueueBytes.record(statistics.queuedBytes)
-        kafkaRoundTrip.record(statistics.brokers.map(\.averageRoundTripSeconds).max() ?? 0)
+        if let slowest = statistics.brokers.compactMap(\.averageRoundTripSeconds).max() { kafkaRoundTrip.record(slowest) }
         kafkaBrokersUp.record(statistics.brokers.filter { $0.state == "UP" }.count)
         let (requests, bytes) = lastStatistics.withLock { last -> (Int64, Int64) in
             if last.client != statistics.clientName { last = (statistics.clientName, 0, 0) }

@@ -35,8 +35,9 @@ public struct KafkaStatistics: Sendable, Hashable {
         public var nodeId: Int32
         /// `state`, e.g. `UP`.
         public var state: String
-        /// `rtt.avg` in seconds (librdkafka reports microseconds).
-        public var averageRoundTripSeconds: Double
+        /// `rtt.avg` in seconds (librdkafka reports microseconds); nil when no request completed during the
+        /// interval (`rtt.cnt` 0: librdkafka then reports an average of 0, which is no measurement).
+        public var averageRoundTripSeconds: Double?
         /// `outbuf_msg_cnt` + `waitresp_msg_cnt`: messages queued or in flight to this broker.
         public var inFlightMessages: Int64
     }
@@ -62,7 +63,10 @@ public struct KafkaStatistics: Sendable, Hashable {
                     name: $0.name ?? "",
                     nodeId: $0.nodeid ?? -1,
                     state: $0.state ?? "",
-                    averageRoundTripSeconds: Double($0.rtt?.avg ?? 0) / 1_000_000,
+                    averageRoundTripSeconds: $0.rtt.flatMap { window in
+                        guard let average = window.avg, (window.cnt ?? 1) > 0 else { return nil }
+                        return Double(average) / 1_000_000
+                    },
                     inFlightMessages: ($0.outbuf_msg_cnt ?? 0) + ($0.waitresp_msg_cnt ?? 0)
                 )
             }
@@ -100,5 +104,6 @@ public struct KafkaStatistics: Sendable, Hashable {
 
     private struct Window: Decodable {
         var avg: Int64?
+        var cnt: Int64?
     }
 }

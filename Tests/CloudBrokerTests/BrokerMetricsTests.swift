@@ -46,12 +46,17 @@ struct BrokerMetricsTests {
                 ])
                 #expect(status == .exited(0), "mosquitto_pub: \(output)")
             }
-            // Reports come every 200 ms: wait for one taken after the publish was acknowledged.
+            // Reports come every 200 ms: wait for one taken after the publish was acknowledged. The bytes count
+            // when the request is sent, its round trip when the answer comes, possibly one report later.
             let deadline = ContinuousClock.now + .seconds(20)
             var text = ""
             while ContinuousClock.now < deadline {
                 text = try await MetricsScrape.get(port: broker.httpPort)
-                if (MetricsScrape.value(text, "tributary_broker_kafka_transmitted_bytes_total") ?? 0) >= 2000 { break }
+                if (MetricsScrape.value(text, "tributary_broker_kafka_transmitted_bytes_total") ?? 0) >= 2000
+                    && (MetricsScrape.value(text, "tributary_broker_kafka_round_trip_seconds") ?? 0) > 0
+                {
+                    break
+                }
                 try await Task.sleep(for: .milliseconds(100))  // polling /metrics; the report arrives by itself
             }
             #expect((MetricsScrape.value(text, "tributary_broker_kafka_transmitted_bytes_total") ?? 0) >= 2000, "\(text)")

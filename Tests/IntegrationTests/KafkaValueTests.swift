@@ -13,7 +13,9 @@ struct KafkaValueTests {
            "127.0.0.1:9092/bootstrap": {"name": "127.0.0.1:9092/bootstrap", "nodeid": -1, "state": "INIT",
              "outbuf_msg_cnt": 0, "waitresp_msg_cnt": 0, "rtt": {"avg": 0}},
            "127.0.0.1:9092/1": {"name": "127.0.0.1:9092/1", "nodeid": 1, "state": "UP",
-             "outbuf_msg_cnt": 2, "waitresp_msg_cnt": 3, "rtt": {"min": 100, "max": 900, "avg": 450}}
+             "outbuf_msg_cnt": 2, "waitresp_msg_cnt": 3, "rtt": {"min": 100, "max": 900, "avg": 450, "cnt": 4}},
+           "127.0.0.1:9093/2": {"name": "127.0.0.1:9093/2", "nodeid": 2, "state": "UP",
+             "outbuf_msg_cnt": 0, "waitresp_msg_cnt": 0, "rtt": {"min": 0, "max": 0, "avg": 0, "cnt": 0}}
          },
          "topics": {}}
         """
@@ -29,11 +31,12 @@ struct KafkaValueTests {
         #expect(stats.requestsSent == 40)
         #expect(stats.responsesReceived == 39)
         // The bootstrap pseudo-broker (nodeid -1) is left out; RTT microseconds become seconds.
-        #expect(stats.brokers.count == 1)
+        #expect(stats.brokers.count == 2)
         #expect(stats.brokers.first?.nodeId == 1)
         #expect(stats.brokers.first?.state == "UP")
         #expect(stats.brokers.first?.averageRoundTripSeconds == 0.00045)
         #expect(stats.brokers.first?.inFlightMessages == 5)
+        #expect(stats.brokers.last?.averageRoundTripSeconds == nil, "no request completed in the interval: no round trip measured")
     }
 
     @Test func statisticsRejectNonJSON() {
